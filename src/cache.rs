@@ -1,0 +1,125 @@
+//! Redis: hot task status and cached agent metadata.
+//!
+//! Invariants: every key starts with the configured prefix (tests get one each) and has a TTL
+//! (task status: `task_status_ttl_secs`; agents: the spec's 30 minutes); Redis is a cache of
+//! Postgres, never the only copy of anything, so a lost key only costs a Postgres read. Every
+//! command is bounded by `timeout_ms` so an unavailable Redis fails fast.
+
+use crate::domain::{Agent, TaskStatus};
+use crate::settings::RedisSettings;
+use fred::prelude::*;
+use std::collections::HashMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+#[error("redis unavailable: {0}")]
+pub struct CacheError(#[from] fred::error::Error);
+
+#[derive(Clone)]
+pub struct Cache {
+    pool: Pool,
+    prefix: String,
+    status_ttl: i64,
+    agent_ttl: i64,
+}
+
+/// The hot status of a task as kept in Redis (all fields optional but `status`).
+pub type StatusFields = HashMap<String, String>;
+
+impl Cache {
+    pub async fn connect(s: &RedisSettings) -> Result<Cache, CacheError> {
+        let config = Config::from_url(s.url.expose())?;
+        let timeout = Duration::from_millis(s.timeout_ms);
+        let pool = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+                c.max_command_attempts = 2;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
+            .build_pool(s.pool_size)?;
+        pool.init().await?;
+        Ok(Cache {
+            pool,
+            prefix: s.key_prefix.clone(),
+            status_ttl: s.task_status_ttl_secs as i64,
+            agent_ttl: s.agent_cache_ttl_secs as i64,
+        })
+    }
+
+    pub fn task_key(&self, id: Uuid) -> String {
+        format!("{}task:{}", self.prefix, id)
+    }
+    fn agent_key(&self, name: &str) -> String {
+        format!("{}agent:{}", self.prefix, name)
+    }
+
+    /// Writes the given fields of a task's status hash and refreshes its TTL, in one round trip.
+    pub async fn set_status(&self, id: Uuid, fields: Vec<(&str, String)>) -> Result<(), CacheError> {
+        let key = self.task_key(id);
+        let map: HashMap<String, String> = fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let pipe = self.pool.next().pipeline();
+        let _: () = pipe.hset(&key, map).await?;
+        let _: () = pipe.expire(&key, self.status_ttl, None).await?;
+        let _: Vec<Value> = pipe.all().await?;
+        Ok(())
+    }
+
+    /// Marks a newly submitted task `queued`, unless a processor already wrote a status.
+    pub async fn set_queued(&self, id: Uuid, agent: &str, submitted_at: &str) -> Result<(), CacheError> {
+        let key = self.task_key(id);
+        let pipe = self.pool.next().pipeline();
+        let _: () = pipe.hsetnx(&key, "status", TaskStatus::Queued.as_str()).await?;
+        let _: () = pipe.hsetnx(&key, "agent", agent).await?;
+        let _: () = pipe.hsetnx(&key, "created_at", submitted_at).await?;
+        let _: () = pipe.hsetnx(&key, "attempts", "0").await?;
+        let _: () = pipe.expire(&key, self.status_ttl, None).await?;
+        let _: Vec<Value> = pipe.all().await?;
+        Ok(())
+    }
+
+    pub async fn forget_task(&self, id: Uuid) -> Result<(), CacheError> {
+        let _: i64 = self.pool.del(self.task_key(id)).await?;
+        Ok(())
+    }
+
+    /// The hot status of a task, if cached.
+    pub async fn get_status(&self, id: Uuid) -> Result<Option<StatusFields>, CacheError> {
+        let map: StatusFields = self.pool.hgetall(self.task_key(id)).await?;
+        Ok(if map.contains_key("status") { Some(map) } else { None })
+    }
+
+    pub async fn get_agent(&self, name: &str) -> Result<Option<Agent>, CacheError> {
+        let v: Option<String> = self.pool.get(self.agent_key(name)).await?;
+        Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    pub async fn put_agent(&self, agent: &Agent) -> Result<(), CacheError> {
+        let json = serde_json::to_string(agent).expect("agent serializes");
+        let _: () = self
+            .pool
+            .set(self.agent_key(&agent.name), json, Some(Expiration::EX(self.agent_ttl)), None, false)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn forget_agent(&self, name: &str) -> Result<(), CacheError> {
+        let _: i64 = self.pool.del(self.agent_key(name)).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> bool {
+        let r: Result<String, _> = self.pool.ping(None).await;
+        r.is_ok()
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}

@@ -1,0 +1,44 @@
+//! Command-line interface: the subcommands of the one `devcycle` binary.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "devcycle", version, about = "Kafka-centric agent task pipeline")]
+pub struct Cli {
+    /// Folder with default.toml and <environment>.toml.
+    #[arg(long, global = true, env = "DEVCYCLE_CONFIG_DIR", default_value = "config")]
+    pub config_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the ingress and every processor in `run.processors` in one process.
+    Run,
+    /// Run the HTTP ingress only.
+    Ingress,
+    /// Run one processor declared in processors/<name>.toml.
+    Process { name: String },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Print the effective configuration, secrets redacted.
+    Config,
+    /// Topic declarations (topics/).
+    Topics {
+        #[command(subcommand)]
+        action: ApplyAction,
+    },
+    /// Avro schemas (schemas/), registered under <topic>-value.
+    Schemas {
+        #[command(subcommand)]
+        action: ApplyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApplyAction {
+    /// Make the cluster/registry match the declarations; print what changed.
+    Apply,
+}

@@ -1,0 +1,249 @@
+//! Typed internal events: every metric and every operational log line is emitted through one of
+//! these (Vector's pattern), so names, labels and levels live in one place.
+//!
+//! Invariants: labels are low-cardinality only (route templates, not paths; processor, topic
+//! and agent names, outcome classes; never task ids, users or request ids). Metrics live in one
+//! process-wide registry, encoded by [`encode`] in the Prometheus/OpenMetrics text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProcessorLabels {
+    pub processor: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExecutionLabels {
+    pub agent: String,
+    pub outcome: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabels {
+    pub agent: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub processor: String,
+    pub reason: String,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub produce_duration: Family<TopicLabels, Histogram, fn() -> Histogram>,
+    pub produce_errors: Family<TopicLabels, Counter>,
+    pub tasks_in_flight: Family<ProcessorLabels, Gauge>,
+    pub records_consumed: Family<ProcessorLabels, Counter>,
+    pub task_executions: Family<ExecutionLabels, Counter>,
+    pub task_duration: Family<AgentLabels, Histogram, fn() -> Histogram>,
+    pub retries: Family<ProcessorLabels, Counter>,
+    pub dead_letters: Family<ReasonLabels, Counter>,
+    pub paused: Family<ProcessorLabels, Gauge>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process-wide metrics, registered on first use.
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(|| {
+        let mut r = Registry::with_prefix("devcycle");
+        let m = Metrics {
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency),
+            produce_duration: Family::new_with_constructor(latency),
+            produce_errors: Family::default(),
+            tasks_in_flight: Family::default(),
+            records_consumed: Family::default(),
+            task_executions: Family::default(),
+            task_duration: Family::new_with_constructor(latency),
+            retries: Family::default(),
+            dead_letters: Family::default(),
+            paused: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
+        r.register("http_request_duration_seconds", "HTTP request latency", m.http_duration.clone());
+        r.register("kafka_produce_duration_seconds", "Time to a delivery report", m.produce_duration.clone());
+        r.register("kafka_produce_errors", "Failed deliveries", m.produce_errors.clone());
+        r.register("tasks_in_flight", "Records being processed", m.tasks_in_flight.clone());
+        r.register("records_consumed", "Records read by a processor", m.records_consumed.clone());
+        r.register("task_executions", "Agent task executions by outcome", m.task_executions.clone());
+        r.register("task_duration_seconds", "Agent task execution time", m.task_duration.clone());
+        r.register("retries", "Retried record attempts", m.retries.clone());
+        r.register("dead_letters", "Records sent to the dead-letter topic", m.dead_letters.clone());
+        r.register("consumer_paused", "1 while a processor's partitions are paused", m.paused.clone());
+        Metrics { registry: r, ..m }
+    })
+}
+
+/// The registry in the OpenMetrics text format (what Prometheus scrapes).
+pub fn encode() -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &metrics().registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// An HTTP request finished.
+pub struct HttpRequestCompleted<'a> {
+    pub method: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub elapsed: Duration,
+}
+impl HttpRequestCompleted<'_> {
+    pub fn emit(self) {
+        let m = metrics();
+        m.http_requests
+            .get_or_create(&HttpLabels { method: self.method.into(), route: self.route.into(), status: self.status })
+            .inc();
+        m.http_duration
+            .get_or_create(&RouteLabels { route: self.route.into() })
+            .observe(self.elapsed.as_secs_f64());
+        let duration_ms = self.elapsed.as_secs_f64() * 1000.0;
+        if self.status >= 500 {
+            tracing::error!(method = self.method, route = self.route, status = self.status, duration_ms, "request failed");
+        } else {
+            tracing::info!(method = self.method, route = self.route, status = self.status, duration_ms, "request completed");
+        }
+    }
+}
+
+/// A record was produced (or failed to be).
+pub struct RecordProduced<'a> {
+    pub topic: &'a str,
+    pub elapsed: Duration,
+    pub error: Option<String>,
+}
+impl RecordProduced<'_> {
+    pub fn emit(self) {
+        let m = metrics();
+        let labels = TopicLabels { topic: self.topic.into() };
+        m.produce_duration.get_or_create(&labels).observe(self.elapsed.as_secs_f64());
+        if let Some(e) = self.error {
+            m.produce_errors.get_or_create(&labels).inc();
+            tracing::warn!(topic = self.topic, error = %e, "produce failed");
+        }
+    }
+}
+
+/// A task execution finished (the agent ran).
+pub struct TaskExecuted<'a> {
+    pub agent: &'a str,
+    pub outcome: &'a str,
+    pub elapsed: Duration,
+}
+impl TaskExecuted<'_> {
+    pub fn emit(self) {
+        let m = metrics();
+        m.task_executions
+            .get_or_create(&ExecutionLabels { agent: self.agent.into(), outcome: self.outcome.into() })
+            .inc();
+        m.task_duration
+            .get_or_create(&AgentLabels { agent: self.agent.into() })
+            .observe(self.elapsed.as_secs_f64());
+        tracing::info!(
+            agent = self.agent,
+            outcome = self.outcome,
+            duration_ms = self.elapsed.as_secs_f64() * 1000.0,
+            "task executed"
+        );
+    }
+}
+
+/// A record went to the dead-letter topic.
+pub struct RecordDeadLettered<'a> {
+    pub processor: &'a str,
+    pub reason: &'a str,
+    pub message: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+impl RecordDeadLettered<'_> {
+    pub fn emit(self) {
+        metrics()
+            .dead_letters
+            .get_or_create(&ReasonLabels { processor: self.processor.into(), reason: self.reason.into() })
+            .inc();
+        tracing::warn!(
+            processor = self.processor,
+            reason = self.reason,
+            error = self.message,
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            "record dead-lettered"
+        );
+    }
+}
+
+/// A record attempt failed and will be retried.
+pub struct RecordRetrying<'a> {
+    pub processor: &'a str,
+    pub attempt: u32,
+    pub backoff: Duration,
+    pub error: &'a str,
+}
+impl RecordRetrying<'_> {
+    pub fn emit(self) {
+        metrics().retries.get_or_create(&ProcessorLabels { processor: self.processor.into() }).inc();
+        tracing::warn!(
+            processor = self.processor,
+            attempt = self.attempt,
+            backoff_ms = self.backoff.as_millis() as u64,
+            error = self.error,
+            "attempt failed, retrying"
+        );
+    }
+}
+
+/// Gauges a processor updates as it runs.
+pub fn processor_gauges(processor: &str) -> (Gauge, Gauge, Counter) {
+    let m = metrics();
+    let l = ProcessorLabels { processor: processor.into() };
+    (
+        m.tasks_in_flight.get_or_create(&l).clone(),
+        m.paused.get_or_create(&l).clone(),
+        m.records_consumed.get_or_create(&l).clone(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_in_text_format() {
+        HttpRequestCompleted { method: "GET", route: "/health", status: 200, elapsed: Duration::from_millis(3) }.emit();
+        let text = encode();
+        assert!(text.contains("devcycle_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"}"), "{text}");
+        assert!(text.contains("devcycle_http_request_duration_seconds_bucket"));
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}

@@ -1,0 +1,89 @@
+//! Executors: how an agent's task actually runs, chosen by the agent's `executor` column.
+//!
+//! Invariants: every execution is bounded by a timeout; an executor error says whether trying
+//! again could help ([`ExecError::Retryable`]) or not ([`ExecError::Failed`]); executors never
+//! touch Kafka, Postgres or Redis.
+
+mod builtin;
+mod command;
+mod http;
+
+use crate::domain::{Agent, ExecutorKind};
+use std::time::Duration;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ExecError {
+    /// The task failed; running it again would fail the same way.
+    #[error("{class}: {message}")]
+    Failed { class: String, message: String },
+    /// A transient failure (timeout, connection error, HTTP 5xx): worth another attempt.
+    #[error("{class}: {message}")]
+    Retryable { class: String, message: String },
+}
+
+impl ExecError {
+    pub fn failed(class: &str, message: impl Into<String>) -> Self {
+        ExecError::Failed { class: class.into(), message: message.into() }
+    }
+    pub fn retryable(class: &str, message: impl Into<String>) -> Self {
+        ExecError::Retryable { class: class.into(), message: message.into() }
+    }
+    pub fn class(&self) -> &str {
+        match self {
+            ExecError::Failed { class, .. } | ExecError::Retryable { class, .. } => class,
+        }
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            ExecError::Failed { message, .. } | ExecError::Retryable { message, .. } => message,
+        }
+    }
+}
+
+/// Shared resources of the executors (one HTTP client per process).
+#[derive(Clone)]
+pub struct Executors {
+    http: reqwest::Client,
+}
+
+impl Default for Executors {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Executors {
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(32)
+            .build()
+            .expect("http client");
+        Executors { http }
+    }
+
+    /// Runs `input` on `agent`, bounded by `timeout`; returns the output as JSON.
+    pub async fn execute(
+        &self,
+        agent: &Agent,
+        input: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, ExecError> {
+        let run = async {
+            match agent.executor {
+                ExecutorKind::Builtin => builtin::run(&agent.config, input).await,
+                ExecutorKind::Http => http::run(&self.http, &agent.config, input, timeout).await,
+                ExecutorKind::Command => command::run(&agent.config, input).await,
+            }
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            // Dropping the future kills a command's child (kill_on_drop) and aborts HTTP calls.
+            Err(_) => Err(ExecError::retryable("timeout", format!("no result within {} ms", timeout.as_millis()))),
+        }
+    }
+}
+
+/// Output text as JSON: parsed when it is JSON, else a JSON string.
+pub(crate) fn output_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}

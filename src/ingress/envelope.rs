@@ -1,0 +1,147 @@
+//! The spec's response envelopes and the ingress's error type.
+//!
+//! Success: `{success: true, data, message, timestamp, request_id}`.
+//! Error: `{success: false, error: CODE, message, details, timestamp, request_id}`.
+//! Invariant: every response body the ingress writes is one of these two shapes.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use serde_json::{json, Value};
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A success envelope.
+pub fn ok(status: StatusCode, data: Value, message: &str, request_id: &str) -> HttpResponse {
+    json_response(
+        status,
+        &json!({"success": true, "data": data, "message": message, "timestamp": now(), "request_id": request_id}),
+    )
+}
+
+/// Every way a request can fail, with its status and error code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("{field}: {issue}")]
+    Validation { field: String, issue: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("method {method} not allowed; allowed: {allow}")]
+    MethodNotAllowed { method: String, allow: String },
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("unsupported content type {0:?}; send application/json")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{service} unavailable: {reason}")]
+    Unavailable { service: &'static str, reason: String, retry_after: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn validation(field: &str, issue: impl Into<String>) -> Self {
+        ApiError::Validation { field: field.into(), issue: issue.into() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "MALFORMED_JSON",
+            ApiError::Validation { .. } => "VALIDATION_ERROR",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            ApiError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::Unavailable { .. } => "SERVICE_UNAVAILABLE",
+            ApiError::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    fn details(&self) -> Value {
+        match self {
+            ApiError::Validation { field, issue } => json!({"field": field, "issue": issue}),
+            ApiError::MethodNotAllowed { allow, .. } => json!({"allow": allow}),
+            ApiError::PayloadTooLarge { limit } => json!({"limit_bytes": limit}),
+            ApiError::Unavailable { service, retry_after, .. } => {
+                json!({"service": service, "retry_after_seconds": retry_after})
+            }
+            _ => json!({}),
+        }
+    }
+
+    /// The spec's error envelope, with Allow / Retry-After headers where they apply.
+    pub fn into_response(self, request_id: &str) -> HttpResponse {
+        let message = match &self {
+            // Internal details stay in the log, not in the response.
+            ApiError::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        };
+        let body = json!({
+            "success": false,
+            "error": self.code(),
+            "message": message,
+            "details": self.details(),
+            "timestamp": now(),
+            "request_id": request_id,
+        });
+        let mut r = json_response(self.status(), &body);
+        match &self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    r.headers_mut().insert(hyper::header::ALLOW, v);
+                }
+            }
+            ApiError::Unavailable { retry_after, .. } => {
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        if e.is_unavailable() {
+            ApiError::Unavailable { service: "postgres", reason: e.to_string(), retry_after: 5 }
+        } else {
+            ApiError::Internal(crate::error_chain(&e))
+        }
+    }
+}
+
+impl From<crate::cache::CacheError> for ApiError {
+    fn from(e: crate::cache::CacheError) -> Self {
+        ApiError::Unavailable { service: "redis", reason: e.to_string(), retry_after: 5 }
+    }
+}

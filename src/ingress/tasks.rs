@@ -1,0 +1,197 @@
+//! `POST /v1/tasks` (submit: JSON in, an Avro TaskRequest on the requests topic out) and
+//! `GET /v1/tasks/{id}` (status: Redis first, Postgres as the record).
+//!
+//! Invariants: a submission is answered 202 only after Kafka acknowledged the record (acks=all,
+//! idempotent producer); the task reads `queued` from the moment it is answered; nothing is
+//! produced for a request that fails validation.
+
+use super::body::{json_object, only_keys, opt_str};
+use super::envelope::ok;
+use super::{ApiError, Ctx, HttpResponse};
+use crate::domain::{AgentStatus, TaskRequest};
+use crate::kafka::{OutRecord, ProduceError};
+use chrono::{DateTime, Utc};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const REQUESTS_TOPIC: &str = "devcycle.task-requests";
+const MAX_KEY_LEN: usize = 256;
+
+/// A validated submission.
+struct Submission {
+    agent: String,
+    input: Value,
+    priority: i32,
+    deadline: Option<DateTime<Utc>>,
+    key: Option<String>,
+}
+
+fn validate(map: serde_json::Map<String, Value>) -> Result<Submission, ApiError> {
+    only_keys(&map, &["agent", "input", "priority", "deadline", "key"])?;
+    let agent = opt_str(&map, "agent")?.ok_or_else(|| ApiError::validation("agent", "is required"))?;
+    crate::domain::validate_agent_name(agent).map_err(|m| ApiError::validation("agent", m))?;
+    let input = map.get("input").cloned().ok_or_else(|| ApiError::validation("input", "is required"))?;
+    let priority = match map.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_i64()
+            .filter(|p| (-1000..=1000).contains(p))
+            .ok_or_else(|| ApiError::validation("priority", "must be an integer from -1000 to 1000"))?
+            as i32,
+    };
+    let deadline = match opt_str(&map, "deadline")? {
+        None => None,
+        Some(s) => {
+            let d = DateTime::parse_from_rfc3339(s)
+                .map_err(|_| ApiError::validation("deadline", "must be an RFC 3339 timestamp"))?
+                .with_timezone(&Utc);
+            if d <= Utc::now() {
+                return Err(ApiError::validation("deadline", "must be in the future"));
+            }
+            Some(d)
+        }
+    };
+    let key = opt_str(&map, "key")?.map(String::from);
+    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_KEY_LEN) {
+        return Err(ApiError::validation("key", format!("must be 1 to {MAX_KEY_LEN} bytes")));
+    }
+    Ok(Submission { agent: agent.to_string(), input, priority, deadline, key })
+}
+
+pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let deps = &ctx.deps;
+    let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(String::from);
+    let tracestate = req.headers().get("tracestate").and_then(|v| v.to_str().ok()).map(String::from);
+    let sub = validate(json_object(req, deps.settings.http.max_body_bytes).await?)?;
+    match super::agents::load(ctx, &sub.agent).await? {
+        Some(a) if a.status == AgentStatus::Active => {}
+        Some(_) => return Err(ApiError::validation("agent", format!("agent `{}` is disabled", sub.agent))),
+        None => return Err(ApiError::validation("agent", format!("unknown agent `{}`", sub.agent))),
+    }
+    let request = TaskRequest {
+        task_id: Uuid::new_v4(),
+        agent: sub.agent,
+        input: sub.input,
+        priority: sub.priority,
+        submitted_by: None,
+        submitted_at: Utc::now(),
+        deadline: sub.deadline,
+        request_id: Some(ctx.request_id.clone()),
+        traceparent: traceparent.clone(),
+        tracestate,
+        attempt: 1,
+    };
+    let topic = deps.catalog.topic_name(REQUESTS_TOPIC);
+    let retry_after = deps.settings.http.retry_after_secs;
+    let payload = deps.codec.encode_request(&topic, &request).await.map_err(|e| match e {
+        crate::avro::EncodeError::Unavailable(reason) => {
+            ApiError::Unavailable { service: "schema_registry", reason, retry_after }
+        }
+        crate::avro::EncodeError::Invalid(m) => ApiError::Internal(m),
+    })?;
+    let submitted_at = request.submitted_at.to_rfc3339();
+    deps.cache.set_queued(request.task_id, &request.agent, &submitted_at).await?;
+    let key = sub.key.unwrap_or_else(|| request.task_id.to_string());
+    let mut headers = vec![("request_id", ctx.request_id.clone().into_bytes())];
+    if let Some(t) = &traceparent {
+        headers.push(("traceparent", t.clone().into_bytes()));
+    }
+    let produced = deps
+        .producer
+        .send(OutRecord { topic: &topic, key: Some(key.as_bytes()), value: Some(&payload), headers, partition: None })
+        .await;
+    let (partition, offset) = match produced {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = deps.cache.forget_task(request.task_id).await;
+            return Err(match e {
+                ProduceError::Unavailable(k) => ApiError::Unavailable { service: "kafka", reason: k.to_string(), retry_after },
+                ProduceError::Rejected(k) => ApiError::Internal(format!("kafka refused the record: {k}")),
+            });
+        }
+    };
+    let mut resp = ok(
+        StatusCode::ACCEPTED,
+        json!({
+            "task_id": request.task_id,
+            "agent": request.agent,
+            "status": "queued",
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "submitted_at": submitted_at,
+        }),
+        "Task accepted",
+        &ctx.request_id,
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/tasks/{}", request.task_id)) {
+        resp.headers_mut().insert(hyper::header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+pub async fn get(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::validation("task_id", "must be a UUID"))?;
+    let deps = &ctx.deps;
+    if let Ok(Some(f)) = deps.cache.get_status(id).await {
+        let text = |k: &str| f.get(k).filter(|v| !v.is_empty()).cloned();
+        let data = json!({
+            "task_id": id,
+            "agent": text("agent"),
+            "status": text("status"),
+            "attempts": text("attempts").and_then(|a| a.parse::<i64>().ok()).unwrap_or(0),
+            "output": text("output").map(|o| serde_json::from_str::<Value>(&o).unwrap_or(Value::String(o))),
+            "error": text("error"),
+            "error_class": text("error_class"),
+            "created_at": text("created_at"),
+            "started_at": text("started_at"),
+            "finished_at": text("finished_at"),
+            "updated_at": text("updated_at"),
+        });
+        return Ok(ok(StatusCode::OK, data, "Task status", &ctx.request_id));
+    }
+    let row = crate::db::tasks::get(&deps.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("task {id}")))?;
+    let data = json!({
+        "task_id": row.task_id,
+        "agent": row.agent,
+        "status": row.status,
+        "attempts": row.attempts,
+        "output": row.output,
+        "error": row.error,
+        "error_class": row.error_class,
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "updated_at": row.updated_at,
+    });
+    Ok(ok(StatusCode::OK, data, "Task status", &ctx.request_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let field = |v: Value| match validate(obj(v)) {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("expected a validation error, got {:?}", other.map(|s| s.agent)),
+        };
+        assert_eq!(field(json!({"input": 1})), "agent");
+        assert_eq!(field(json!({"agent": "echo"})), "input");
+        assert_eq!(field(json!({"agent": "Bad Name", "input": 1})), "agent");
+        assert_eq!(field(json!({"agent": "echo", "input": 1, "priority": "high"})), "priority");
+        assert_eq!(field(json!({"agent": "echo", "input": 1, "deadline": "tomorrow"})), "deadline");
+        assert_eq!(field(json!({"agent": "echo", "input": 1, "deadline": "2001-01-01T00:00:00Z"})), "deadline");
+        assert_eq!(field(json!({"agent": "echo", "input": 1, "colour": "red"})), "colour");
+        assert_eq!(field(json!({"agent": "echo", "input": 1, "key": ""})), "key");
+        let ok = validate(obj(json!({"agent": "echo", "input": {"a": 1}, "priority": 5, "key": "k"}))).unwrap();
+        assert_eq!((ok.priority, ok.key.as_deref()), (5, Some("k")));
+    }
+}

@@ -1,0 +1,133 @@
+//! Kafka clients built from settings: the idempotent producer (acks=all) and consumers.
+//!
+//! Invariants: every client gets the configured bootstrap servers and the extra
+//! `kafka.properties` (security settings); [`Producer::send`] returns only once the broker has
+//! acknowledged the record (or failed), so "sent" means durable.
+
+use crate::events::RecordProduced;
+use crate::settings::KafkaSettings;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use std::time::{Duration, Instant};
+
+/// A base client config with bootstrap servers, client id and the extra properties.
+pub fn client_config(k: &KafkaSettings, client_suffix: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.bootstrap_servers)
+        .set("client.id", format!("{}-{}", k.client_id, client_suffix))
+        .set("socket.keepalive.enable", "true");
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// Kafka did not take the record in time, or is down: the caller may retry later.
+    #[error("kafka unavailable: {0}")]
+    Unavailable(KafkaError),
+    /// Kafka refused the record itself (too large, unknown topic, ...).
+    #[error("kafka refused the record: {0}")]
+    Rejected(KafkaError),
+}
+
+impl ProduceError {
+    fn from_kafka(e: KafkaError) -> Self {
+        let code = e.rdkafka_error_code();
+        match code {
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::TopicAuthorizationFailed,
+            ) => ProduceError::Rejected(e),
+            _ => ProduceError::Unavailable(e),
+        }
+    }
+}
+
+/// The idempotent, acks=all producer shared by a process.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    timeout: Duration,
+}
+
+/// One record to produce; headers are (name, value) pairs.
+pub struct OutRecord<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a str, Vec<u8>)>,
+    pub partition: Option<i32>,
+}
+
+impl Producer {
+    pub fn new(k: &KafkaSettings, suffix: &str, timeout: Duration) -> Result<Producer, KafkaError> {
+        let inner: FutureProducer = client_config(k, suffix)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", timeout.as_millis().to_string())
+            .create()?;
+        Ok(Producer { inner, timeout })
+    }
+
+    /// Produces one record and waits for its delivery report: (partition, offset).
+    pub async fn send(&self, rec: OutRecord<'_>) -> Result<(i32, i64), ProduceError> {
+        let started = Instant::now();
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (name, value) in &rec.headers {
+            headers = headers.insert(Header { key: name, value: Some(value.as_slice()) });
+        }
+        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(rec.topic).headers(headers);
+        if let Some(k) = rec.key {
+            fr = fr.key(k);
+        }
+        if let Some(v) = rec.value {
+            fr = fr.payload(v);
+        }
+        if let Some(p) = rec.partition {
+            fr = fr.partition(p);
+        }
+        let result = self.inner.send(fr, self.timeout).await;
+        let out = match result {
+            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+            Err((e, _)) => Err(ProduceError::from_kafka(e)),
+        };
+        let err = out.as_ref().err().map(|e| crate::error_chain(e));
+        RecordProduced { topic: rec.topic, elapsed: started.elapsed(), error: err }.emit();
+        out
+    }
+
+    /// Waits until queued records are delivered (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.inner.flush(timeout);
+    }
+
+    /// Whether the cluster answers a metadata request within `timeout`.
+    pub async fn reachable(&self, timeout: Duration) -> bool {
+        let client = self.inner.clone();
+        tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Partition count of a topic, from cluster metadata.
+    pub async fn partition_count(&self, topic: &str, timeout: Duration) -> Option<usize> {
+        let client = self.inner.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            let md = client.client().fetch_metadata(Some(&topic), timeout).ok()?;
+            md.topics().first().map(|t| t.partitions().len()).filter(|n| *n > 0)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}

@@ -1,0 +1,39 @@
+//! DevCycle: a Kafka-centric agent task pipeline.
+//!
+//! Producers (or the HTTP [`ingress`]) post Avro TaskRequests to Kafka; consumer-group
+//! [`processors`] run them on agents' [`executors`], record results in Postgres ([`db`]) and
+//! Redis ([`cache`]), and publish TaskResults and TaskEvents. [`app::run`] wires it together;
+//! `main.rs` only parses arguments, loads [`settings`] and starts [`telemetry`].
+
+pub mod app;
+pub mod avro;
+pub mod cache;
+pub mod catalog;
+pub mod cli;
+pub mod db;
+pub mod domain;
+pub mod events;
+pub mod executors;
+pub mod ingress;
+pub mod kafka;
+pub mod processors;
+pub mod registry;
+pub mod runtime;
+pub mod settings;
+pub mod telemetry;
+pub mod topics;
+
+/// An error with its causes, `outer: inner: innermost`, for one log line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
+}

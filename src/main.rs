@@ -1,0 +1,84 @@
+//! The `devcycle` binary: parse arguments, load configuration, start telemetry, run.
+
+use anyhow::Context;
+use clap::Parser;
+use devcycle::app::{self, Mode};
+use devcycle::catalog::Catalog;
+use devcycle::cli::{ApplyAction, Cli, Command};
+use devcycle::settings::Settings;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.config_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("devcycle: configuration refused: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    devcycle::telemetry::init(&settings);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(dispatch(cli.command, settings)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "devcycle failed");
+            eprintln!("devcycle: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}
+
+async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Config => {
+            print!("{}", settings.redacted_toml());
+            Ok(())
+        }
+        Command::Migrate => {
+            let pool = devcycle::db::connect(&settings.database).await?;
+            devcycle::db::migrate(&pool).await?;
+            println!("migrations applied (schema {})", settings.database.schema);
+            Ok(())
+        }
+        Command::Topics { action: ApplyAction::Apply } => {
+            let catalog = Catalog::load(&settings)?;
+            let changes = devcycle::topics::apply(&settings, &catalog).await?;
+            if !changes.iter().any(|c| c.is_change()) {
+                println!("topics: no changes");
+            }
+            for c in changes {
+                println!("{c}");
+            }
+            Ok(())
+        }
+        Command::Schemas { action: ApplyAction::Apply } => {
+            let catalog = Catalog::load(&settings)?;
+            let applied = devcycle::registry::apply_all(&settings, &catalog).await.context("schemas apply")?;
+            for r in applied {
+                let what = if r.new_version { "registered" } else { "unchanged" };
+                println!("{} {what} (id {})", r.subject, r.id);
+            }
+            Ok(())
+        }
+        Command::Run => Ok(app::run(settings, Mode::All, shutdown_on_signals(), None).await?),
+        Command::Ingress => Ok(app::run(settings, Mode::Ingress, shutdown_on_signals(), None).await?),
+        Command::Process { name } => Ok(app::run(settings, Mode::Process(name), shutdown_on_signals(), None).await?),
+    }
+}

@@ -1,0 +1,291 @@
+//! agent-executor: runs each TaskRequest on its agent's executor and records the outcome.
+//!
+//! Per task: `running` (Postgres + event, then Redis and the events topic), the executor, then
+//! the final status in Postgres (idempotent, keyed by task id), the TaskResult on the results
+//! topic (key: task id), the TaskEvent, and Redis. Returns only when all of that is durable.
+//!
+//! Invariants: a task already final in Postgres is never run again; its stored result is
+//! re-published unchanged (a crash may have happened between the Postgres write and the
+//! produce), so every finished task is on the results topic and never with a second outcome.
+
+use super::launch_with;
+use crate::app::Deps;
+use crate::avro::DecodeError;
+use crate::catalog::ProcessorSpec;
+use crate::db::tasks::{self, Outcome, Source, Start, TaskRow};
+use crate::domain::{Agent, AgentStatus, TaskEvent, TaskRequest, TaskResult, TaskStatus};
+use crate::events::TaskExecuted;
+use crate::executors::ExecError;
+use crate::kafka::OutRecord;
+use crate::runtime::{ProcessError, Processor, RecordMeta, RunnerError, RunnerHealth};
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub fn launch(
+    deps: Arc<Deps>,
+    spec: ProcessorSpec,
+    health: Arc<RunnerHealth>,
+    shutdown: CancellationToken,
+) -> BoxFuture<'static, Result<(), RunnerError>> {
+    let processor = AgentExecutor {
+        results_topic: deps.catalog.topic_name(&spec.outputs.results),
+        events_topic: deps.catalog.topic_name(&spec.outputs.events),
+        deps: deps.clone(),
+        spec: spec.clone(),
+    };
+    launch_with(deps, spec, processor, health, shutdown)
+}
+
+pub struct AgentExecutor {
+    deps: Arc<Deps>,
+    spec: ProcessorSpec,
+    results_topic: String,
+    events_topic: String,
+}
+
+fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
+    ProcessError::Permanent { class: class.into(), message: message.into() }
+}
+
+impl AgentExecutor {
+    async fn agent(&self, name: &str) -> Result<Option<Agent>, ProcessError> {
+        if let Ok(Some(a)) = self.deps.cache.get_agent(name).await {
+            return Ok(Some(a));
+        }
+        let agent = crate::db::agents::get(&self.deps.pool, name).await?;
+        if let Some(a) = &agent {
+            let _ = self.deps.cache.put_agent(a).await;
+        }
+        Ok(agent)
+    }
+
+    fn result_of(&self, row: &TaskRow) -> TaskResult {
+        TaskResult {
+            task_id: row.task_id,
+            agent: row.agent.clone(),
+            status: row.status,
+            output: row.output.clone(),
+            error: row.error.clone(),
+            error_class: row.error_class.clone(),
+            attempts: row.attempts,
+            started_at: row.started_at,
+            finished_at: row.finished_at.unwrap_or(row.updated_at),
+            request_id: row.request_id.clone(),
+            traceparent: row.traceparent.clone(),
+            processor: self.spec.name.clone(),
+            source_topic: row.source_topic.clone(),
+            source_partition: row.source_partition,
+            source_offset: row.source_offset,
+        }
+    }
+
+    fn trace_headers(req_id: &Option<String>, traceparent: &Option<String>) -> Vec<(&'static str, Vec<u8>)> {
+        let mut h = Vec::new();
+        if let Some(r) = req_id {
+            h.push(("request_id", r.clone().into_bytes()));
+        }
+        if let Some(t) = traceparent {
+            h.push(("traceparent", t.clone().into_bytes()));
+        }
+        h
+    }
+
+    async fn publish_result(&self, row: &TaskRow) -> Result<(), ProcessError> {
+        let result = self.result_of(row);
+        let bytes = self.deps.codec.encode_result(&self.results_topic, &result).await?;
+        let key = row.task_id.to_string();
+        self.deps
+            .producer
+            .send(OutRecord {
+                topic: &self.results_topic,
+                key: Some(key.as_bytes()),
+                value: Some(&bytes),
+                headers: Self::trace_headers(&row.request_id, &row.traceparent),
+                partition: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn publish_event(&self, event: &TaskEvent) -> Result<(), ProcessError> {
+        let bytes = self.deps.codec.encode_event(&self.events_topic, event).await?;
+        let key = event.task_id.to_string();
+        self.deps
+            .producer
+            .send(OutRecord {
+                topic: &self.events_topic,
+                key: Some(key.as_bytes()),
+                value: Some(&bytes),
+                headers: Self::trace_headers(&event.request_id, &None),
+                partition: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn cache_row(&self, row: &TaskRow) -> Result<(), ProcessError> {
+        let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
+        let mut fields = vec![
+            ("status", row.status.as_str().to_string()),
+            ("agent", row.agent.clone()),
+            ("attempts", row.attempts.to_string()),
+            ("created_at", row.created_at.to_rfc3339()),
+            ("started_at", ts(row.started_at)),
+            ("finished_at", ts(row.finished_at)),
+            ("updated_at", row.updated_at.to_rfc3339()),
+        ];
+        if let Some(o) = &row.output {
+            fields.push(("output", o.to_string()));
+        }
+        if let Some(e) = &row.error {
+            fields.push(("error", e.clone()));
+        }
+        if let Some(c) = &row.error_class {
+            fields.push(("error_class", c.clone()));
+        }
+        self.deps.cache.set_status(row.task_id, fields).await?;
+        Ok(())
+    }
+
+    /// Publishes the final state of a task (result, event, Redis) concurrently.
+    async fn publish_final(&self, row: &TaskRow, event: Option<&TaskEvent>) -> Result<(), ProcessError> {
+        let event_fut = async {
+            match event {
+                Some(e) => self.publish_event(e).await,
+                None => Ok(()),
+            }
+        };
+        let (r, e, c) = tokio::join!(self.publish_result(row), event_fut, self.cache_row(row));
+        r.and(e).and(c)
+    }
+
+    /// Writes an outcome (Postgres first) and publishes it.
+    async fn conclude(&self, req: &TaskRequest, src: &Source, outcome: Outcome) -> Result<(), ProcessError> {
+        let (row, event) = tasks::finish(&self.deps.pool, req, src, &outcome).await?;
+        let event = match event {
+            Some(e) => Some(e),
+            // Already final: re-publish what was recorded, unchanged.
+            None => tasks::last_event(&self.deps.pool, row.task_id).await?,
+        };
+        self.publish_final(&row, event.as_ref()).await
+    }
+
+    fn timeout_for(&self, agent: &Agent) -> Duration {
+        let ms = agent.config.get("timeout_ms").and_then(|v| v.as_u64()).unwrap_or(self.spec.timeouts.task_ms);
+        Duration::from_millis(ms.min(self.spec.timeouts.task_ms))
+    }
+}
+
+fn source(meta: &RecordMeta) -> Source {
+    Source { topic: meta.topic.clone(), partition: meta.partition, offset: meta.offset }
+}
+
+#[async_trait]
+impl Processor for AgentExecutor {
+    type Input = TaskRequest;
+
+    async fn decode(&self, payload: Option<&[u8]>) -> Result<TaskRequest, DecodeError> {
+        self.deps.codec.decode_request(payload).await
+    }
+
+    async fn process(&self, req: &TaskRequest, meta: &RecordMeta) -> Result<(), ProcessError> {
+        let span = tracing::info_span!("task", task_id = %req.task_id, agent = %req.agent,
+            request_id = req.request_id.as_deref().unwrap_or(""), attempt = meta.attempt);
+        let _enter = span.enter();
+        drop(_enter);
+        let src = source(meta);
+        if let Some(existing) = tasks::get(&self.deps.pool, req.task_id).await? {
+            if existing.status.is_terminal() {
+                let event = tasks::last_event(&self.deps.pool, req.task_id).await?;
+                return self.publish_final(&existing, event.as_ref()).await;
+            }
+        }
+        let agent = match self.agent(&req.agent).await? {
+            Some(a) if a.status == AgentStatus::Active => a,
+            Some(_) => return Err(permanent("agent_disabled", format!("agent `{}` is disabled", req.agent))),
+            None => return Err(permanent("unknown_agent", format!("agent `{}` does not exist", req.agent))),
+        };
+        if req.deadline.is_some_and(|d| d <= chrono::Utc::now()) {
+            let outcome = Outcome {
+                status: TaskStatus::Expired,
+                output: None,
+                error: Some("deadline passed before the task started".into()),
+                error_class: Some("deadline_exceeded".into()),
+            };
+            return self.conclude(req, &src, outcome).await;
+        }
+        let (row, event) = match tasks::start(&self.deps.pool, req, &src).await? {
+            Start::Finished(row) => {
+                let event = tasks::last_event(&self.deps.pool, row.task_id).await?;
+                return self.publish_final(&row, event.as_ref()).await;
+            }
+            Start::Started(row, event) => (row, event),
+        };
+        // `running` is recorded in Postgres; Redis and the event are best effort here (the final
+        // state is always published), so an outage cannot make the task run twice.
+        let (c, e) = tokio::join!(self.cache_row(&row), self.publish_event(&event));
+        if let Err(err) = c.and(e) {
+            tracing::warn!(task_id = %req.task_id, error = %err, "publishing `running` failed");
+        }
+        let started = Instant::now();
+        let result = self.deps.executors.execute(&agent, &req.input, self.timeout_for(&agent)).await;
+        let outcome = match result {
+            Ok(output) => Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, error_class: None },
+            Err(ExecError::Failed { class, message }) => {
+                Outcome { status: TaskStatus::Failed, output: None, error: Some(message), error_class: Some(class) }
+            }
+            Err(ExecError::Retryable { class, message }) => {
+                TaskExecuted { agent: &agent.name, outcome: "retryable_error", elapsed: started.elapsed() }.emit();
+                if meta.attempt < self.spec.retry.max_attempts {
+                    let retry = Outcome {
+                        status: TaskStatus::Retrying,
+                        output: None,
+                        error: Some(message.clone()),
+                        error_class: Some(class.clone()),
+                    };
+                    let (row, event) = tasks::finish(&self.deps.pool, req, &src, &retry).await?;
+                    if let Some(ev) = &event {
+                        let _ = tokio::join!(self.cache_row(&row), self.publish_event(ev));
+                    }
+                }
+                return Err(ProcessError::Retryable { class, message });
+            }
+        };
+        TaskExecuted { agent: &agent.name, outcome: outcome.status.as_str(), elapsed: started.elapsed() }.emit();
+        self.conclude(req, &src, outcome).await
+    }
+
+    async fn dead_lettered(&self, req: &TaskRequest, meta: &RecordMeta, error: &ProcessError) -> Result<(), ProcessError> {
+        let outcome = Outcome {
+            status: TaskStatus::DeadLettered,
+            output: None,
+            error: Some(error.message()),
+            error_class: Some(error.class().to_string()),
+        };
+        match self.conclude(req, &source(meta), outcome).await {
+            // No such agent: the task cannot have a row (foreign key); Redis still tells.
+            Err(ProcessError::Retryable { class, .. }) if class == "postgres" => {
+                let now = chrono::Utc::now().to_rfc3339();
+                self.deps
+                    .cache
+                    .set_status(
+                        req.task_id,
+                        vec![
+                            ("status", TaskStatus::DeadLettered.as_str().to_string()),
+                            ("agent", req.agent.clone()),
+                            ("error", error.message()),
+                            ("error_class", error.class().to_string()),
+                            ("finished_at", now.clone()),
+                            ("updated_at", now),
+                        ],
+                    )
+                    .await?;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Dead letters: the original key, value bytes and headers of a failed record, plus headers
+//! that say why, where it came from and how often it was tried.
+//!
+//! Header names (all UTF-8 values): `dlq.error.class`, `dlq.error.message`,
+//! `dlq.source.topic`, `dlq.source.partition`, `dlq.source.offset`, `dlq.consumer.group`,
+//! `dlq.processor`, `dlq.attempts`, `dlq.first.failure`, `dlq.last.failure` (RFC 3339).
+
+use crate::kafka::{OutRecord, ProduceError, Producer};
+use chrono::{DateTime, Utc};
+
+pub const H_CLASS: &str = "dlq.error.class";
+pub const H_MESSAGE: &str = "dlq.error.message";
+pub const H_TOPIC: &str = "dlq.source.topic";
+pub const H_PARTITION: &str = "dlq.source.partition";
+pub const H_OFFSET: &str = "dlq.source.offset";
+pub const H_GROUP: &str = "dlq.consumer.group";
+pub const H_PROCESSOR: &str = "dlq.processor";
+pub const H_ATTEMPTS: &str = "dlq.attempts";
+pub const H_FIRST: &str = "dlq.first.failure";
+pub const H_LAST: &str = "dlq.last.failure";
+
+/// Everything needed to dead-letter one record.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub class: String,
+    pub message: String,
+    pub source_topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub group: String,
+    pub processor: String,
+    pub attempts: u32,
+    pub first_failure: DateTime<Utc>,
+    pub last_failure: DateTime<Utc>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl DeadLetter {
+    /// Produces the dead letter to `topic` and waits for the broker's ack.
+    pub async fn publish(&self, producer: &Producer, topic: &str) -> Result<(i32, i64), ProduceError> {
+        let mut headers: Vec<(&str, Vec<u8>)> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("dlq."))
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let message: String = self.message.chars().take(4000).collect();
+        for (k, v) in [
+            (H_CLASS, self.class.clone()),
+            (H_MESSAGE, message),
+            (H_TOPIC, self.source_topic.clone()),
+            (H_PARTITION, self.partition.to_string()),
+            (H_OFFSET, self.offset.to_string()),
+            (H_GROUP, self.group.clone()),
+            (H_PROCESSOR, self.processor.clone()),
+            (H_ATTEMPTS, self.attempts.to_string()),
+            (H_FIRST, self.first_failure.to_rfc3339()),
+            (H_LAST, self.last_failure.to_rfc3339()),
+        ] {
+            headers.push((k, v.into_bytes()));
+        }
+        producer
+            .send(OutRecord {
+                topic,
+                key: self.key.as_deref(),
+                value: self.value.as_deref(),
+                headers,
+                partition: None,
+            })
+            .await
+    }
+}

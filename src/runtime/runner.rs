@@ -1,0 +1,455 @@
+//! The consumer-group runner (quickwit's shape): one poll loop owns the consumer, the offsets
+//! and the scheduler; workers run records and report completions over a bounded channel.
+//!
+//! Invariants:
+//! - the poll loop never awaits a task, so long tasks never cost group membership; when more
+//!   than `max_buffered` records are held it pauses the assignment (and keeps polling);
+//! - offsets are stored (and auto-committed by librdkafka, and on revoke and shutdown) only
+//!   from [`PartitionOffsets`] checkpoints: after every effect of a record is durable;
+//! - on revoke, unstarted records of the revoked partitions are dropped and late completions
+//!   of their in-flight records are ignored (the new owner redelivers; effects are idempotent);
+//! - on shutdown: stop fetching, finish in-flight work within the grace period, commit, leave.
+
+use super::dlq::DeadLetter;
+use super::{PartitionOffsets, ProcessError, Processor, RecordMeta, Scheduler};
+use crate::avro::DecodeError;
+use crate::catalog::{Ordering, ProcessorSpec};
+use crate::events::{processor_gauges, RecordDeadLettered, RecordRetrying};
+use crate::kafka::{client_config, Producer};
+use crate::settings::KafkaSettings;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("kafka consumer error: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// What the runner reports to health probes.
+#[derive(Debug, Default)]
+pub struct RunnerHealth {
+    pub assigned: AtomicUsize,
+    pub in_flight: AtomicUsize,
+    /// Set while a dependency is unavailable (records are waiting on it).
+    pub degraded: AtomicBool,
+    pub started: AtomicBool,
+}
+
+type Tp = (String, i32);
+
+enum RebalanceEvent {
+    Assigned(Vec<Tp>),
+    Revoked(Vec<Tp>),
+}
+
+struct RunnerContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+    paused: AtomicBool,
+}
+
+fn tps(list: &TopicPartitionList) -> Vec<Tp> {
+    list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+impl ClientContext for RunnerContext {}
+impl ConsumerContext for RunnerContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            self.events.lock().expect("lock").push(RebalanceEvent::Revoked(tps(list)));
+        }
+    }
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            if self.paused.load(AtomicOrdering::SeqCst) {
+                let _ = consumer.pause(list);
+            }
+            self.events.lock().expect("lock").push(RebalanceEvent::Assigned(tps(list)));
+        }
+    }
+}
+
+/// A record handed to a worker.
+struct Work {
+    msg: OwnedMessage,
+    generation: u64,
+}
+
+struct Done {
+    tp: Tp,
+    offset: i64,
+    generation: u64,
+    key: Option<Vec<u8>>,
+}
+
+/// Everything a worker needs, shared.
+struct Shared<P: Processor> {
+    processor: Arc<P>,
+    spec: ProcessorSpec,
+    group: String,
+    dead_letter_topic: String,
+    producer: Producer,
+    health: Arc<RunnerHealth>,
+    cancel: CancellationToken,
+}
+
+/// A processor's spec with its names resolved (namespace applied).
+pub struct RunnerConfig {
+    pub spec: ProcessorSpec,
+    pub input_topic: String,
+    pub group: String,
+    pub dead_letter_topic: String,
+}
+
+/// Runs `processor` as declared by `spec` until `shutdown` fires.
+pub async fn run_processor<P: Processor>(
+    kafka: &KafkaSettings,
+    config: RunnerConfig,
+    producer: Producer,
+    processor: Arc<P>,
+    health: Arc<RunnerHealth>,
+    shutdown: CancellationToken,
+) -> Result<(), RunnerError> {
+    let RunnerConfig { spec, input_topic, group, dead_letter_topic } = config;
+    let context = RunnerContext { events: Mutex::new(Vec::new()), paused: AtomicBool::new(false) };
+    let consumer: StreamConsumer<RunnerContext> = client_config(kafka, &spec.name)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "2000")
+        .set("max.poll.interval.ms", "300000")
+        .set("isolation.level", "read_committed")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        .create_with_context(context)?;
+    consumer.subscribe(&[&input_topic])?;
+    health.started.store(true, AtomicOrdering::SeqCst);
+    tracing::info!(processor = %spec.name, topic = %input_topic, group = %group, "processor started");
+
+    let (in_flight_gauge, paused_gauge, consumed) = processor_gauges(&spec.name);
+    let workers_cancel = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        processor,
+        spec: spec.clone(),
+        group,
+        dead_letter_topic,
+        producer,
+        health: health.clone(),
+        cancel: workers_cancel.clone(),
+    });
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(spec.max_buffered * 2);
+    let mut scheduler: Scheduler<Vec<u8>, Work> = Scheduler::new(spec.concurrency);
+    let mut offsets: HashMap<Tp, (u64, PartitionOffsets)> = HashMap::new();
+    let mut generation: u64 = 0;
+    let mut paused = false;
+
+    loop {
+        while let Some((_, work)) = scheduler.start_next() {
+            spawn_worker(shared.clone(), work, done_tx.clone());
+        }
+        in_flight_gauge.set(scheduler.running() as i64);
+        health.in_flight.store(scheduler.running(), AtomicOrdering::Relaxed);
+        let held = scheduler.held();
+        if !paused && held >= spec.max_buffered {
+            paused = set_paused(&consumer, true);
+        } else if paused && held <= spec.max_buffered / 2 {
+            paused = set_paused(&consumer, false);
+        }
+        paused_gauge.set(paused as i64);
+
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = done_rx.recv() => {
+                complete(&consumer, &mut offsets, &mut scheduler, &spec, done);
+            }
+            msg = consumer.recv() => {
+                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health);
+                match msg {
+                    Ok(m) => {
+                        consumed.inc();
+                        let m = m.detach();
+                        let tp = (m.topic().to_string(), m.partition());
+                        let entry = offsets.entry(tp).or_insert_with(|| {
+                            generation += 1;
+                            (generation, PartitionOffsets::default())
+                        });
+                        entry.1.register(m.offset());
+                        let key = ordering_key(spec.ordering, &m);
+                        scheduler.push(key, Work { msg: m, generation: entry.0 });
+                    }
+                    Err(e) => {
+                        tracing::warn!(processor = %spec.name, error = %e, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health);
+    }
+
+    // Shutdown: drop what has not started, let in-flight work finish within the grace period.
+    let dropped = scheduler.discard(|_| true);
+    let grace = Duration::from_millis(spec.timeouts.shutdown_grace_ms);
+    tracing::info!(processor = %spec.name, in_flight = scheduler.running(), dropped, "processor stopping");
+    let drain = async {
+        while scheduler.running() > 0 {
+            match done_rx.recv().await {
+                Some(done) => complete(&consumer, &mut offsets, &mut scheduler, &spec, done),
+                None => break,
+            }
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(processor = %spec.name, "grace period over; abandoning in-flight records (they will be redelivered)");
+        workers_cancel.cancel();
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(processor = %spec.name, error = %e, "final commit failed"),
+    }
+    in_flight_gauge.set(0);
+    consumer.unsubscribe();
+    tracing::info!(processor = %spec.name, "processor stopped");
+    Ok(())
+}
+
+fn set_paused(consumer: &StreamConsumer<RunnerContext>, pause: bool) -> bool {
+    consumer.context().paused.store(pause, AtomicOrdering::SeqCst);
+    if let Ok(assignment) = consumer.assignment() {
+        let r = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, pause, "pause/resume failed");
+        }
+    }
+    pause
+}
+
+fn ordering_key(ordering: Ordering, m: &OwnedMessage) -> Option<Vec<u8>> {
+    match ordering {
+        Ordering::Unordered => None,
+        Ordering::Partition => Some(format!("{}:{}", m.topic(), m.partition()).into_bytes()),
+        Ordering::Key => {
+            let mut k = format!("{}:{}:", m.topic(), m.partition()).into_bytes();
+            k.extend_from_slice(m.key().unwrap_or_default());
+            Some(k)
+        }
+    }
+}
+
+fn apply_rebalances(
+    consumer: &StreamConsumer<RunnerContext>,
+    offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
+    scheduler: &mut Scheduler<Vec<u8>, Work>,
+    generation: &mut u64,
+    health: &RunnerHealth,
+) {
+    let events = std::mem::take(&mut *consumer.context().events.lock().expect("lock"));
+    for event in events {
+        match event {
+            RebalanceEvent::Assigned(list) => {
+                for tp in list {
+                    offsets.entry(tp).or_insert_with(|| {
+                        *generation += 1;
+                        (*generation, PartitionOffsets::default())
+                    });
+                }
+            }
+            RebalanceEvent::Revoked(list) => {
+                for tp in &list {
+                    offsets.remove(tp);
+                }
+                let dropped = scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p));
+                tracing::info!(partitions = list.len(), dropped, "partitions revoked");
+            }
+        }
+    }
+    health.assigned.store(offsets.len(), AtomicOrdering::Relaxed);
+}
+
+fn complete(
+    consumer: &StreamConsumer<RunnerContext>,
+    offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
+    scheduler: &mut Scheduler<Vec<u8>, Work>,
+    spec: &ProcessorSpec,
+    done: Done,
+) {
+    scheduler.finish(done.key.as_ref());
+    let Some((generation, tracker)) = offsets.get_mut(&done.tp) else { return };
+    if *generation != done.generation {
+        return;
+    }
+    if let Some(position) = tracker.complete(done.offset) {
+        let mut tpl = TopicPartitionList::new();
+        if tpl.add_partition_offset(&done.tp.0, done.tp.1, Offset::Offset(position)).is_ok() {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                tracing::debug!(processor = %spec.name, error = %e, "offset not stored (partition no longer assigned)");
+            }
+        }
+    }
+}
+
+fn spawn_worker<P: Processor>(shared: Arc<Shared<P>>, work: Work, done_tx: mpsc::Sender<Done>) {
+    let key = ordering_key(shared.spec.ordering, &work.msg);
+    tokio::spawn(async move {
+        let tp = (work.msg.topic().to_string(), work.msg.partition());
+        let offset = work.msg.offset();
+        let cancel = shared.cancel.clone();
+        let finished = tokio::select! {
+            _ = cancel.cancelled() => false,
+            () = handle_record(&shared, &work.msg) => true,
+        };
+        // An abandoned record is never reported done: its offset stays uncommitted.
+        if finished {
+            let _ = done_tx.send(Done { tp, offset, generation: work.generation, key }).await;
+        }
+    });
+}
+
+fn backoff(policy: &crate::catalog::RetryPolicy, attempt: u32) -> Duration {
+    let base = policy.initial_backoff_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+    let capped = base.min(policy.max_backoff_ms);
+    // Full jitter over the upper half keeps retries of many records apart.
+    let jitter = rand::random_range(capped / 2..=capped.max(1));
+    Duration::from_millis(jitter)
+}
+
+fn meta_of(msg: &OwnedMessage, attempt: u32) -> RecordMeta {
+    let headers = msg
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+        .unwrap_or_default();
+    RecordMeta {
+        topic: msg.topic().to_string(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        key: msg.key().map(<[u8]>::to_vec),
+        headers,
+        attempt,
+    }
+}
+
+/// Runs one record to a durable end: processed, or dead-lettered.
+async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage) {
+    let spec = &shared.spec;
+    let first_failure = chrono::Utc::now();
+    // Decode at the edge; wait out an unreachable registry.
+    let mut waits = 0u32;
+    let input = loop {
+        match shared.processor.decode(msg.payload()).await {
+            Ok(input) => break input,
+            Err(DecodeError::Poison { class, message }) => {
+                let meta = meta_of(msg, 1);
+                dead_letter(shared, &meta, msg, class, &message, 1, first_failure).await;
+                return;
+            }
+            Err(DecodeError::Unavailable(m)) => {
+                waits += 1;
+                wait_unavailable(shared, "schema_registry", &m, waits).await;
+            }
+        }
+    };
+    let mut attempt = 1u32;
+    let mut waits = 0u32;
+    loop {
+        let meta = meta_of(msg, attempt);
+        let err = match shared.processor.process(&input, &meta).await {
+            Ok(()) => {
+                shared.health.degraded.store(false, AtomicOrdering::Relaxed);
+                return;
+            }
+            Err(e) => e,
+        };
+        match &err {
+            ProcessError::Unavailable { dependency, message } => {
+                waits += 1;
+                wait_unavailable(shared, dependency, message, waits).await;
+            }
+            ProcessError::Retryable { .. } if attempt < spec.retry.max_attempts => {
+                let pause = backoff(&spec.retry, attempt);
+                RecordRetrying { processor: &spec.name, attempt, backoff: pause, error: &err.to_string() }.emit();
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            _ => {
+                dead_letter(shared, &meta, msg, err.class(), &err.message(), attempt, first_failure).await;
+                // Record the final state; wait out unavailable dependencies, give up on others.
+                let mut waits = 0u32;
+                loop {
+                    match shared.processor.dead_lettered(&input, &meta, &err).await {
+                        Err(ProcessError::Unavailable { dependency, message }) => {
+                            waits += 1;
+                            wait_unavailable(shared, dependency, &message, waits).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(processor = %spec.name, error = %e, "recording dead-lettered state failed");
+                            return;
+                        }
+                        Ok(()) => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn wait_unavailable<P: Processor>(shared: &Shared<P>, dependency: &str, message: &str, waits: u32) {
+    shared.health.degraded.store(true, AtomicOrdering::Relaxed);
+    let pause = Duration::from_millis((100u64 << waits.min(5)).min(3000));
+    if waits == 1 || waits % 10 == 0 {
+        tracing::warn!(processor = %shared.spec.name, dependency, error = message, waits, "dependency unavailable; waiting");
+    }
+    tokio::time::sleep(pause).await;
+}
+
+async fn dead_letter<P: Processor>(
+    shared: &Shared<P>,
+    meta: &RecordMeta,
+    msg: &OwnedMessage,
+    class: &str,
+    message: &str,
+    attempts: u32,
+    first_failure: chrono::DateTime<chrono::Utc>,
+) {
+    let letter = DeadLetter {
+        class: class.to_string(),
+        message: message.to_string(),
+        source_topic: meta.topic.clone(),
+        partition: meta.partition,
+        offset: meta.offset,
+        group: shared.group.clone(),
+        processor: shared.spec.name.clone(),
+        attempts,
+        first_failure,
+        last_failure: chrono::Utc::now(),
+        key: msg.key().map(<[u8]>::to_vec),
+        value: msg.payload().map(<[u8]>::to_vec),
+        headers: meta.headers.clone(),
+    };
+    let mut waits = 0u32;
+    while let Err(e) = letter.publish(&shared.producer, &shared.dead_letter_topic).await {
+        waits += 1;
+        wait_unavailable(shared, "kafka", &e.to_string(), waits).await;
+    }
+    RecordDeadLettered {
+        processor: &shared.spec.name,
+        reason: class,
+        message,
+        topic: &meta.topic,
+        partition: meta.partition,
+        offset: meta.offset,
+    }
+    .emit();
+}

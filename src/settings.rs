@@ -1,0 +1,438 @@
+//! Layered configuration: `config/default.toml`, then `config/<environment>.toml`, then
+//! environment variables (the spec's names, plus `DEVCYCLE__SECTION__KEY` for any other key).
+//!
+//! Invariants: every key must exist in `default.toml` (unknown keys are refused with the key's
+//! path), values are type-checked and validated before anything starts, and secrets are wrapped
+//! in [`Secret`] so they never reach a log line or `devcycle config`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Environment variables with the spec's names and the keys they set.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("ENVIRONMENT", "environment"),
+    ("DEBUG", "debug"),
+    ("LOG_LEVEL", "log_level"),
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
+    ("KAFKA_BOOTSTRAP_SERVERS", "kafka.bootstrap_servers"),
+    ("SCHEMA_REGISTRY_URL", "schema_registry.url"),
+    ("SECRET_KEY", "secret_key"),
+];
+
+const DEV_SECRET: &str = "dev-insecure-secret-key-change-me-0000000000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), message: message.into() }
+}
+
+/// A value that is never printed: `Debug`, `Display` and `Serialize` show `[redacted]`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Test,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Test => "test",
+            Environment::Production => "production",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+    Auto,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub environment: Environment,
+    pub debug: bool,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub secret_key: Secret,
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub kafka: KafkaSettings,
+    pub schema_registry: RegistrySettings,
+    pub paths: PathSettings,
+    pub run: RunSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub produce_timeout_ms: u64,
+    pub retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub schema: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: Secret,
+    pub key_prefix: String,
+    pub pool_size: usize,
+    pub timeout_ms: u64,
+    pub task_status_ttl_secs: u64,
+    pub agent_cache_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    pub namespace: String,
+    pub client_id: String,
+    pub apply_on_start: bool,
+    pub request_timeout_ms: u64,
+    #[serde(serialize_with = "redact_properties")]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn redact_properties<S: serde::Serializer>(
+    props: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let shown: BTreeMap<&str, &str> = props
+        .iter()
+        .map(|(k, v)| {
+            let secret = k.contains("password") || k.contains("secret") || k.contains("key");
+            (k.as_str(), if secret { "[redacted]" } else { v.as_str() })
+        })
+        .collect();
+    shown.serialize(s)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    pub url: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathSettings {
+    pub topics: PathBuf,
+    pub schemas: PathBuf,
+    pub processors: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettings {
+    pub processors: Vec<String>,
+}
+
+impl Settings {
+    /// Loads the layered configuration from `dir` and the process environment.
+    pub fn load(dir: &Path) -> Result<Settings, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load_with_env(dir, &env)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut merged = read_toml(&dir.join("default.toml"))?;
+        let environment = match env.get("ENVIRONMENT") {
+            Some(e) => e.clone(),
+            None => merged
+                .get("environment")
+                .and_then(|v| v.as_str())
+                .unwrap_or("development")
+                .to_string(),
+        };
+        if !["development", "test", "production"].contains(&environment.as_str()) {
+            return Err(invalid(
+                "environment",
+                format!("`{environment}` is not one of development, test, production"),
+            ));
+        }
+        let env_file = dir.join(format!("{environment}.toml"));
+        if env_file.exists() {
+            let layer = read_toml(&env_file)?;
+            merge(&mut merged, layer, "")?;
+        }
+        for (var, key) in ENV_KEYS {
+            if let Some(value) = env.get(*var) {
+                set_path(&mut merged, key, value)?;
+            }
+        }
+        for (var, value) in env {
+            if let Some(rest) = var.strip_prefix("DEVCYCLE__") {
+                let key = rest.to_ascii_lowercase().replace("__", ".");
+                set_path(&mut merged, &key, value)?;
+            }
+        }
+        let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(&key, e.into_inner().to_string())
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let levels = ["error", "warn", "info", "debug", "trace"];
+        if !levels.contains(&self.log_level.to_ascii_lowercase().as_str()) {
+            return Err(invalid("log_level", format!("`{}` is not one of {levels:?}", self.log_level)));
+        }
+        if self.environment == Environment::Production
+            && (self.secret_key.expose() == DEV_SECRET || self.secret_key.expose().len() < 32)
+        {
+            return Err(invalid(
+                "secret_key",
+                "production needs SECRET_KEY set to a random value of at least 32 characters",
+            ));
+        }
+        if self.secret_key.expose().len() < 16 {
+            return Err(invalid("secret_key", "must be at least 16 characters"));
+        }
+        for (key, url, schemes) in [
+            ("database.url", self.database.url.expose(), &["postgres", "postgresql"][..]),
+            ("redis.url", self.redis.url.expose(), &["redis", "rediss"][..]),
+            ("schema_registry.url", self.schema_registry.url.as_str(), &["http", "https"][..]),
+        ] {
+            let scheme = url.split("://").next().unwrap_or("");
+            if !url.contains("://") || !schemes.contains(&scheme) {
+                return Err(invalid(key, format!("expected a URL with scheme {schemes:?}")));
+            }
+        }
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid("kafka.bootstrap_servers", "must not be empty"));
+        }
+        let ident_ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if self.database.schema.is_empty() || !ident_ok(&self.database.schema) {
+            return Err(invalid("database.schema", "must be a plain identifier [A-Za-z0-9_]"));
+        }
+        let ns_ok = self.kafka.namespace.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !ns_ok {
+            return Err(invalid("kafka.namespace", "may contain only [A-Za-z0-9._-]"));
+        }
+        if self.http.max_body_bytes == 0 {
+            return Err(invalid("http.max_body_bytes", "must be positive"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be positive"));
+        }
+        if self.redis.pool_size == 0 {
+            return Err(invalid("redis.pool_size", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = Secret(redact_url(self.database.url.expose()));
+        shown.redis.url = Secret(redact_url(self.redis.url.expose()));
+        // Secret serializes as "[redacted]"; URLs are shown with only the password hidden.
+        let mut value = toml::Value::try_from(&shown).expect("settings serialize");
+        if let Some(t) = value.as_table_mut() {
+            for (section, url) in [("database", &shown.database.url), ("redis", &shown.redis.url)] {
+                if let Some(s) = t.get_mut(section).and_then(|v| v.as_table_mut()) {
+                    s.insert("url".into(), toml::Value::String(url.0.clone()));
+                }
+            }
+        }
+        toml::to_string_pretty(&value).expect("settings print")
+    }
+}
+
+/// `scheme://user:password@host` → `scheme://user:[redacted]@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((auth, host)) = rest.split_once('@') else { return url.to_string() };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+        None => url.to_string(),
+    }
+}
+
+fn read_toml(path: &Path) -> Result<toml::Value, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text)
+        .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
+}
+
+/// Merges `layer` into `base`; a key absent from `base` is refused (it is unknown).
+fn merge(base: &mut toml::Value, layer: toml::Value, prefix: &str) -> Result<(), ConfigError> {
+    let (Some(base_t), toml::Value::Table(layer_t)) = (base.as_table_mut(), layer) else {
+        return Err(invalid(prefix, "expected a table"));
+    };
+    for (k, v) in layer_t {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        // Free-form maps accept any key.
+        if key.starts_with("kafka.properties") {
+            base_t.insert(k, v);
+            continue;
+        }
+        match base_t.get_mut(&k) {
+            None => return Err(invalid(&key, "unknown key")),
+            Some(existing @ toml::Value::Table(_)) if v.is_table() && key != "kafka.properties" => {
+                merge(existing, v, &key)?
+            }
+            Some(existing) => *existing = v,
+        }
+    }
+    Ok(())
+}
+
+/// Sets a dotted key from an environment string, coerced to the type of the default value.
+fn set_path(root: &mut toml::Value, key: &str, raw: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = root;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i == parts.len() - 1;
+        let in_props = i > 0 && parts[i - 1] == "properties";
+        let table = cur.as_table_mut().ok_or_else(|| invalid(key, "unknown key"))?;
+        if last {
+            let value = match table.get(*part) {
+                None if in_props => toml::Value::String(raw.to_string()),
+                None => return Err(invalid(key, "unknown key")),
+                Some(existing) => coerce(key, existing, raw)?,
+            };
+            table.insert(part.to_string(), value);
+            return Ok(());
+        }
+        cur = table.get_mut(*part).ok_or_else(|| invalid(key, "unknown key"))?;
+    }
+    Ok(())
+}
+
+fn coerce(key: &str, like: &toml::Value, raw: &str) -> Result<toml::Value, ConfigError> {
+    Ok(match like {
+        toml::Value::Boolean(_) => match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => toml::Value::Boolean(true),
+            "false" | "0" | "no" => toml::Value::Boolean(false),
+            _ => return Err(invalid(key, format!("`{raw}` is not a boolean"))),
+        },
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.parse().map_err(|_| invalid(key, format!("`{raw}` is not an integer")))?,
+        ),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        toml::Value::Table(_) => return Err(invalid(key, "is a section, not a value")),
+        _ => toml::Value::String(raw.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let s = Settings::load_with_env(
+            &dir(),
+            &env(&[("ENVIRONMENT", "test"), ("DATABASE_URL", "postgres://a:b@h/db"), ("DEVCYCLE__HTTP__PORT", "9001")]),
+        )
+        .unwrap();
+        assert_eq!(s.environment, Environment::Test);
+        assert_eq!(s.log_level, "warn"); // from test.toml
+        assert_eq!(s.database.url.expose(), "postgres://a:b@h/db");
+        assert_eq!(s.http.port, 9001);
+    }
+
+    #[test]
+    fn unknown_and_invalid_keys_are_named() {
+        let e = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__HTTP__PROT", "1")])).unwrap_err();
+        assert!(e.to_string().contains("http.prot"), "{e}");
+        let e = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__HTTP__PORT", "x")])).unwrap_err();
+        assert!(e.to_string().contains("http.port"), "{e}");
+        let e = Settings::load_with_env(&dir(), &env(&[("LOG_LEVEL", "loud")])).unwrap_err();
+        assert!(e.to_string().contains("log_level"), "{e}");
+        let e = Settings::load_with_env(&dir(), &env(&[("ENVIRONMENT", "production")])).unwrap_err();
+        assert!(e.to_string().contains("secret_key"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let s = Settings::load_with_env(
+            &dir(),
+            &env(&[("DATABASE_URL", "postgres://u:hunter2@h/db"), ("SECRET_KEY", "s3cr3t-s3cr3t-s3cr3t")]),
+        )
+        .unwrap();
+        let shown = s.redacted_toml();
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("postgres://u:[redacted]@h/db"));
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}
