@@ -316,6 +316,7 @@ pub fn result_from_value(v: Value) -> Result<TaskResult, DecodeError> {
 }
 
 #[cfg(test)]
+#[allow(deprecated)] // to/from_avro_datum are the simplest raw round trip
 mod tests {
     use super::*;
 

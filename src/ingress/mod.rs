@@ -71,6 +71,7 @@ impl Server {
                         async move { Ok::<_, std::convert::Infallible>(handle(deps, req, peer).await) }
                     });
                     let conn = http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(10))
                         .serve_connection(TokioIo::new(stream), svc);
                     let watched = graceful.watch(conn);

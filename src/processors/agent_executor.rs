@@ -23,6 +23,7 @@ use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub fn launch(
     deps: Arc<Deps>,
@@ -194,8 +195,16 @@ impl Processor for AgentExecutor {
     async fn process(&self, req: &TaskRequest, meta: &RecordMeta) -> Result<(), ProcessError> {
         let span = tracing::info_span!("task", task_id = %req.task_id, agent = %req.agent,
             request_id = req.request_id.as_deref().unwrap_or(""), attempt = meta.attempt);
-        let _enter = span.enter();
-        drop(_enter);
+        self.run_task(req, meta).instrument(span).await
+    }
+
+    async fn dead_lettered(&self, req: &TaskRequest, meta: &RecordMeta, error: &ProcessError) -> Result<(), ProcessError> {
+        self.record_dead_letter(req, meta, error).await
+    }
+}
+
+impl AgentExecutor {
+    async fn run_task(&self, req: &TaskRequest, meta: &RecordMeta) -> Result<(), ProcessError> {
         let src = source(meta);
         if let Some(existing) = tasks::get(&self.deps.pool, req.task_id).await? {
             if existing.status.is_terminal() {
@@ -258,7 +267,7 @@ impl Processor for AgentExecutor {
         self.conclude(req, &src, outcome).await
     }
 
-    async fn dead_lettered(&self, req: &TaskRequest, meta: &RecordMeta, error: &ProcessError) -> Result<(), ProcessError> {
+    async fn record_dead_letter(&self, req: &TaskRequest, meta: &RecordMeta, error: &ProcessError) -> Result<(), ProcessError> {
         let outcome = Outcome {
             status: TaskStatus::DeadLettered,
             output: None,

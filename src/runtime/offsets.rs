@@ -15,6 +15,8 @@ pub struct PartitionOffsets {
 impl PartitionOffsets {
     /// A record at `offset` was handed to a worker.
     pub fn register(&mut self, offset: i64) {
+        // The first record's offset is where this assignment started: nothing to commit yet.
+        self.stored.get_or_insert(offset);
         self.pending.insert(offset);
         self.next_unseen = Some(self.next_unseen.map_or(offset + 1, |n| n.max(offset + 1)));
     }

@@ -1,0 +1,173 @@
+//! Test harness: each test app gets its own Kafka namespace (topics and groups), Postgres
+//! schema and Redis key prefix, and an ingress on port 0, against the real services whose
+//! addresses come from the environment (`eval "$(scripts/services env)"`).
+
+#![allow(dead_code)]
+
+use devcycle::app::{self, Deps, Mode};
+use devcycle::domain::TaskResult;
+use devcycle::settings::Settings;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Test settings: `config/` with ENVIRONMENT=test and the service URLs from the environment,
+/// isolated by a fresh namespace.
+pub fn test_settings() -> Settings {
+    let mut env: BTreeMap<String, String> = std::env::vars().collect();
+    env.insert("ENVIRONMENT".into(), "test".into());
+    let mut s = Settings::load_with_env(&root().join("config"), &env).expect("test settings");
+    let id = Uuid::new_v4().simple().to_string();
+    let short = &id[..12];
+    s.http.port = 0;
+    s.kafka.namespace = format!("t{short}.");
+    s.database.schema = format!("t_{short}");
+    s.redis.key_prefix = format!("t{short}:");
+    s.paths.topics = root().join("topics");
+    s.paths.schemas = root().join("schemas");
+    s.paths.processors = root().join("processors");
+    s
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub deps: Arc<Deps>,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), app::StartError>>,
+}
+
+impl TestApp {
+    /// The ingress and the agent-executor, on fresh topics, schema and prefix.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut s = test_settings();
+        customize(&mut s);
+        let deps = Deps::connect(s).await.expect("connect to the test services (is `scripts/services up` running?)");
+        Self::start(deps, Mode::All).await
+    }
+
+    /// Starts `mode` on already connected dependencies.
+    pub async fn start(deps: Arc<Deps>, mode: Mode) -> TestApp {
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::spawn(app::run_with(deps.clone(), mode, shutdown.clone(), Some(tx)));
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("ingress bound in time")
+            .expect("ingress started");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        TestApp { addr, deps, http, shutdown, handle }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn topic(&self, declared: &str) -> String {
+        self.deps.catalog.topic_name(declared)
+    }
+
+    /// POSTs a JSON body; returns status, headers and the parsed envelope.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.post(self.url(path)).json(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        (status, headers, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submits a task; returns its id (asserting 202).
+    pub async fn submit(&self, agent: &str, input: Value) -> Uuid {
+        let (status, body) = self.post("/v1/tasks", &serde_json::json!({"agent": agent, "input": input})).await;
+        assert_eq!(status, 202, "submit failed: {body}");
+        body["data"]["task_id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Polls GET /v1/tasks/{id} until its status is `want` (or fails after `within`).
+    pub async fn wait_status(&self, id: Uuid, want: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = self.get(&format!("/v1/tasks/{id}")).await;
+            if status == 200 && body["data"]["status"] == want {
+                return body["data"].clone();
+            }
+            assert!(Instant::now() < deadline, "task {id} did not reach {want}; last: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reads the results topic from the beginning until results for all `ids` were seen.
+    pub async fn read_results(&self, ids: &[Uuid], within: Duration) -> Vec<(TaskResult, Vec<(String, String)>)> {
+        let consumer = self.consumer(&self.topic("devcycle.task-results"));
+        let mut found = Vec::new();
+        let deadline = Instant::now() + within;
+        while found.len() < ids.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "results seen for {} of {} tasks", found.len(), ids.len());
+            let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await else { continue };
+            let key: Uuid = std::str::from_utf8(m.key().unwrap()).unwrap().parse().unwrap();
+            if ids.contains(&key) {
+                let result = self.deps.codec.decode_result(m.payload()).await.expect("result decodes");
+                let headers = header_pairs(&m);
+                found.push((result, headers));
+            }
+        }
+        found
+    }
+
+    /// A read_committed consumer of `topic` from the beginning, in its own group.
+    pub fn consumer(&self, topic: &str) -> StreamConsumer {
+        let c: StreamConsumer = devcycle::kafka::client_config(&self.deps.settings.kafka, "test-reader")
+            .set("group.id", format!("{}reader-{}", self.deps.settings.kafka.namespace, Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        c.subscribe(&[topic]).unwrap();
+        c
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(60), self.handle).await.expect("stops in time");
+        r.expect("no panic").expect("clean stop");
+    }
+}
+
+pub fn header_pairs(m: &impl Message) -> Vec<(String, String)> {
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,186 @@
+//! End to end against the real services: HTTP → Kafka (Avro) → agent-executor → Postgres,
+//! Redis and the results topic.
+
+mod common;
+
+use common::TestApp;
+use devcycle::domain::TaskStatus;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_task_comes_back_succeeded_everywhere() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .http
+        .post(app.url("/v1/tasks"))
+        .header("x-request-id", "req_echo_test_1")
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .json(&json!({"agent": "echo", "input": {"hello": "world", "n": [1, 2, 3]}}));
+    let (status, headers, body) = app.send(r).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["success"], true);
+    assert_eq!(body["request_id"], "req_echo_test_1");
+    assert_eq!(headers["x-request-id"], "req_echo_test_1");
+    let data = &body["data"];
+    assert_eq!(data["status"], "queued");
+    assert_eq!(data["topic"], app.topic("devcycle.task-requests"));
+    assert!(data["partition"].as_i64().unwrap() >= 0 && data["offset"].as_i64().unwrap() >= 0);
+    let id: uuid::Uuid = data["task_id"].as_str().unwrap().parse().unwrap();
+
+    // Readable at once (queued, or already further along).
+    let (s, now) = app.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(s, 200);
+    assert!(["queued", "running", "succeeded"].contains(&now["data"]["status"].as_str().unwrap()), "{now}");
+
+    let done = app.wait_status(id, "succeeded", WAIT).await;
+    assert_eq!(done["output"], json!({"hello": "world", "n": [1, 2, 3]}));
+    assert_eq!(done["attempts"], 1);
+
+    // The durable record.
+    let row = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
+    assert_eq!(row.status, TaskStatus::Succeeded);
+    assert_eq!(row.output, Some(json!({"hello": "world", "n": [1, 2, 3]})));
+    assert_eq!(row.request_id.as_deref(), Some("req_echo_test_1"));
+    assert!(row.started_at.is_some() && row.finished_at.is_some());
+    assert_eq!(row.source_topic.as_deref(), Some(app.topic("devcycle.task-requests").as_str()));
+    let events = devcycle::db::tasks::events(&app.deps.pool, id).await.unwrap();
+    let statuses: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(statuses, ["running", "succeeded"]);
+
+    // The hot status.
+    let hot = app.deps.cache.get_status(id).await.unwrap().unwrap();
+    assert_eq!(hot["status"], "succeeded");
+
+    // The result topic, decoded through the registry, with the request id carried along.
+    let results = app.read_results(&[id], WAIT).await;
+    let (result, headers) = &results[0];
+    assert_eq!(result.status, TaskStatus::Succeeded);
+    assert_eq!(result.output, Some(json!({"hello": "world", "n": [1, 2, 3]})));
+    assert_eq!(result.request_id.as_deref(), Some("req_echo_test_1"));
+    assert_eq!(
+        result.traceparent.as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert!(headers.contains(&("request_id".to_string(), "req_echo_test_1".to_string())));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_agent_gives_failed() {
+    let app = TestApp::spawn().await;
+    let id = app.submit("fail", json!({"error": "boom on purpose"})).await;
+    let done = app.wait_status(id, "failed", WAIT).await;
+    assert_eq!(done["error"], "boom on purpose");
+    assert_eq!(done["error_class"], "agent_error");
+    let results = app.read_results(&[id], WAIT).await;
+    assert_eq!(results[0].0.status, TaskStatus::Failed);
+    assert_eq!(results[0].0.error.as_deref(), Some("boom on purpose"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_agent_runs_its_program() {
+    let app = TestApp::spawn().await;
+    let (s, body) = app
+        .post(
+            "/v1/agents",
+            &json!({"name": "upper", "executor": "command", "description": "uppercases its input",
+                    "config": {"program": "tr", "args": ["a-z", "A-Z"], "memory_limit_mb": 256}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let id = app.submit("upper", json!({"text": "shout"})).await;
+    let done = app.wait_status(id, "succeeded", WAIT).await;
+    assert_eq!(done["output"], json!({"TEXT": "SHOUT"}));
+
+    // A program that exits non-zero fails the task with its stderr.
+    let (s, _) = app
+        .post("/v1/agents", &json!({"name": "broken", "executor": "command",
+            "config": {"program": "sh", "args": ["-c", "echo it broke >&2; exit 4"]}}))
+        .await;
+    assert_eq!(s, 201);
+    let id = app.submit("broken", json!({})).await;
+    let done = app.wait_status(id, "failed", WAIT).await;
+    assert!(done["error"].as_str().unwrap().contains("it broke"), "{done}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_pills_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing() {
+    let app = TestApp::spawn().await;
+    let requests = app.topic("devcycle.task-requests");
+    let producer: FutureProducer = devcycle::kafka::client_config(&app.deps.settings.kafka, "poison")
+        .create()
+        .unwrap();
+    let bad: [(&str, &[u8]); 3] = [
+        ("p1", b"not avro at all"),
+        ("p2", &[0, 0, 0, 0x7f, 0x7f, 1, 2, 3]), // unknown schema id
+        ("p3", &[1, 0, 0, 0, 1, 2]),             // bad magic byte
+    ];
+    for (key, value) in bad {
+        producer
+            .send(FutureRecord::to(&requests).key(key).payload(value).partition(0), Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    // A good task behind them, on the same partition.
+    let good = app.submit("echo", json!({"after": "poison"})).await;
+    app.wait_status(good, "succeeded", WAIT).await;
+
+    let dlq = app.consumer(&app.topic("devcycle.dead-letters"));
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while seen.len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "dead letters seen: {seen:?}");
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), dlq.recv()).await else { continue };
+        use rdkafka::Message;
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        let headers: std::collections::BTreeMap<String, String> = common::header_pairs(&m).into_iter().collect();
+        seen.insert(key, (m.payload().unwrap().to_vec(), headers));
+    }
+    for (key, value) in bad {
+        let (bytes, headers) = &seen[key];
+        assert_eq!(bytes.as_slice(), value, "original bytes kept for {key}");
+        assert_eq!(headers["dlq.source.topic"], requests);
+        assert_eq!(headers["dlq.source.partition"], "0");
+        assert_eq!(headers["dlq.consumer.group"], format!("{}devcycle.agent-executor", app.deps.settings.kafka.namespace));
+        assert!(!headers["dlq.error.message"].is_empty());
+        assert!(headers["dlq.source.offset"].parse::<i64>().is_ok());
+        assert_eq!(headers["dlq.attempts"], "1");
+        assert!(chrono::DateTime::parse_from_rfc3339(&headers["dlq.first.failure"]).is_ok());
+    }
+    assert_eq!(seen["p1"].1["dlq.error.class"], "bad_magic_byte");
+    assert_eq!(seen["p3"].1["dlq.error.class"], "bad_magic_byte");
+    assert_eq!(seen["p2"].1["dlq.error.class"], "unknown_schema");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_all_finish_exactly_once() {
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let agent = if i % 10 == 0 { "fail" } else { "echo" };
+        ids.push(app.submit(agent, json!({"i": i})).await);
+    }
+    let results = app.read_results(&ids, WAIT).await;
+    let unique: std::collections::BTreeSet<_> = results.iter().map(|r| r.0.task_id).collect();
+    assert_eq!(unique.len(), 100);
+    let failed = results.iter().filter(|r| r.0.status == TaskStatus::Failed).count();
+    assert_eq!(failed, 10);
+    let (finished,): (i64,) = sqlx::query_as("SELECT count(*) FROM tasks WHERE status IN ('succeeded', 'failed')")
+        .fetch_one(&app.deps.pool)
+        .await
+        .unwrap();
+    assert_eq!(finished, 100);
+    let (runs,): (i64,) = sqlx::query_as("SELECT count(*) FROM task_events WHERE to_status = 'running'")
+        .fetch_one(&app.deps.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 100, "each task ran once");
+    app.stop().await;
+}
