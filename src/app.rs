@@ -71,11 +71,8 @@ impl Deps {
             }
         }
         let cache = Cache::connect(&settings.redis).await?;
-        let producer = Producer::new(
-            &settings.kafka,
-            "producer",
-            Duration::from_millis(settings.http.produce_timeout_ms),
-        )?;
+        let producer =
+            Producer::new(&settings.kafka, "producer", Duration::from_millis(settings.http.produce_timeout_ms))?;
         let codec = Codec::new(
             &settings.schema_registry.url,
             Duration::from_millis(settings.schema_registry.timeout_ms),

@@ -294,8 +294,7 @@ pub fn request_from_value(v: Value) -> Result<TaskRequest, DecodeError> {
 
 pub fn result_from_value(v: Value) -> Result<TaskResult, DecodeError> {
     let mut f = Fields::of(v)?;
-    let status: TaskStatus =
-        f.string("status")?.parse().map_err(|e: String| poison("invalid_field", e))?;
+    let status: TaskStatus = f.string("status")?.parse().map_err(|e: String| poison("invalid_field", e))?;
     Ok(TaskResult {
         task_id: f.uuid("task_id")?,
         agent: f.string("agent")?,
@@ -380,9 +379,12 @@ mod tests {
     #[test]
     fn an_older_writer_without_optional_fields_is_readable() {
         // A producer on an older schema that lacks the optional fields still decodes.
-        let old = Schema::parse_str(r#"{"type":"record","name":"TaskRequest","namespace":"dev.devcycle.tasks.v1","fields":[
+        let old = Schema::parse_str(
+            r#"{"type":"record","name":"TaskRequest","namespace":"dev.devcycle.tasks.v1","fields":[
             {"name":"task_id","type":"string"},{"name":"agent","type":"string"},{"name":"input","type":"string"},
-            {"name":"submitted_at","type":"long"}]}"#).unwrap();
+            {"name":"submitted_at","type":"long"}]}"#,
+        )
+        .unwrap();
         let id = Uuid::new_v4();
         let v = record(vec![
             ("task_id", Value::String(id.to_string())),

@@ -98,10 +98,8 @@ impl Cache {
 
     pub async fn put_agent(&self, agent: &Agent) -> Result<(), CacheError> {
         let json = serde_json::to_string(agent).expect("agent serializes");
-        let _: () = self
-            .pool
-            .set(self.agent_key(&agent.name), json, Some(Expiration::EX(self.agent_ttl)), None, false)
-            .await?;
+        let _: () =
+            self.pool.set(self.agent_key(&agent.name), json, Some(Expiration::EX(self.agent_ttl)), None, false).await?;
         Ok(())
     }
 

@@ -130,8 +130,7 @@ impl Catalog {
         let mut schemas = BTreeMap::new();
         for path in files(&settings.paths.schemas, "avsc")? {
             let text = read(&path)?;
-            apache_avro::Schema::parse_str(&text)
-                .map_err(|e| invalid(&path, format!("invalid Avro schema: {e}")))?;
+            apache_avro::Schema::parse_str(&text).map_err(|e| invalid(&path, format!("invalid Avro schema: {e}")))?;
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
             schemas.insert(stem.to_string(), text);
         }
@@ -185,8 +184,7 @@ impl Catalog {
 }
 
 fn files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, CatalogError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|source| CatalogError::Read { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| CatalogError::Read { path: dir.to_path_buf(), source })?;
     let mut out: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().and_then(|e| e.to_str()) == Some(ext))

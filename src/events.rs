@@ -104,8 +104,7 @@ pub fn metrics() -> &'static Metrics {
 /// The registry in the OpenMetrics text format (what Prometheus scrapes).
 pub fn encode() -> String {
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &metrics().registry)
-        .expect("writing to a String cannot fail");
+    prometheus_client::encoding::text::encode(&mut out, &metrics().registry).expect("writing to a String cannot fail");
     out
 }
 
@@ -122,14 +121,24 @@ impl HttpRequestCompleted<'_> {
         m.http_requests
             .get_or_create(&HttpLabels { method: self.method.into(), route: self.route.into(), status: self.status })
             .inc();
-        m.http_duration
-            .get_or_create(&RouteLabels { route: self.route.into() })
-            .observe(self.elapsed.as_secs_f64());
+        m.http_duration.get_or_create(&RouteLabels { route: self.route.into() }).observe(self.elapsed.as_secs_f64());
         let duration_ms = self.elapsed.as_secs_f64() * 1000.0;
         if self.status >= 500 {
-            tracing::error!(method = self.method, route = self.route, status = self.status, duration_ms, "request failed");
+            tracing::error!(
+                method = self.method,
+                route = self.route,
+                status = self.status,
+                duration_ms,
+                "request failed"
+            );
         } else {
-            tracing::info!(method = self.method, route = self.route, status = self.status, duration_ms, "request completed");
+            tracing::info!(
+                method = self.method,
+                route = self.route,
+                status = self.status,
+                duration_ms,
+                "request completed"
+            );
         }
     }
 }
@@ -164,9 +173,7 @@ impl TaskExecuted<'_> {
         m.task_executions
             .get_or_create(&ExecutionLabels { agent: self.agent.into(), outcome: self.outcome.into() })
             .inc();
-        m.task_duration
-            .get_or_create(&AgentLabels { agent: self.agent.into() })
-            .observe(self.elapsed.as_secs_f64());
+        m.task_duration.get_or_create(&AgentLabels { agent: self.agent.into() }).observe(self.elapsed.as_secs_f64());
         tracing::info!(
             agent = self.agent,
             outcome = self.outcome,
@@ -242,7 +249,10 @@ mod tests {
     fn metrics_render_in_text_format() {
         HttpRequestCompleted { method: "GET", route: "/health", status: 200, elapsed: Duration::from_millis(3) }.emit();
         let text = encode();
-        assert!(text.contains("devcycle_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"}"), "{text}");
+        assert!(
+            text.contains("devcycle_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"}"),
+            "{text}"
+        );
         assert!(text.contains("devcycle_http_request_duration_seconds_bucket"));
         assert!(text.trim_end().ends_with("# EOF"));
     }

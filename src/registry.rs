@@ -67,9 +67,8 @@ impl RegistryClient {
 
     /// The registered id of this exact schema under `subject`, if any.
     pub async fn lookup(&self, subject: &str, schema: &str) -> Result<Option<i64>, RegistryError> {
-        let (status, body) = self
-            .call(reqwest::Method::POST, &format!("/subjects/{subject}"), Some(json!({"schema": schema})))
-            .await?;
+        let (status, body) =
+            self.call(reqwest::Method::POST, &format!("/subjects/{subject}"), Some(json!({"schema": schema}))).await?;
         Ok(if status == 200 { body["id"].as_i64() } else { None })
     }
 
@@ -77,8 +76,7 @@ impl RegistryClient {
     /// is new.
     pub async fn check_compatible(&self, subject: &str, schema: &str, name: &str) -> Result<(), RegistryError> {
         let path = format!("/compatibility/subjects/{subject}/versions/latest?verbose=true");
-        let (status, body) =
-            self.call(reqwest::Method::POST, &path, Some(json!({"schema": schema}))).await?;
+        let (status, body) = self.call(reqwest::Method::POST, &path, Some(json!({"schema": schema}))).await?;
         match status {
             200 if body["is_compatible"].as_bool() == Some(true) => Ok(()),
             200 => Err(RegistryError::Incompatible {
@@ -122,10 +120,8 @@ impl RegistryClient {
             }
             _ => return Err(RegistryError::Refused { subject: subject.into(), status, body: body.to_string() }),
         };
-        if let Err(e) = precheck {
-            // The registry accepted what the check refused: report the check's verdict.
-            return Err(e);
-        }
+        // The registry accepted what the check refused: report the check's verdict.
+        precheck?;
         self.set_backward(subject).await?;
         Ok(Registered { subject: subject.into(), id, new_version: true })
     }

@@ -149,10 +149,7 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
 }
 
-fn redact_properties<S: serde::Serializer>(
-    props: &BTreeMap<String, String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn redact_properties<S: serde::Serializer>(props: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
     let shown: BTreeMap<&str, &str> = props
         .iter()
         .map(|(k, v)| {
@@ -192,24 +189,14 @@ impl Settings {
     }
 
     /// Like [`Settings::load`] with an explicit environment (for tests).
-    pub fn load_with_env(
-        dir: &Path,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Settings, ConfigError> {
+    pub fn load_with_env(dir: &Path, env: &BTreeMap<String, String>) -> Result<Settings, ConfigError> {
         let mut merged = read_toml(&dir.join("default.toml"))?;
         let environment = match env.get("ENVIRONMENT") {
             Some(e) => e.clone(),
-            None => merged
-                .get("environment")
-                .and_then(|v| v.as_str())
-                .unwrap_or("development")
-                .to_string(),
+            None => merged.get("environment").and_then(|v| v.as_str()).unwrap_or("development").to_string(),
         };
         if !["development", "test", "production"].contains(&environment.as_str()) {
-            return Err(invalid(
-                "environment",
-                format!("`{environment}` is not one of development, test, production"),
-            ));
+            return Err(invalid("environment", format!("`{environment}` is not one of development, test, production")));
         }
         let env_file = dir.join(format!("{environment}.toml"));
         if env_file.exists() {
@@ -313,10 +300,9 @@ pub fn redact_url(url: &str) -> String {
 }
 
 fn read_toml(path: &Path) -> Result<toml::Value, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    toml::from_str(&text)
-        .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
 }
 
 /// Merges `layer` into `base`; a key absent from `base` is refused (it is unknown).
@@ -371,9 +357,9 @@ fn coerce(key: &str, like: &toml::Value, raw: &str) -> Result<toml::Value, Confi
             "false" | "0" | "no" => toml::Value::Boolean(false),
             _ => return Err(invalid(key, format!("`{raw}` is not a boolean"))),
         },
-        toml::Value::Integer(_) => toml::Value::Integer(
-            raw.parse().map_err(|_| invalid(key, format!("`{raw}` is not an integer")))?,
-        ),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw.parse().map_err(|_| invalid(key, format!("`{raw}` is not an integer")))?)
+        }
         toml::Value::Array(_) => toml::Value::Array(
             raw.split(',')
                 .map(str::trim)

@@ -23,15 +23,12 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// level filter for fine-grained debugging.
 pub fn init(settings: &Settings) {
     let level = settings.log_level.to_ascii_lowercase();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("warn,devcycle={level},rdkafka={level}"))
-    });
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,devcycle={level},rdkafka={level}")));
     let text = match settings.log_format {
         LogFormat::Text => true,
         LogFormat::Json => false,
-        LogFormat::Auto => {
-            settings.environment == Environment::Development && std::io::stdout().is_terminal()
-        }
+        LogFormat::Auto => settings.environment == Environment::Development && std::io::stdout().is_terminal(),
     };
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if text {
@@ -104,11 +101,7 @@ where
             }
         }
         event.record(&mut JsonVisitor(&mut fields));
-        let line = format_line(
-            event.metadata().level().as_str(),
-            event.metadata().target(),
-            fields,
-        );
+        let line = format_line(event.metadata().level().as_str(), event.metadata().target(), fields);
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(line.as_bytes());
     }
@@ -117,16 +110,10 @@ where
 /// Builds one log line (with its trailing newline) from an event's level, target and fields.
 pub fn format_line(level: &str, target: &str, mut fields: Map<String, Value>) -> String {
     let mut obj = Map::new();
-    obj.insert(
-        "timestamp".into(),
-        Value::String(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()),
-    );
+    obj.insert("timestamp".into(), Value::String(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()));
     obj.insert("level".into(), Value::String(level.to_ascii_uppercase()));
     obj.insert("logger".into(), Value::String(target.replace("::", ".")));
-    obj.insert(
-        "message".into(),
-        fields.remove("message").unwrap_or(Value::String(String::new())),
-    );
+    obj.insert("message".into(), fields.remove("message").unwrap_or(Value::String(String::new())));
     for key in ["user_id", "request_id", "duration_ms"] {
         if let Some(v) = fields.remove(key) {
             obj.insert(key.into(), v);
@@ -157,10 +144,7 @@ mod tests {
         assert_eq!(v["message"], "User authentication successful");
         assert_eq!(v["duration_ms"], 150);
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|s| s.as_str()).collect();
-        assert_eq!(
-            keys,
-            ["timestamp", "level", "logger", "message", "user_id", "request_id", "duration_ms", "extra"]
-        );
+        assert_eq!(keys, ["timestamp", "level", "logger", "message", "user_id", "request_id", "duration_ms", "extra"]);
         let ts = v["timestamp"].as_str().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z') && ts.len() == 24);
     }

@@ -98,13 +98,19 @@ async fn apply_one(
             } else if partitions > decl.partitions {
                 changes.push(Change::Warning {
                     topic: name.into(),
-                    message: format!("has {partitions} partitions, declared {}; Kafka cannot lower it", decl.partitions),
+                    message: format!(
+                        "has {partitions} partitions, declared {}; Kafka cannot lower it",
+                        decl.partitions
+                    ),
                 });
             }
             if replication != decl.replication_factor {
                 changes.push(Change::Warning {
                     topic: name.into(),
-                    message: format!("replication factor is {replication}, declared {}; reassign by hand", decl.replication_factor),
+                    message: format!(
+                        "replication factor is {replication}, declared {}; reassign by hand",
+                        decl.replication_factor
+                    ),
                 });
             }
             align_configs(admin, opts, name, &wanted, changes).await?;
@@ -127,11 +133,8 @@ async fn align_configs(
         .next()
         .ok_or_else(|| topic_err("no config description".into()))?
         .map_err(|code| topic_err(format!("describe configs failed: {code}")))?;
-    let current: BTreeMap<String, (Option<String>, bool)> = resource
-        .entries
-        .iter()
-        .map(|e| (e.name.clone(), (e.value.clone(), e.is_default)))
-        .collect();
+    let current: BTreeMap<String, (Option<String>, bool)> =
+        resource.entries.iter().map(|e| (e.name.clone(), (e.value.clone(), e.is_default))).collect();
     let mut diffs = Vec::new();
     for (k, v) in wanted {
         let now = current.get(k).and_then(|(v, _)| v.clone());

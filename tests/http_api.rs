@@ -76,9 +76,8 @@ async fn kafka_unavailable_is_503_with_retry_after() {
     s.http.retry_after_secs = 7;
     let deps = devcycle::app::Deps::connect(s).await.unwrap();
     let broken = TestApp::start(deps, devcycle::app::Mode::Ingress).await;
-    let (s, h, b) = broken
-        .send(broken.http.post(broken.url("/v1/tasks")).json(&json!({"agent": "echo", "input": {}})))
-        .await;
+    let (s, h, b) =
+        broken.send(broken.http.post(broken.url("/v1/tasks")).json(&json!({"agent": "echo", "input": {}}))).await;
     assert_error(s, &b, 503, "SERVICE_UNAVAILABLE");
     assert_eq!(h["retry-after"], "7");
     assert_eq!(b["details"]["service"], "kafka");
@@ -94,14 +93,19 @@ async fn kafka_unavailable_is_503_with_retry_after() {
 async fn agents_crud_with_paging_and_search() {
     let app = TestApp::spawn().await;
     let (s, b) = app
-        .post("/v1/agents", &json!({"name": "summarizer", "executor": "http",
-            "config": {"url": "http://127.0.0.1:9/summarize"}, "description": "Summarizes long documents"}))
+        .post(
+            "/v1/agents",
+            &json!({"name": "summarizer", "executor": "http",
+            "config": {"url": "http://127.0.0.1:9/summarize"}, "description": "Summarizes long documents"}),
+        )
         .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["data"]["status"], "active");
-    let (s, b) = app.post("/v1/agents", &json!({"name": "summarizer", "executor": "builtin", "config": {"mode": "echo"}})).await;
+    let (s, b) =
+        app.post("/v1/agents", &json!({"name": "summarizer", "executor": "builtin", "config": {"mode": "echo"}})).await;
     assert_error(s, &b, 409, "CONFLICT");
-    let (s, b) = app.post("/v1/agents", &json!({"name": "Bad Name", "executor": "builtin", "config": {"mode": "echo"}})).await;
+    let (s, b) =
+        app.post("/v1/agents", &json!({"name": "Bad Name", "executor": "builtin", "config": {"mode": "echo"}})).await;
     assert_error(s, &b, 422, "VALIDATION_ERROR");
     let (s, b) = app.post("/v1/agents", &json!({"name": "h2", "executor": "http", "config": {}})).await;
     assert_error(s, &b, 422, "VALIDATION_ERROR");
@@ -124,13 +128,19 @@ async fn agents_crud_with_paging_and_search() {
     assert_error(s, &b, 422, "VALIDATION_ERROR");
 
     // PUT replaces, PATCH merges.
-    let put = app.http.put(app.url("/v1/agents/summarizer")).json(&json!({"executor": "builtin", "config": {"mode": "echo"}}));
+    let put = app
+        .http
+        .put(app.url("/v1/agents/summarizer"))
+        .json(&json!({"executor": "builtin", "config": {"mode": "echo"}}));
     let (s, _, b) = app.send(put).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["data"]["description"], "");
     let patch = app.http.patch(app.url("/v1/agents/summarizer")).json(&json!({"status": "disabled"}));
     let (s, _, b) = app.send(patch).await;
-    assert_eq!((s, b["data"]["status"].as_str(), b["data"]["executor"].as_str()), (200, Some("disabled"), Some("builtin")));
+    assert_eq!(
+        (s, b["data"]["status"].as_str(), b["data"]["executor"].as_str()),
+        (200, Some("disabled"), Some("builtin"))
+    );
     let (s, b) = app.post("/v1/tasks", &json!({"agent": "summarizer", "input": {}})).await;
     assert_error(s, &b, 422, "VALIDATION_ERROR");
     let patch = app.http.patch(app.url("/v1/agents/nobody")).json(&json!({"status": "disabled"}));

@@ -61,10 +61,7 @@ async fn echo_task_comes_back_succeeded_everywhere() {
     assert_eq!(result.status, TaskStatus::Succeeded);
     assert_eq!(result.output, Some(json!({"hello": "world", "n": [1, 2, 3]})));
     assert_eq!(result.request_id.as_deref(), Some("req_echo_test_1"));
-    assert_eq!(
-        result.traceparent.as_deref(),
-        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-    );
+    assert_eq!(result.traceparent.as_deref(), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
     assert!(headers.contains(&("request_id".to_string(), "req_echo_test_1".to_string())));
     app.stop().await;
 }
@@ -99,8 +96,11 @@ async fn command_agent_runs_its_program() {
 
     // A program that exits non-zero fails the task with its stderr.
     let (s, _) = app
-        .post("/v1/agents", &json!({"name": "broken", "executor": "command",
-            "config": {"program": "sh", "args": ["-c", "echo it broke >&2; exit 4"]}}))
+        .post(
+            "/v1/agents",
+            &json!({"name": "broken", "executor": "command",
+            "config": {"program": "sh", "args": ["-c", "echo it broke >&2; exit 4"]}}),
+        )
         .await;
     assert_eq!(s, 201);
     let id = app.submit("broken", json!({})).await;
@@ -113,9 +113,7 @@ async fn command_agent_runs_its_program() {
 async fn poison_pills_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing() {
     let app = TestApp::spawn().await;
     let requests = app.topic("devcycle.task-requests");
-    let producer: FutureProducer = devcycle::kafka::client_config(&app.deps.settings.kafka, "poison")
-        .create()
-        .unwrap();
+    let producer: FutureProducer = devcycle::kafka::client_config(&app.deps.settings.kafka, "poison").create().unwrap();
     let bad: [(&str, &[u8]); 3] = [
         ("p1", b"not avro at all"),
         ("p2", &[0, 0, 0, 0x7f, 0x7f, 1, 2, 3]), // unknown schema id
@@ -147,7 +145,10 @@ async fn poison_pills_go_to_the_dead_letter_topic_and_the_partition_keeps_flowin
         assert_eq!(bytes.as_slice(), value, "original bytes kept for {key}");
         assert_eq!(headers["dlq.source.topic"], requests);
         assert_eq!(headers["dlq.source.partition"], "0");
-        assert_eq!(headers["dlq.consumer.group"], format!("{}devcycle.agent-executor", app.deps.settings.kafka.namespace));
+        assert_eq!(
+            headers["dlq.consumer.group"],
+            format!("{}devcycle.agent-executor", app.deps.settings.kafka.namespace)
+        );
         assert!(!headers["dlq.error.message"].is_empty());
         assert!(headers["dlq.source.offset"].parse::<i64>().is_ok());
         assert_eq!(headers["dlq.attempts"], "1");

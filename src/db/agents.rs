@@ -90,12 +90,7 @@ pub async fn delete(pool: &PgPool, name: &str) -> Result<DeleteOutcome, DbError>
 }
 
 /// A page of agents ordered by name, optionally filtered by a full-text query; with the total.
-pub async fn list(
-    pool: &PgPool,
-    query: Option<&str>,
-    limit: i64,
-    offset: i64,
-) -> Result<(Vec<Agent>, i64), DbError> {
+pub async fn list(pool: &PgPool, query: Option<&str>, limit: i64, offset: i64) -> Result<(Vec<Agent>, i64), DbError> {
     let filter = "($1::text IS NULL OR search @@ plainto_tsquery('simple', $1))";
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM agents WHERE {filter} ORDER BY name LIMIT $2 OFFSET $3"

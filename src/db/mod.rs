@@ -68,9 +68,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
             .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
             .connect_with(base.clone())
             .await?;
-        admin
-            .execute(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", settings.schema)))
-            .await?;
+        admin.execute(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", settings.schema))).await?;
         admin.close().await;
     }
     let opts = base.options([("search_path", settings.schema.as_str())]);

@@ -123,14 +123,22 @@ pub async fn start(pool: &PgPool, req: &TaskRequest, src: &Source) -> Result<Sta
     .await?;
     let Some(row) = row else {
         tx.rollback().await?;
-        let existing = get(pool, req.task_id).await?.ok_or_else(|| {
-            DbError::Other(sqlx::Error::Protocol("task vanished during start".into()))
-        })?;
+        let existing = get(pool, req.task_id)
+            .await?
+            .ok_or_else(|| DbError::Other(sqlx::Error::Protocol("task vanished during start".into())))?;
         return Ok(Start::Finished(existing));
     };
     let task = row_to_task(&row)?;
     let from = prior.and_then(|(s,)| s.parse().ok()).or(Some(TaskStatus::Queued));
-    let event = TaskEvent::new(task.task_id, &task.agent, from, TaskStatus::Running, task.attempts, None, task.request_id.clone());
+    let event = TaskEvent::new(
+        task.task_id,
+        &task.agent,
+        from,
+        TaskStatus::Running,
+        task.attempts,
+        None,
+        task.request_id.clone(),
+    );
     insert_event(&mut tx, &event).await?;
     tx.commit().await?;
     Ok(Start::Started(task, event))
@@ -193,9 +201,9 @@ pub async fn finish(
     .await?;
     let Some(row) = row else {
         tx.rollback().await?;
-        let existing = get(pool, req.task_id).await?.ok_or_else(|| {
-            DbError::Other(sqlx::Error::Protocol("task vanished during finish".into()))
-        })?;
+        let existing = get(pool, req.task_id)
+            .await?
+            .ok_or_else(|| DbError::Other(sqlx::Error::Protocol("task vanished during finish".into())))?;
         return Ok((existing, None));
     };
     let task = row_to_task(&row)?;

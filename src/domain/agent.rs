@@ -69,9 +69,7 @@ pub struct Agent {
 /// Agent names: 1–63 characters of `[a-z0-9._-]`, starting with a letter or digit.
 pub fn validate_agent_name(name: &str) -> Result<(), &'static str> {
     let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let ok_rest = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c));
+    let ok_rest = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c));
     if name.is_empty() || name.len() > 63 || !ok_first || !ok_rest {
         return Err("must be 1-63 characters of [a-z0-9._-], starting with a letter or digit");
     }

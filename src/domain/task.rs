@@ -58,8 +58,7 @@ impl TaskStatus {
     }
 
     /// SQL list of terminal statuses, for `status in (...)` / `not in (...)`.
-    pub const TERMINAL_SQL: &'static str =
-        "('succeeded','failed','dead_lettered','cancelled','expired')";
+    pub const TERMINAL_SQL: &'static str = "('succeeded','failed','dead_lettered','cancelled','expired')";
 }
 
 impl fmt::Display for TaskStatus {
@@ -71,10 +70,7 @@ impl fmt::Display for TaskStatus {
 impl FromStr for TaskStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TaskStatus::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown task status `{s}`"))
+        TaskStatus::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| format!("unknown task status `{s}`"))
     }
 }
 

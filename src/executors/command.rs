@@ -24,11 +24,7 @@ pub async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
         .unwrap_or_default();
     let memory_mb = config.get("memory_limit_mb").and_then(Value::as_u64).unwrap_or(1024);
     let mut cmd = Command::new(program);
-    cmd.args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let limit = memory_mb.saturating_mul(1024 * 1024);
     // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
     unsafe {
@@ -40,9 +36,8 @@ pub async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| ExecError::failed("command_spawn", format!("cannot start {program}: {e}")))?;
+    let mut child =
+        cmd.spawn().map_err(|e| ExecError::failed("command_spawn", format!("cannot start {program}: {e}")))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let payload = input.to_string();
     let writer = async move {

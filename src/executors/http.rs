@@ -9,7 +9,12 @@ use std::time::Duration;
 /// Largest response body accepted as output.
 const MAX_BODY: usize = 10 * 1024 * 1024;
 
-pub async fn run(client: &reqwest::Client, config: &Value, input: &Value, timeout: Duration) -> Result<Value, ExecError> {
+pub async fn run(
+    client: &reqwest::Client,
+    config: &Value,
+    input: &Value,
+    timeout: Duration,
+) -> Result<Value, ExecError> {
     let url = config
         .get("url")
         .and_then(Value::as_str)

@@ -54,10 +54,7 @@ impl Default for Executors {
 
 impl Executors {
     pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(32)
-            .build()
-            .expect("http client");
+        let http = reqwest::Client::builder().pool_max_idle_per_host(32).build().expect("http client");
         Executors { http }
     }
 

@@ -51,7 +51,7 @@ fn validate_config(executor: ExecutorKind, config: &Value) -> Result<(), ApiErro
             _ => Err(ApiError::validation("config.program", "is required")),
         },
     }?;
-    if cfg.get("timeout_ms").is_some_and(|t| !t.as_u64().is_some_and(|t| t > 0)) {
+    if cfg.get("timeout_ms").is_some_and(|t| t.as_u64().is_none_or(|t| t == 0)) {
         return Err(ApiError::validation("config.timeout_ms", "must be a positive integer"));
     }
     Ok(())
@@ -61,7 +61,8 @@ fn validate_config(executor: ExecutorKind, config: &Value) -> Result<(), ApiErro
 fn write_from(map: &Map<String, Value>, base: Option<&Agent>) -> Result<AgentWrite, ApiError> {
     only_keys(map, FIELDS)?;
     let executor = match opt_str(map, "executor")? {
-        Some(e) => ExecutorKind::parse(e).ok_or_else(|| ApiError::validation("executor", "must be one of builtin, http, command"))?,
+        Some(e) => ExecutorKind::parse(e)
+            .ok_or_else(|| ApiError::validation("executor", "must be one of builtin, http, command"))?,
         None => base.map(|a| a.executor).ok_or_else(|| ApiError::validation("executor", "is required"))?,
     };
     let config = match map.get("config") {
@@ -115,7 +116,8 @@ pub async fn replace(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<Ht
     let map = json_object(req, ctx.deps.settings.http.max_body_bytes).await?;
     check_body_name(&map, name)?;
     let w = write_from(&map, None)?;
-    let agent = repo::update(&ctx.deps.pool, name, &w).await?.ok_or_else(|| ApiError::NotFound(format!("agent `{name}`")))?;
+    let agent =
+        repo::update(&ctx.deps.pool, name, &w).await?.ok_or_else(|| ApiError::NotFound(format!("agent `{name}`")))?;
     let _ = ctx.deps.cache.forget_agent(name).await;
     Ok(ok(StatusCode::OK, agent_json(&agent), "Agent replaced", &ctx.request_id))
 }
@@ -123,9 +125,11 @@ pub async fn replace(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<Ht
 pub async fn patch(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let map = json_object(req, ctx.deps.settings.http.max_body_bytes).await?;
     check_body_name(&map, name)?;
-    let current = repo::get(&ctx.deps.pool, name).await?.ok_or_else(|| ApiError::NotFound(format!("agent `{name}`")))?;
+    let current =
+        repo::get(&ctx.deps.pool, name).await?.ok_or_else(|| ApiError::NotFound(format!("agent `{name}`")))?;
     let w = write_from(&map, Some(&current))?;
-    let agent = repo::update(&ctx.deps.pool, name, &w).await?.ok_or_else(|| ApiError::NotFound(format!("agent `{name}`")))?;
+    let agent =
+        repo::update(&ctx.deps.pool, name, &w).await?.ok_or_else(|| ApiError::NotFound(format!("agent `{name}`")))?;
     let _ = ctx.deps.cache.forget_agent(name).await;
     Ok(ok(StatusCode::OK, agent_json(&agent), "Agent updated", &ctx.request_id))
 }
@@ -149,8 +153,18 @@ fn list_params(query: Option<&str>) -> Result<(Option<String>, i64, i64), ApiErr
         let v = url_decode(v);
         match k {
             "q" => q = Some(v).filter(|s| !s.trim().is_empty()),
-            "page" => page = v.parse().ok().filter(|p| *p >= 1 && *p <= 100_000).ok_or_else(|| ApiError::validation("page", "must be an integer >= 1"))?,
-            "per_page" => per_page = v.parse().ok().filter(|p| (1..=MAX_PER_PAGE).contains(p)).ok_or_else(|| ApiError::validation("per_page", format!("must be an integer from 1 to {MAX_PER_PAGE}")))?,
+            "page" => {
+                page = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p >= 1 && *p <= 100_000)
+                    .ok_or_else(|| ApiError::validation("page", "must be an integer >= 1"))?
+            }
+            "per_page" => {
+                per_page = v.parse().ok().filter(|p| (1..=MAX_PER_PAGE).contains(p)).ok_or_else(|| {
+                    ApiError::validation("per_page", format!("must be an integer from 1 to {MAX_PER_PAGE}"))
+                })?
+            }
             other => return Err(ApiError::validation(other, "unknown query parameter; allowed: q, page, per_page")),
         }
     }
@@ -200,7 +214,10 @@ mod tests {
 
     #[test]
     fn list_params_are_bounded() {
-        assert_eq!(list_params(Some("q=hello+w%C3%B6rld&page=2&per_page=5")).unwrap(), (Some("hello wörld".into()), 2, 5));
+        assert_eq!(
+            list_params(Some("q=hello+w%C3%B6rld&page=2&per_page=5")).unwrap(),
+            (Some("hello wörld".into()), 2, 5)
+        );
         assert!(list_params(Some("per_page=1000")).is_err());
         assert!(list_params(Some("page=0")).is_err());
         assert!(list_params(Some("sort=name")).is_err());

@@ -14,11 +14,8 @@ pub async fn json_object(req: Request<Incoming>, limit: usize) -> Result<serde_j
     if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json")) {
         return Err(ApiError::UnsupportedMediaType(ctype));
     }
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }

@@ -38,7 +38,8 @@ pub async fn ready(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
         bounded(d.cache.ping()),
     );
     let word = |b: bool| if b { "ok" } else { "unavailable" };
-    let checks = json!({"kafka": word(kafka), "schema_registry": word(reg), "postgres": word(pg), "redis": word(redis)});
+    let checks =
+        json!({"kafka": word(kafka), "schema_registry": word(reg), "postgres": word(pg), "redis": word(redis)});
     if kafka && reg && pg && redis {
         Ok(ok(StatusCode::OK, json!({"status": "ready", "checks": checks}), "Service is ready", &ctx.request_id))
     } else {
@@ -69,9 +70,7 @@ pub async fn ready(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
 
 pub async fn metrics(_ctx: &Ctx) -> Result<HttpResponse, ApiError> {
     let mut r = Response::new(Full::new(Bytes::from(crate::events::encode())));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
     Ok(r)
 }

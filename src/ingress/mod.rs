@@ -143,12 +143,7 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
         resp.headers_mut().insert("x-request-id", v);
     }
     let _enter = span.enter();
-    HttpRequestCompleted {
-        method: method.as_str(),
-        route,
-        status: resp.status().as_u16(),
-        elapsed: started.elapsed(),
-    }
-    .emit();
+    HttpRequestCompleted { method: method.as_str(), route, status: resp.status().as_u16(), elapsed: started.elapsed() }
+        .emit();
     resp
 }

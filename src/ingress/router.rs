@@ -44,19 +44,16 @@ impl Handler {
 pub fn route(method: &Method, path: &str) -> (&'static str, Result<Handler, ApiError>) {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let m = method.clone();
-    let not_allowed = |allow: &str| {
-        Err(ApiError::MethodNotAllowed { method: m.to_string(), allow: allow.to_string() })
-    };
+    let not_allowed = |allow: &str| Err(ApiError::MethodNotAllowed { method: m.to_string(), allow: allow.to_string() });
     let param = |s: &str| percent_decode(s);
     match segments.as_slice() {
         ["health"] => ("/health", if *method == Method::GET { Ok(Handler::Health) } else { not_allowed("GET") }),
         ["ready"] => ("/ready", if *method == Method::GET { Ok(Handler::Ready) } else { not_allowed("GET") }),
         ["startup"] => ("/startup", if *method == Method::GET { Ok(Handler::Startup) } else { not_allowed("GET") }),
         ["metrics"] => ("/metrics", if *method == Method::GET { Ok(Handler::Metrics) } else { not_allowed("GET") }),
-        ["v1", "tasks"] => (
-            "/v1/tasks",
-            if *method == Method::POST { Ok(Handler::SubmitTask) } else { not_allowed("POST") },
-        ),
+        ["v1", "tasks"] => {
+            ("/v1/tasks", if *method == Method::POST { Ok(Handler::SubmitTask) } else { not_allowed("POST") })
+        }
         ["v1", "tasks", id] => (
             "/v1/tasks/{id}",
             if *method == Method::GET { Ok(Handler::GetTask(param(id))) } else { not_allowed("GET") },

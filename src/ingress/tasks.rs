@@ -107,7 +107,9 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         Err(e) => {
             let _ = deps.cache.forget_task(request.task_id).await;
             return Err(match e {
-                ProduceError::Unavailable(k) => ApiError::Unavailable { service: "kafka", reason: k.to_string(), retry_after },
+                ProduceError::Unavailable(k) => {
+                    ApiError::Unavailable { service: "kafka", reason: k.to_string(), retry_after }
+                }
                 ProduceError::Rejected(k) => ApiError::Internal(format!("kafka refused the record: {k}")),
             });
         }

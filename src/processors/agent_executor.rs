@@ -198,7 +198,12 @@ impl Processor for AgentExecutor {
         self.run_task(req, meta).instrument(span).await
     }
 
-    async fn dead_lettered(&self, req: &TaskRequest, meta: &RecordMeta, error: &ProcessError) -> Result<(), ProcessError> {
+    async fn dead_lettered(
+        &self,
+        req: &TaskRequest,
+        meta: &RecordMeta,
+        error: &ProcessError,
+    ) -> Result<(), ProcessError> {
         self.record_dead_letter(req, meta, error).await
     }
 }
@@ -242,7 +247,9 @@ impl AgentExecutor {
         let started = Instant::now();
         let result = self.deps.executors.execute(&agent, &req.input, self.timeout_for(&agent)).await;
         let outcome = match result {
-            Ok(output) => Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, error_class: None },
+            Ok(output) => {
+                Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, error_class: None }
+            }
             Err(ExecError::Failed { class, message }) => {
                 Outcome { status: TaskStatus::Failed, output: None, error: Some(message), error_class: Some(class) }
             }
@@ -267,7 +274,12 @@ impl AgentExecutor {
         self.conclude(req, &src, outcome).await
     }
 
-    async fn record_dead_letter(&self, req: &TaskRequest, meta: &RecordMeta, error: &ProcessError) -> Result<(), ProcessError> {
+    async fn record_dead_letter(
+        &self,
+        req: &TaskRequest,
+        meta: &RecordMeta,
+        error: &ProcessError,
+    ) -> Result<(), ProcessError> {
         let outcome = Outcome {
             status: TaskStatus::DeadLettered,
             output: None,

@@ -11,12 +11,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Starts a handler's runner; resolves when it stops.
-pub type Launch = fn(
-    Arc<Deps>,
-    ProcessorSpec,
-    Arc<RunnerHealth>,
-    CancellationToken,
-) -> BoxFuture<'static, Result<(), RunnerError>>;
+pub type Launch =
+    fn(Arc<Deps>, ProcessorSpec, Arc<RunnerHealth>, CancellationToken) -> BoxFuture<'static, Result<(), RunnerError>>;
 
 /// Handler name (as written in `processors/*.toml`) to its launcher.
 pub const HANDLERS: &[(&str, Launch)] = &[("agent_executor", agent_executor::launch)];

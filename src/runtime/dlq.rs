@@ -40,12 +40,8 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// Produces the dead letter to `topic` and waits for the broker's ack.
     pub async fn publish(&self, producer: &Producer, topic: &str) -> Result<(i32, i64), ProduceError> {
-        let mut headers: Vec<(&str, Vec<u8>)> = self
-            .headers
-            .iter()
-            .filter(|(k, _)| !k.starts_with("dlq."))
-            .map(|(k, v)| (k.as_str(), v.clone()))
-            .collect();
+        let mut headers: Vec<(&str, Vec<u8>)> =
+            self.headers.iter().filter(|(k, _)| !k.starts_with("dlq.")).map(|(k, v)| (k.as_str(), v.clone())).collect();
         let message: String = self.message.chars().take(4000).collect();
         for (k, v) in [
             (H_CLASS, self.class.clone()),
@@ -62,13 +58,7 @@ impl DeadLetter {
             headers.push((k, v.into_bytes()));
         }
         producer
-            .send(OutRecord {
-                topic,
-                key: self.key.as_deref(),
-                value: self.value.as_deref(),
-                headers,
-                partition: None,
-            })
+            .send(OutRecord { topic, key: self.key.as_deref(), value: self.value.as_deref(), headers, partition: None })
             .await
     }
 }

@@ -98,7 +98,9 @@ impl From<crate::kafka::ProduceError> for ProcessError {
 impl From<crate::avro::EncodeError> for ProcessError {
     fn from(e: crate::avro::EncodeError) -> Self {
         match e {
-            crate::avro::EncodeError::Unavailable(m) => ProcessError::Unavailable { dependency: "schema_registry", message: m },
+            crate::avro::EncodeError::Unavailable(m) => {
+                ProcessError::Unavailable { dependency: "schema_registry", message: m }
+            }
             crate::avro::EncodeError::Invalid(m) => ProcessError::Retryable { class: "encode".into(), message: m },
         }
     }

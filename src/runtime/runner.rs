@@ -271,7 +271,8 @@ fn apply_rebalances(
                 for tp in &list {
                     offsets.remove(tp);
                 }
-                let dropped = scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p));
+                let dropped =
+                    scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p));
                 tracing::info!(partitions = list.len(), dropped, "partitions revoked");
             }
         }
