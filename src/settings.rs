@@ -145,6 +145,8 @@ pub struct KafkaSettings {
     pub client_id: String,
     pub apply_on_start: bool,
     pub request_timeout_ms: u64,
+    /// Consumer group session timeout: how fast a dead member's partitions move on.
+    pub session_timeout_ms: u64,
     #[serde(serialize_with = "redact_properties")]
     pub properties: BTreeMap<String, String>,
 }

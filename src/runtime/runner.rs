@@ -127,12 +127,12 @@ pub async fn run_processor<P: Processor>(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", "2000")
         .set("max.poll.interval.ms", "300000")
         .set("isolation.level", "read_committed")
         .set("queued.max.messages.kbytes", "16384")
-        .set("topic.metadata.refresh.interval.ms", "10000")
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .create_with_context(context)?;
     consumer.subscribe(&[&input_topic])?;
     health.started.store(true, AtomicOrdering::SeqCst);

@@ -1,0 +1,398 @@
+//! Fault injection against the real services: nothing lost, nothing done twice.
+//!
+//! Each scenario pre-loads tasks into a private request topic, runs `devcycle process
+//! agent-executor` as child processes, injures the system (SIGKILL, scaling, more partitions,
+//! broker restart, Postgres/Redis outages, poison pills), and ends with exact counts:
+//! submitted = finished, 0 lost, 0 duplicate effects in Postgres, every task id on the results
+//! topic with one single outcome.
+//!
+//! Sizes: `FAULT_TASKS` (default 600) and `FAULT_KILLS` (default 3); the long run is
+//! `scripts/faults-long` (10,000 tasks). Scenarios run one at a time (some restart services).
+
+mod common;
+
+use devcycle::catalog::Catalog;
+use devcycle::domain::TaskRequest;
+use devcycle::settings::Settings;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One scenario's private world: namespace, schema, key prefix, processors dir.
+struct World {
+    settings: Settings,
+    catalog: Catalog,
+    pool: sqlx::PgPool,
+    dir: PathBuf,
+    children: Vec<Child>,
+    spawned: usize,
+    codec: devcycle::avro::Codec,
+}
+
+impl World {
+    async fn new(name: &str, concurrency: usize) -> World {
+        let mut settings = common::test_settings();
+        settings.kafka.session_timeout_ms = 6000;
+        let dir = common::root().join("target").join("faults").join(format!("{name}-{}", &settings.database.schema));
+        std::fs::create_dir_all(dir.join("processors")).unwrap();
+        std::fs::create_dir_all(dir.join("topics")).unwrap();
+        for entry in std::fs::read_dir(common::root().join("topics")).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, dir.join("topics").join(p.file_name().unwrap())).unwrap();
+        }
+        let spec = std::fs::read_to_string(common::root().join("processors/agent-executor.toml")).unwrap();
+        let spec = spec
+            .replace("concurrency = 64", &format!("concurrency = {concurrency}"))
+            .replace("max_buffered = 256", &format!("max_buffered = {}", concurrency * 4))
+            .replace("shutdown_grace_ms = 30000", "shutdown_grace_ms = 5000");
+        std::fs::write(dir.join("processors/agent-executor.toml"), spec).unwrap();
+        settings.paths.processors = dir.join("processors");
+        settings.paths.topics = dir.join("topics");
+        // Topics, schemas, migrations once, as `devcycle run` would.
+        let deps = devcycle::app::Deps::connect(settings.clone()).await.expect("services up");
+        let catalog = Catalog::load(&settings).unwrap();
+        let codec = devcycle::avro::Codec::new(&settings.schema_registry.url, Duration::from_secs(5), &catalog.schemas)
+            .unwrap();
+        World { pool: deps.pool.clone(), settings, catalog, dir, children: Vec::new(), spawned: 0, codec }
+    }
+
+    fn topic(&self, declared: &str) -> String {
+        self.catalog.topic_name(declared)
+    }
+
+    fn command(&self, args: &[&str], log: &Path) -> Command {
+        let s = &self.settings;
+        let mut c = Command::new(env!("CARGO_BIN_EXE_devcycle"));
+        c.args(args)
+            .current_dir(common::root())
+            .env("ENVIRONMENT", "test")
+            .env("LOG_LEVEL", "info")
+            .env("DEVCYCLE__KAFKA__NAMESPACE", &s.kafka.namespace)
+            .env("DEVCYCLE__KAFKA__SESSION_TIMEOUT_MS", s.kafka.session_timeout_ms.to_string())
+            .env("DEVCYCLE__KAFKA__APPLY_ON_START", "false")
+            .env("DEVCYCLE__DATABASE__SCHEMA", &s.database.schema)
+            .env("DEVCYCLE__DATABASE__MIGRATE_ON_START", "false")
+            .env("DEVCYCLE__REDIS__KEY_PREFIX", &s.redis.key_prefix)
+            .env("DEVCYCLE__PATHS__PROCESSORS", &s.paths.processors)
+            .env("DEVCYCLE__PATHS__TOPICS", &s.paths.topics)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(Stdio::inherit());
+        c
+    }
+
+    /// Starts one more processor process.
+    fn spawn_processor(&mut self) {
+        self.spawned += 1;
+        let log = self.dir.join(format!("processor-{}.log", self.spawned));
+        let child = self.command(&["process", "agent-executor"], &log).spawn().expect("spawn processor");
+        self.children.push(child);
+    }
+
+    fn kill_one(&mut self, signal: i32) {
+        if let Some(mut c) = self.children.pop() {
+            unsafe { libc::kill(c.id() as i32, signal) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = c.try_wait() {
+                    if signal == libc::SIGTERM {
+                        assert!(status.success(), "SIGTERM must end the processor cleanly, got {status}");
+                    }
+                    break;
+                }
+                assert!(Instant::now() < deadline, "processor did not exit after signal {signal}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Produces `n` sleep-agent tasks (`ms` each) straight to the request topic.
+    async fn preload(&self, n: usize, ms: u64) -> Vec<Uuid> {
+        let producer: FutureProducer = devcycle::kafka::client_config(&self.settings.kafka, "faults-loader")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        let topic = self.topic("devcycle.task-requests");
+        let mut ids = Vec::with_capacity(n);
+        for chunk in 0..n.div_ceil(500) {
+            let mut pending = Vec::new();
+            for i in 0..500.min(n - chunk * 500) {
+                let req = TaskRequest {
+                    task_id: Uuid::new_v4(),
+                    agent: "sleep".into(),
+                    input: json!({"ms": ms, "i": chunk * 500 + i}),
+                    priority: 0,
+                    submitted_by: Some("faults".into()),
+                    submitted_at: chrono::Utc::now(),
+                    deadline: None,
+                    request_id: None,
+                    traceparent: None,
+                    tracestate: None,
+                    attempt: 1,
+                };
+                let bytes = self.codec.encode_request(&topic, &req).await.unwrap();
+                ids.push(req.task_id);
+                pending.push((req.task_id.to_string(), bytes));
+            }
+            let sends = pending.iter().map(|(k, v)| {
+                producer.send(FutureRecord::to(&topic).key(k.as_str()).payload(v.as_slice()), Duration::from_secs(30))
+            });
+            for r in futures::future::join_all(sends).await {
+                r.map_err(|(e, _)| e).expect("preload produce");
+            }
+        }
+        ids
+    }
+
+    async fn finished(&self) -> i64 {
+        let r: Result<(i64,), _> =
+            sqlx::query_as("SELECT count(*) FROM tasks WHERE status IN ('succeeded','failed','dead_lettered')")
+                .fetch_one(&self.pool)
+                .await;
+        r.map(|r| r.0).unwrap_or(-1)
+    }
+
+    async fn wait_finished(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let done = self.finished().await;
+            if done == n as i64 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{done} of {n} tasks finished in time; logs in {}", self.dir.display());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The exact-count verdict: every task finished once, its result on the topic, one outcome.
+    async fn verify(&self, ids: &[Uuid]) {
+        let n = ids.len() as i64;
+        let (rows, succeeded): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'succeeded') FROM tasks")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, n, "rows in tasks");
+        assert_eq!(succeeded, n, "succeeded tasks");
+        let (finals, distinct): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(DISTINCT task_id) FROM task_events WHERE to_status = 'succeeded'")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+        assert_eq!((finals, distinct), (n, n), "exactly one final transition per task (no duplicate effects)");
+
+        // Every task id on the results topic, and never two different outcomes for one task.
+        let consumer: rdkafka::consumer::StreamConsumer =
+            devcycle::kafka::client_config(&self.settings.kafka, "faults-verify")
+                .set("group.id", format!("{}verify-{}", self.settings.kafka.namespace, Uuid::new_v4()))
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false")
+                .create()
+                .unwrap();
+        consumer.subscribe(&[&self.topic("devcycle.task-results")]).unwrap();
+        let want: BTreeSet<Uuid> = ids.iter().copied().collect();
+        let mut outcomes: BTreeMap<Uuid, BTreeSet<String>> = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while outcomes.len() < want.len() {
+            assert!(Instant::now() < deadline, "results for {} of {} tasks", outcomes.len(), want.len());
+            let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else { continue };
+            let result = self.codec.decode_result(m.payload()).await.expect("result decodes");
+            let outcome = format!("{}|{:?}|{:?}", result.status, result.output, result.error);
+            outcomes.entry(result.task_id).or_default().insert(outcome);
+        }
+        assert_eq!(outcomes.keys().copied().collect::<BTreeSet<_>>(), want, "lost or foreign results");
+        let conflicting = outcomes.values().filter(|o| o.len() > 1).count();
+        assert_eq!(conflicting, 0, "tasks with two different results");
+    }
+
+    fn stop_all(&mut self) {
+        while !self.children.is_empty() {
+            self.kill_one(libc::SIGTERM);
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn services(args: &[&str]) {
+    let status = Command::new(common::root().join("scripts/services")).args(args).status().expect("scripts/services");
+    assert!(status.success(), "scripts/services {args:?} failed");
+}
+
+fn tasks() -> usize {
+    env_num("FAULT_TASKS", 600)
+}
+
+/// Per-task sleep so that `tasks()` tasks on 8 slots take about `seconds` of work: long
+/// enough that the faults land while tasks are still being processed.
+fn sleep_ms(seconds: u64) -> u64 {
+    (seconds * 1000 * 8 / tasks() as u64).max(2)
+}
+
+/// Asserts the run is still in progress when a fault is injected (else it proves nothing).
+async fn assert_mid_run(w: &World, n: usize) {
+    let done = w.finished().await;
+    assert!(done < n as i64, "all {n} tasks finished before the fault was injected; raise the per-task time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_repeatedly_loses_nothing_and_repeats_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut w = World::new("sigkill", 8).await;
+    let n = tasks();
+    let kills = env_num("FAULT_KILLS", 3);
+    let ids = w.preload(n, sleep_ms(4 * kills as u64 + 6)).await;
+    w.spawn_processor();
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_mid_run(&w, n).await;
+        w.kill_one(libc::SIGKILL);
+        w.spawn_processor();
+    }
+    w.wait_finished(n, Duration::from_secs(300)).await;
+    w.stop_all();
+    w.verify(&ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_from_one_to_three_and_back() {
+    let _serial = SERIAL.lock().await;
+    let mut w = World::new("scale", 8).await;
+    let n = tasks();
+    let ids = w.preload(n, sleep_ms(16)).await;
+    w.spawn_processor();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.spawn_processor();
+    w.spawn_processor();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_mid_run(&w, n).await;
+    w.kill_one(libc::SIGTERM);
+    w.kill_one(libc::SIGTERM);
+    w.wait_finished(n, Duration::from_secs(300)).await;
+    w.stop_all();
+    w.verify(&ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_partitions_mid_run_is_picked_up() {
+    let _serial = SERIAL.lock().await;
+    let mut w = World::new("partitions", 8).await;
+    let n = tasks();
+    let mut ids = w.preload(n / 2, sleep_ms(12)).await;
+    w.spawn_processor();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_mid_run(&w, n / 2).await;
+    // Edit the declaration and apply it with the CLI, as an operator would.
+    let decl = w.dir.join("topics/devcycle.task-requests.toml");
+    let text = std::fs::read_to_string(&decl).unwrap().replace("partitions = 6", "partitions = 9");
+    std::fs::write(&decl, text).unwrap();
+    let out = w.command(&["topics", "apply"], &w.dir.join("apply.log")).output().unwrap();
+    assert!(out.status.success());
+    let printed = std::fs::read_to_string(w.dir.join("apply.log")).unwrap();
+    assert!(printed.contains("partitions 6 -> 9"), "{printed}");
+    ids.extend(w.preload(n - n / 2, sleep_ms(4)).await);
+    w.wait_finished(n, Duration::from_secs(300)).await;
+    // The new partitions really carried tasks.
+    let (high,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM tasks WHERE source_partition >= 6").fetch_one(&w.pool).await.unwrap();
+    assert!(high > 0, "no task came from the new partitions");
+    w.stop_all();
+    w.verify(&ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_run() {
+    let _serial = SERIAL.lock().await;
+    let mut w = World::new("broker", 8).await;
+    let n = tasks();
+    let ids = w.preload(n, sleep_ms(16)).await;
+    w.spawn_processor();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_mid_run(&w, n).await;
+    services(&["restart", "kafka"]);
+    w.wait_finished(n, Duration::from_secs(300)).await;
+    w.stop_all();
+    w.verify(&ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_then_redis_outage_mid_run() {
+    let _serial = SERIAL.lock().await;
+    let mut w = World::new("outage", 8).await;
+    let n = tasks();
+    let ids = w.preload(n, sleep_ms(20)).await;
+    w.spawn_processor();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_mid_run(&w, n).await;
+    services(&["down", "postgres"]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    services(&["up", "postgres"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_mid_run(&w, n).await;
+    services(&["down", "redis"]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    services(&["up", "redis"]);
+    // The processor survived both outages: still the same process.
+    assert!(w.children[0].try_wait().unwrap().is_none(), "processor exited during the outage");
+    w.wait_finished(n, Duration::from_secs(300)).await;
+    w.stop_all();
+    w.verify(&ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_pills_interleaved_with_good_records() {
+    let _serial = SERIAL.lock().await;
+    let mut w = World::new("poison", 8).await;
+    let n = tasks();
+    let topic = w.topic("devcycle.task-requests");
+    let producer: FutureProducer = devcycle::kafka::client_config(&w.settings.kafka, "poison").create().unwrap();
+    let mut ids = Vec::new();
+    let mut poisons = 0;
+    for round in 0..10 {
+        ids.extend(w.preload(n / 10, 5).await);
+        for (i, bytes) in [&b"garbage"[..], &[0, 0, 0, 0x7f, 0x11, 1][..], &[0u8][..]].iter().enumerate() {
+            let key = format!("poison-{round}-{i}");
+            producer.send(FutureRecord::to(&topic).key(&key).payload(*bytes), Duration::from_secs(10)).await.unwrap();
+            poisons += 1;
+        }
+    }
+    w.spawn_processor();
+    w.wait_finished(ids.len(), Duration::from_secs(300)).await;
+    // Every poison pill is on the dead-letter topic.
+    let consumer: rdkafka::consumer::StreamConsumer = devcycle::kafka::client_config(&w.settings.kafka, "dlq-check")
+        .set("group.id", format!("{}dlq-{}", w.settings.kafka.namespace, Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&w.topic("devcycle.dead-letters")]).unwrap();
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < poisons {
+        assert!(Instant::now() < deadline, "{} of {poisons} poison pills dead-lettered", seen.len());
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else { continue };
+        seen.insert(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
+    }
+    assert_eq!(seen.len(), poisons);
+    w.stop_all();
+    w.verify(&ids).await;
+}
