@@ -35,6 +35,38 @@ pub enum Command {
         #[command(subcommand)]
         action: ApplyAction,
     },
+    /// Dead letters: list them, or re-publish them to their source topic once fixed.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List dead letters with their reason and origin.
+    List(DlqFilter),
+    /// Re-publish matching dead letters (each at most once) to their source topic.
+    Replay {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show what would be replayed without doing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DlqFilter {
+    /// Only dead letters of this error class (dlq.error.class).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Only dead letters from this source topic.
+    #[arg(long)]
+    pub source_topic: Option<String>,
+    /// At most this many.
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

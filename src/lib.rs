@@ -16,6 +16,7 @@ pub mod events;
 pub mod executors;
 pub mod ingress;
 pub mod kafka;
+pub mod ops;
 pub mod processors;
 pub mod registry;
 pub mod runtime;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use devcycle::app::{self, Mode};
 use devcycle::catalog::Catalog;
-use devcycle::cli::{ApplyAction, Cli, Command};
+use devcycle::cli::{ApplyAction, Cli, Command, DlqAction, DlqFilter};
 use devcycle::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -78,8 +78,49 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Dlq { action } => dlq(action, settings).await,
         Command::Run => Ok(app::run(settings, Mode::All, shutdown_on_signals(), None).await?),
         Command::Ingress => Ok(app::run(settings, Mode::Ingress, shutdown_on_signals(), None).await?),
         Command::Process { name } => Ok(app::run(settings, Mode::Process(name), shutdown_on_signals(), None).await?),
     }
+}
+
+fn filter_of(f: DlqFilter) -> devcycle::ops::dlq::Filter {
+    devcycle::ops::dlq::Filter { class: f.class, source_topic: f.source_topic, limit: f.limit }
+}
+
+async fn dlq(action: DlqAction, settings: Settings) -> anyhow::Result<()> {
+    use devcycle::runtime::dlq as h;
+    let deps = app::Deps::connect(settings).await?;
+    match action {
+        DlqAction::List(f) => {
+            let letters = devcycle::ops::dlq::list(&deps, &filter_of(f)).await?;
+            println!("{} dead letter(s)", letters.len());
+            for (l, replayed) in letters {
+                let get = |k| l.header(k).unwrap_or_default();
+                println!(
+                    "{}:{} class={} source={}:{}:{} attempts={} last={}{} message={}",
+                    l.partition,
+                    l.offset,
+                    get(h::H_CLASS),
+                    get(h::H_TOPIC),
+                    get(h::H_PARTITION),
+                    get(h::H_OFFSET),
+                    get(h::H_ATTEMPTS),
+                    get(h::H_LAST),
+                    if replayed { " [replayed]" } else { "" },
+                    get(h::H_MESSAGE).chars().take(200).collect::<String>(),
+                );
+            }
+        }
+        DlqAction::Replay { filter, dry_run } => {
+            let done = devcycle::ops::dlq::replay(&deps, &filter_of(filter), dry_run).await?;
+            let verb = if dry_run { "would replay" } else { "replayed" };
+            println!("{verb} {} dead letter(s)", done.len());
+            for l in done {
+                println!("{}:{} -> {}", l.partition, l.offset, l.header(h::H_TOPIC).unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,3 @@
+//! Operations commands: reading and replaying dead letters.
+
+pub mod dlq;
