@@ -108,6 +108,53 @@ impl Cache {
         Ok(())
     }
 
+    /// The pub/sub channel on which cancellations are announced to processors.
+    pub fn cancel_channel(&self) -> String {
+        format!("{}cancel", self.prefix)
+    }
+
+    /// Tells running processors to stop a task.
+    pub async fn publish_cancel(&self, id: Uuid) -> Result<(), CacheError> {
+        let _: i64 = self.pool.next().publish(self.cancel_channel(), id.to_string()).await?;
+        Ok(())
+    }
+
+    /// Calls `on_cancel` with each task id announced on the cancel channel, resubscribing after
+    /// reconnects, until `stop` fires.
+    pub async fn listen_cancels(
+        s: &RedisSettings,
+        stop: tokio_util::sync::CancellationToken,
+        on_cancel: impl Fn(Uuid) + Send + 'static,
+    ) -> Result<(), CacheError> {
+        let config = Config::from_url(s.url.expose())?;
+        let sub = Builder::from_config(config)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
+            .build_subscriber_client()?;
+        sub.init().await?;
+        let manage = sub.manage_subscriptions();
+        sub.subscribe(format!("{}cancel", s.key_prefix)).await?;
+        let mut rx = sub.message_rx();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    msg = rx.recv() => match msg {
+                        Ok(m) => {
+                            if let Some(id) = m.value.convert::<String>().ok().and_then(|v| Uuid::parse_str(&v).ok()) {
+                                on_cancel(id);
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    },
+                }
+            }
+            manage.abort();
+            let _ = sub.quit().await;
+        });
+        Ok(())
+    }
+
     pub async fn ping(&self) -> bool {
         let r: Result<String, _> = self.pool.ping(None).await;
         r.is_ok()

@@ -272,3 +272,59 @@ pub async fn last_event(pool: &PgPool, id: Uuid) -> Result<Option<TaskEvent>, Db
         request_id: r.try_get("request_id")?,
     }))
 }
+
+pub enum Cancel {
+    Cancelled(TaskRow),
+    AlreadyFinished(TaskRow),
+    NotFound,
+}
+
+/// Cancels a task that is not final. A task not yet started (no row) is recorded as cancelled
+/// when its agent is known (from the hot status), so the processor never starts it.
+pub async fn cancel(pool: &PgPool, id: Uuid, agent_hint: Option<&str>, by: Option<&str>) -> Result<Cancel, DbError> {
+    let mut tx = pool.begin().await?;
+    let prior: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE task_id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let message = format!("cancelled by {}", by.unwrap_or("request"));
+    let row = match &prior {
+        Some((status,)) => {
+            let status: TaskStatus = status.parse().unwrap_or(TaskStatus::Failed);
+            if status.is_terminal() {
+                tx.rollback().await?;
+                let row = get(pool, id).await?.ok_or(DbError::Other(sqlx::Error::RowNotFound))?;
+                return Ok(Cancel::AlreadyFinished(row));
+            }
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE tasks SET status = 'cancelled', error = $2, error_class = 'cancelled', finished_at = now(),
+                     updated_at = now() WHERE task_id = $1 RETURNING {COLUMNS}"
+            )))
+            .bind(id)
+            .bind(&message)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+        None => {
+            let Some(agent) = agent_hint else {
+                tx.rollback().await?;
+                return Ok(Cancel::NotFound);
+            };
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO tasks (task_id, agent, status, input, error, error_class, finished_at)
+                 VALUES ($1, $2, 'cancelled', 'null'::jsonb, $3, 'cancelled', now()) RETURNING {COLUMNS}"
+            )))
+            .bind(id)
+            .bind(agent)
+            .bind(&message)
+            .fetch_one(&mut *tx)
+            .await?
+        }
+    };
+    let task = row_to_task(&row)?;
+    let from = prior.and_then(|(s,)| s.parse().ok()).or(Some(TaskStatus::Queued));
+    let event = TaskEvent::new(id, &task.agent, from, TaskStatus::Cancelled, task.attempts, Some(message), None);
+    insert_event(&mut tx, &event).await?;
+    tx.commit().await?;
+    Ok(Cancel::Cancelled(task))
+}

@@ -75,7 +75,15 @@ impl Executors {
         match tokio::time::timeout(timeout, run).await {
             Ok(r) => r,
             // Dropping the future kills a command's child (kill_on_drop) and aborts HTTP calls.
-            Err(_) => Err(ExecError::retryable("timeout", format!("no result within {} ms", timeout.as_millis()))),
+            Err(_) => {
+                let message = format!("no result within {} ms", timeout.as_millis());
+                // Agents say whether a timeout is worth another attempt (default: yes).
+                if agent.config.get("timeout_retryable").and_then(|v| v.as_bool()).unwrap_or(true) {
+                    Err(ExecError::retryable("timeout", message))
+                } else {
+                    Err(ExecError::failed("timeout", message))
+                }
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ pub enum Handler {
     Metrics,
     SubmitTask,
     GetTask(String),
+    CancelTask(String),
     ListAgents,
     CreateAgent,
     GetAgent(String),
@@ -30,6 +31,7 @@ impl Handler {
             Handler::Metrics => health::metrics(ctx).await,
             Handler::SubmitTask => tasks::submit(ctx, req).await,
             Handler::GetTask(id) => tasks::get(ctx, &id).await,
+            Handler::CancelTask(id) => tasks::cancel(ctx, &id).await,
             Handler::ListAgents => agents::list(ctx, req.uri().query()).await,
             Handler::CreateAgent => agents::create(ctx, req).await,
             Handler::GetAgent(n) => agents::get(ctx, &n).await,
@@ -57,6 +59,10 @@ pub fn route(method: &Method, path: &str) -> (&'static str, Result<Handler, ApiE
         ["v1", "tasks", id] => (
             "/v1/tasks/{id}",
             if *method == Method::GET { Ok(Handler::GetTask(param(id))) } else { not_allowed("GET") },
+        ),
+        ["v1", "tasks", id, "cancel"] => (
+            "/v1/tasks/{id}/cancel",
+            if *method == Method::POST { Ok(Handler::CancelTask(param(id))) } else { not_allowed("POST") },
         ),
         ["v1", "agents"] => (
             "/v1/agents",

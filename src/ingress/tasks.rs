@@ -197,3 +197,34 @@ mod tests {
         assert_eq!((ok.priority, ok.key.as_deref()), (5, Some("k")));
     }
 }
+
+/// `POST /v1/tasks/{id}/cancel`: a queued task never starts; a running one is stopped.
+pub async fn cancel(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
+    use crate::db::tasks::Cancel;
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::validation("task_id", "must be a UUID"))?;
+    let deps = &ctx.deps;
+    let hint = deps.cache.get_status(id).await.ok().flatten().and_then(|f| f.get("agent").cloned());
+    match crate::db::tasks::cancel(&deps.pool, id, hint.as_deref(), None).await? {
+        Cancel::Cancelled(row) => {
+            let now = Utc::now().to_rfc3339();
+            deps.cache
+                .set_status(
+                    id,
+                    vec![
+                        ("status", "cancelled".to_string()),
+                        ("agent", row.agent.clone()),
+                        ("error", row.error.clone().unwrap_or_default()),
+                        ("error_class", "cancelled".to_string()),
+                        ("finished_at", now.clone()),
+                        ("updated_at", now),
+                    ],
+                )
+                .await?;
+            deps.cache.publish_cancel(id).await?;
+            let data = json!({"task_id": id, "status": "cancelled", "agent": row.agent});
+            Ok(ok(StatusCode::OK, data, "Task cancelled", &ctx.request_id))
+        }
+        Cancel::AlreadyFinished(row) => Err(ApiError::Conflict(format!("task {id} already {}", row.status))),
+        Cancel::NotFound => Err(ApiError::NotFound(format!("task {id}"))),
+    }
+}

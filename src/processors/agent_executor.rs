@@ -10,6 +10,7 @@
 
 use super::launch_with;
 use crate::app::Deps;
+use crate::cache::Cache;
 use crate::avro::DecodeError;
 use crate::catalog::ProcessorSpec;
 use crate::db::tasks::{self, Outcome, Source, Start, TaskRow};
@@ -20,9 +21,11 @@ use crate::kafka::OutRecord;
 use crate::runtime::{ProcessError, Processor, RecordMeta, RunnerError, RunnerHealth};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 use tracing::Instrument;
 
 pub fn launch(
@@ -31,20 +34,41 @@ pub fn launch(
     health: Arc<RunnerHealth>,
     shutdown: CancellationToken,
 ) -> BoxFuture<'static, Result<(), RunnerError>> {
+    let running: Running = Arc::default();
     let processor = AgentExecutor {
         results_topic: deps.catalog.topic_name(&spec.outputs.results),
         events_topic: deps.catalog.topic_name(&spec.outputs.events),
         deps: deps.clone(),
         spec: spec.clone(),
+        running: running.clone(),
     };
-    launch_with(deps, spec, processor, health, shutdown)
+    let redis = deps.settings.redis.clone();
+    let stop = shutdown.clone();
+    let runner = launch_with(deps, spec, processor, health, shutdown);
+    Box::pin(async move {
+        // Cancellations of running tasks arrive over Redis pub/sub; a task cancelled before it
+        // starts is caught by its Postgres status instead, so a missed message loses nothing.
+        let on_cancel = move |id| {
+            if let Some(token) = running.lock().expect("lock").get(&id) {
+                token.cancel();
+            }
+        };
+        if let Err(e) = Cache::listen_cancels(&redis, stop, on_cancel).await {
+            tracing::warn!(error = %e, "cancellation listener not started; running tasks finish despite cancel");
+        }
+        runner.await
+    })
 }
+
+/// Tokens of the tasks running in this process, by task id.
+type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
 
 pub struct AgentExecutor {
     deps: Arc<Deps>,
     spec: ProcessorSpec,
     results_topic: String,
     events_topic: String,
+    running: Running,
 }
 
 fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
@@ -245,7 +269,31 @@ impl AgentExecutor {
             tracing::warn!(task_id = %req.task_id, error = %err, "publishing `running` failed");
         }
         let started = Instant::now();
-        let result = self.deps.executors.execute(&agent, &req.input, self.timeout_for(&agent)).await;
+        let token = CancellationToken::new();
+        self.running.lock().expect("lock").insert(req.task_id, token.clone());
+        // A cancel that landed between `start` and registering the token.
+        let cancelled_already =
+            tasks::get(&self.deps.pool, req.task_id).await?.is_some_and(|t| t.status == TaskStatus::Cancelled);
+        let result = if cancelled_already {
+            None
+        } else {
+            tokio::select! {
+                r = self.deps.executors.execute(&agent, &req.input, self.timeout_for(&agent)) => Some(r),
+                _ = token.cancelled() => None,
+            }
+        };
+        self.running.lock().expect("lock").remove(&req.task_id);
+        let Some(result) = result else {
+            // Dropping the execution killed a command's process and aborted HTTP calls.
+            TaskExecuted { agent: &agent.name, outcome: "cancelled", elapsed: started.elapsed() }.emit();
+            let outcome = Outcome {
+                status: TaskStatus::Cancelled,
+                output: None,
+                error: Some("cancelled while running".into()),
+                error_class: Some("cancelled".into()),
+            };
+            return self.conclude(req, &src, outcome).await;
+        };
         let outcome = match result {
             Ok(output) => {
                 Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, error_class: None }

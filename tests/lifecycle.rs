@@ -1,0 +1,102 @@
+//! Task lifecycle controls against the real stack: cancellation (queued and running),
+//! deadlines, and executor timeouts.
+
+mod common;
+
+use common::TestApp;
+use devcycle::app::Mode;
+use devcycle::domain::TaskStatus;
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn statuses(app: &TestApp, id: uuid::Uuid) -> Vec<String> {
+    devcycle::db::tasks::events(&app.deps.pool, id).await.unwrap().into_iter().map(|e| e.1).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_queued_task_never_starts() {
+    // Ingress only: the task stays queued.
+    let ingress = TestApp::spawn_with(|_| {}).await;
+    let deps = ingress.deps.clone();
+    ingress.stop().await;
+    let ingress = TestApp::start(deps.clone(), Mode::Ingress).await;
+    let id = ingress.submit("echo", json!({"x": 1})).await;
+    let (s, b) = ingress.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["data"]["status"], "cancelled");
+    // Now a processor reads the request: it must not run it, and says so on the results topic.
+    let processor = TestApp::start(deps, Mode::Process("agent-executor".into())).await;
+    let results = ingress.read_results(&[id], WAIT).await;
+    assert_eq!(results[0].0.status, TaskStatus::Cancelled);
+    assert_eq!(statuses(&ingress, id).await, ["cancelled"]);
+    let (_, b) = ingress.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(b["data"]["status"], "cancelled");
+    let (s, b) = ingress.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
+    assert_eq!((s, b["error"].as_str()), (409, Some("CONFLICT")));
+    let (s, _) = ingress.post(&format!("/v1/tasks/{}/cancel", uuid::Uuid::new_v4()), &json!({})).await;
+    assert_eq!(s, 404);
+    processor.stop().await;
+    ingress.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_is_stopped_by_cancel() {
+    let app = TestApp::spawn().await;
+    let id = app.submit("sleep", json!({"ms": 60000})).await;
+    app.wait_status(id, "running", WAIT).await;
+    let started = std::time::Instant::now();
+    let (s, b) = app.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let results = app.read_results(&[id], WAIT).await;
+    assert_eq!(results[0].0.status, TaskStatus::Cancelled);
+    assert!(started.elapsed() < Duration::from_secs(20), "the running task was not stopped");
+    assert_eq!(statuses(&app, id).await, ["running", "cancelled"]);
+    // The slot is free again: a new task runs.
+    let next = app.submit("echo", json!({})).await;
+    app.wait_status(next, "succeeded", WAIT).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_past_its_deadline_is_not_started() {
+    let first = TestApp::spawn().await;
+    let deps = first.deps.clone();
+    first.stop().await;
+    let ingress = TestApp::start(deps.clone(), Mode::Ingress).await;
+    let deadline = (chrono::Utc::now() + chrono::Duration::milliseconds(800)).to_rfc3339();
+    let (s, b) = ingress.post("/v1/tasks", &json!({"agent": "echo", "input": {}, "deadline": deadline})).await;
+    assert_eq!(s, 202, "{b}");
+    let id: uuid::Uuid = b["data"]["task_id"].as_str().unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let processor = TestApp::start(deps, Mode::Process("agent-executor".into())).await;
+    let expired = ingress.wait_status(id, "expired", WAIT).await;
+    assert_eq!(expired["error_class"], "deadline_exceeded");
+    assert_eq!(statuses(&ingress, id).await, ["expired"]);
+    processor.stop().await;
+    ingress.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_command_is_killed_and_counted_as_configured() {
+    let app = TestApp::spawn().await;
+    let marker = format!("/tmp/devcycle-timeout-{}", uuid::Uuid::new_v4());
+    let (s, b) = app
+        .post(
+            "/v1/agents",
+            &json!({"name": "slowpoke", "executor": "command", "config": {
+            "program": "sh", "args": ["-c", format!("sleep 3; touch {marker}")],
+            "timeout_ms": 300, "timeout_retryable": false}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let id = app.submit("slowpoke", json!({})).await;
+    let failed = app.wait_status(id, "failed", WAIT).await;
+    assert_eq!(failed["error_class"], "timeout");
+    assert_eq!(failed["attempts"], 1);
+    // The process was killed: it never got to touch its marker.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!std::path::Path::new(&marker).exists(), "the timed-out command kept running");
+    app.stop().await;
+}
