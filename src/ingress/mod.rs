@@ -9,8 +9,10 @@ mod agents;
 mod body;
 mod envelope;
 mod health;
+mod openapi;
 mod router;
 mod tasks;
+mod topics;
 
 pub use envelope::{ApiError, HttpResponse};
 
