@@ -54,8 +54,7 @@ pub enum ValueFormat {
 impl TopicDecl {
     /// The effective value format of the gateway for this topic.
     pub fn value_format(&self) -> ValueFormat {
-        self.value_format
-            .unwrap_or(if self.value_schema.is_some() { ValueFormat::Avro } else { ValueFormat::Binary })
+        self.value_format.unwrap_or(if self.value_schema.is_some() { ValueFormat::Avro } else { ValueFormat::Binary })
     }
 
     /// The topic configs DevCycle manages for this topic.

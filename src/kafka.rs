@@ -143,7 +143,9 @@ impl Producer {
         let future = self.inner.send_result(fr).map_err(|(e, _)| ProduceError::from_kafka(e))?;
         Ok(Box::pin(async move {
             let out = match future.await {
-                Ok(Ok(d)) => Ok(Delivered { partition: d.partition, offset: d.offset, timestamp: d.timestamp.to_millis() }),
+                Ok(Ok(d)) => {
+                    Ok(Delivered { partition: d.partition, offset: d.offset, timestamp: d.timestamp.to_millis() })
+                }
                 Ok(Err((e, _))) => Err(ProduceError::from_kafka(e)),
                 Err(_) => Err(ProduceError::Unavailable(KafkaError::Canceled)),
             };

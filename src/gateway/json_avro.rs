@@ -25,7 +25,8 @@ pub fn json_to_avro(schema: &Schema, json: &Json) -> Result<Value, String> {
 
 fn fail(path: &str, want: &str, got: &Json) -> String {
     let shown = got.to_string();
-    let shown = if shown.chars().count() > 60 { format!("{}...", shown.chars().take(60).collect::<String>()) } else { shown };
+    let shown =
+        if shown.chars().count() > 60 { format!("{}...", shown.chars().take(60).collect::<String>()) } else { shown };
     format!("{path}: expected {want}, got {shown}")
 }
 
@@ -244,7 +245,8 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let s = request_schema();
-        let base = json!({"task_id": uuid::Uuid::new_v4().to_string(), "agent": "echo", "input": "{}", "submitted_at": 1});
+        let base =
+            json!({"task_id": uuid::Uuid::new_v4().to_string(), "agent": "echo", "input": "{}", "submitted_at": 1});
         let err = |patch: Json| {
             let mut v = base.clone();
             for (k, x) in patch.as_object().unwrap() {

@@ -77,7 +77,10 @@ pub async fn latest_schema(
         404 => return Err(SchemaError::Missing(subject.to_string())),
         s if s >= 500 => return Err(SchemaError::Unavailable(format!("registry answered {s}: {body}"))),
         s => {
-            return Err(SchemaError::Invalid { subject: subject.into(), message: format!("registry answered {s}: {body}") })
+            return Err(SchemaError::Invalid {
+                subject: subject.into(),
+                message: format!("registry answered {s}: {body}"),
+            })
         }
     }
     let invalid = |m: &str| SchemaError::Invalid { subject: subject.into(), message: m.to_string() };

@@ -100,7 +100,10 @@ mod tests {
                     let h = found.unwrap_or_else(|e| panic!("{m} {path} is documented but not routed: {e}"));
                     assert_eq!((tpl, template(&h)), (path.as_str(), (method.clone(), path.as_str())));
                 } else {
-                    assert!(matches!(found, Err(ApiError::MethodNotAllowed { .. })), "{m} {path} is routed but not documented");
+                    assert!(
+                        matches!(found, Err(ApiError::MethodNotAllowed { .. })),
+                        "{m} {path} is routed but not documented"
+                    );
                 }
             }
         }

@@ -300,10 +300,14 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
         let pool = ctx.deps.cache.pool();
         let pending = json!({"hash": hash, "state": "pending"}).to_string();
         let reserve_secs = (s.http.request_timeout_ms / 1000 + 5) as i64;
-        let set: Option<String> =
-            pool.set(&redis_key, pending, Some(Expiration::EX(reserve_secs)), Some(SetOptions::NX), false).await.map_err(
-                |e| ApiError::Unavailable { service: "redis", reason: e.to_string(), retry_after: s.http.retry_after_secs },
-            )?;
+        let set: Option<String> = pool
+            .set(&redis_key, pending, Some(Expiration::EX(reserve_secs)), Some(SetOptions::NX), false)
+            .await
+            .map_err(|e| ApiError::Unavailable {
+                service: "redis",
+                reason: e.to_string(),
+                retry_after: s.http.retry_after_secs,
+            })?;
         if set.is_none() {
             let stored: Option<String> = pool.get(&redis_key).await.map_err(|e| ApiError::Unavailable {
                 service: "redis",
@@ -341,10 +345,8 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
         match &result {
             // Nothing was written: let the retry run for real.
             Ok(r) if r.status() != StatusCode::SERVICE_UNAVAILABLE => {
-                let body = http_body_util::BodyExt::collect(r.body().clone())
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
+                let body =
+                    http_body_util::BodyExt::collect(r.body().clone()).await.map(|c| c.to_bytes()).unwrap_or_default();
                 let stored = json!({"hash": hash, "state": "done", "status": r.status().as_u16(),
                                     "body": String::from_utf8_lossy(&body)});
                 let _: Result<(), _> =
@@ -432,7 +434,8 @@ fn answer(ctx: &Ctx, topic: &str, lines: &[Line]) -> HttpResponse {
 
 fn receipt_json(topic: &str, lines: &[Option<Line>]) -> Json {
     let done = lines.iter().all(Option::is_some);
-    let records: Vec<Json> = lines.iter().map(|l| l.as_ref().map_or(json!({"state": "pending"}), Line::to_json)).collect();
+    let records: Vec<Json> =
+        lines.iter().map(|l| l.as_ref().map_or(json!({"state": "pending"}), Line::to_json)).collect();
     let mut out = json!({"topic": topic, "state": if done { "complete" } else { "pending" }, "records": records});
     if done {
         let lines: Vec<Line> = lines.iter().flatten().cloned().collect();
@@ -495,9 +498,13 @@ pub async fn get_receipt(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> 
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(ApiError::validation("receipt_id", "must be a receipt id"));
     }
-    let stored: Option<String> = ctx.deps.cache.pool().get(receipt_key(ctx.deps.cache.prefix(), id)).await.map_err(
-        |e| ApiError::Unavailable { service: "redis", reason: e.to_string(), retry_after: 5 },
-    )?;
+    let stored: Option<String> = ctx
+        .deps
+        .cache
+        .pool()
+        .get(receipt_key(ctx.deps.cache.prefix(), id))
+        .await
+        .map_err(|e| ApiError::Unavailable { service: "redis", reason: e.to_string(), retry_after: 5 })?;
     let data: Json = stored
         .and_then(|t| serde_json::from_str(&t).ok())
         .ok_or_else(|| ApiError::NotFound(format!("receipt {id}")))?;
