@@ -103,7 +103,7 @@ pub fn route(method: &Method, path: &str) -> (&'static str, Result<Handler, ApiE
 }
 
 /// Decodes %XX escapes in a path segment (invalid escapes are kept as they are).
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -548,3 +548,169 @@ mod tests {
         assert_eq!(overall(&[Line::failed(REJECTED, "x")]).0, StatusCode::UNPROCESSABLE_ENTITY);
     }
 }
+
+/// The body of a streaming answer.
+pub type StreamResponse = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>>;
+
+/// Whether a request is a streaming produce (`POST /v1/topics/{topic}/records` with
+/// `Content-Type: application/x-ndjson`); returns the declared topic.
+pub fn ndjson_produce_topic(req: &Request<Incoming>) -> Option<String> {
+    if req.method() != hyper::Method::POST {
+        return None;
+    }
+    let mime = req.headers().get(CONTENT_TYPE)?.to_str().ok()?.split(';').next()?.trim().to_ascii_lowercase();
+    if mime != "application/x-ndjson" {
+        return None;
+    }
+    match req.uri().path().trim_end_matches('/').split('/').skip(1).collect::<Vec<_>>().as_slice() {
+        ["v1", "topics", topic, "records"] => Some(super::router::percent_decode(topic)),
+        _ => None,
+    }
+}
+
+type LineFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Line> + Send>>;
+
+/// Streaming produce: one JSON record per request line; one report line per record, in
+/// order, each sent as soon as that record is acknowledged, then a final
+/// `{"done": true, "records", "written", "failed"}` line (with `error_code` and `message` when
+/// the stream was cut short). The 200 only means the stream was accepted: the outcome is in
+/// the lines. Idempotency-Key and respond-async do not apply (422).
+pub async fn produce_stream(ctx: Ctx, topic: &str, req: Request<Incoming>) -> StreamResponse {
+    use http_body_util::BodyExt;
+    let boxed = |r: HttpResponse| r.map(|b| b.boxed_unsync());
+    let decl = match declared(&ctx, topic) {
+        Ok(Ok(d)) => d.clone(),
+        Ok(Err(forbidden)) => return boxed(forbidden),
+        Err(e) => return boxed(e.into_response(&ctx.request_id)),
+    };
+    if req.headers().contains_key("idempotency-key") || wants_async(&req) {
+        let e = ApiError::validation(
+            "Content-Type",
+            "application/x-ndjson streams take neither Idempotency-Key nor Prefer: respond-async",
+        );
+        return boxed(e.into_response(&ctx.request_id));
+    }
+    let schema = match value_schema(&ctx, &decl).await {
+        Ok(s) => s,
+        Err(e) => return boxed(e.into_response(&ctx.request_id)),
+    };
+    let mut forwarded = vec![("request_id".to_string(), ctx.request_id.clone().into_bytes())];
+    for h in ["traceparent", "tracestate"] {
+        if let Some(v) = header(&req, h).filter(|v| !v.is_empty()) {
+            forwarded.push((h.to_string(), v.into_bytes()));
+        }
+    }
+    let (tx, rx) = futures::channel::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(64);
+    tokio::spawn(stream_task(ctx.deps.clone(), decl, schema, forwarded, req.into_body(), tx));
+    let mut r = Response::new(http_body_util::StreamBody::new(rx).boxed_unsync());
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    r
+}
+
+async fn stream_task(
+    deps: Arc<crate::app::Deps>,
+    decl: TopicDecl,
+    schema: Option<Arc<LatestSchema>>,
+    forwarded: Vec<(String, Vec<u8>)>,
+    mut body: Incoming,
+    mut tx: futures::channel::mpsc::Sender<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
+) {
+    use futures::{SinkExt, StreamExt};
+    use http_body_util::BodyExt;
+    let g = &deps.settings.gateway;
+    let kafka_topic = deps.catalog.topic_name(&decl.name);
+    let mut inflight: futures::stream::FuturesOrdered<LineFuture> = Default::default();
+    let (mut buf, mut total, mut count, mut written, mut failed) = (Vec::<u8>::new(), 0usize, 0usize, 0usize, 0usize);
+    let mut reading = true;
+    let mut abort: Option<(&'static str, String)> = None;
+    let mut take_line = |line: &[u8], inflight: &mut futures::stream::FuturesOrdered<LineFuture>| -> bool {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return true;
+        }
+        count += 1;
+        if count > g.max_records_per_request {
+            return false;
+        }
+        let fut: LineFuture = match serde_json::from_slice::<Json>(line) {
+            Err(e) => Box::pin(futures::future::ready(Line::failed("MALFORMED_JSON", e.to_string()))),
+            Ok(rec) => match prepare(&rec, &decl, schema.as_deref(), &forwarded, g.max_record_bytes) {
+                Err(l) => Box::pin(futures::future::ready(l)),
+                Ok(p) => {
+                    let out = OutRecord {
+                        topic: &kafka_topic,
+                        key: p.key.as_deref(),
+                        value: p.value.as_deref(),
+                        headers: p.headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
+                        partition: p.partition,
+                    };
+                    match deps.producer.enqueue(out, p.timestamp) {
+                        Ok(f) => Box::pin(async move {
+                            match f.await {
+                                Ok(d) => Line::Written(d),
+                                Err(e) => produce_failure(e),
+                            }
+                        }),
+                        Err(e) => Box::pin(futures::future::ready(produce_failure(e))),
+                    }
+                }
+            },
+        };
+        inflight.push_back(fut);
+        true
+    };
+    loop {
+        tokio::select! {
+            biased;
+            Some(line) = inflight.next(), if !inflight.is_empty() => {
+                match &line {
+                    Line::Written(_) => written += 1,
+                    Line::Failed { .. } => failed += 1,
+                }
+                let text = format!("{}\n", line.to_json());
+                if tx.send(Ok(hyper::body::Frame::data(Bytes::from(text)))).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            frame = body.frame(), if reading && inflight.len() < 1024 => {
+                match frame {
+                    None => {
+                        reading = false;
+                        let rest = std::mem::take(&mut buf);
+                        if !take_line(&rest, &mut inflight) {
+                            abort = Some(("PAYLOAD_TOO_LARGE", format!("more than {} records", g.max_records_per_request)));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        reading = false;
+                        abort = Some(("MALFORMED_REQUEST", format!("could not read the body: {e}")));
+                    }
+                    Some(Ok(f)) => {
+                        let Ok(data) = f.into_data() else { continue };
+                        total += data.len();
+                        if total > g.max_body_bytes {
+                            reading = false;
+                            abort = Some(("PAYLOAD_TOO_LARGE", format!("request body exceeds {} bytes", g.max_body_bytes)));
+                            continue;
+                        }
+                        buf.extend_from_slice(&data);
+                        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = buf.drain(..=pos).collect();
+                            if !take_line(&line, &mut inflight) {
+                                reading = false;
+                                abort = Some(("PAYLOAD_TOO_LARGE", format!("more than {} records", g.max_records_per_request)));
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            else => break,
+        }
+    }
+    let mut done = json!({"done": true, "records": written + failed, "written": written, "failed": failed});
+    if let Some((code, message)) = abort {
+        done["error_code"] = json!(code);
+        done["message"] = json!(message);
+    }
+    let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from(format!("{done}\n"))))).await;
+}
