@@ -529,26 +529,6 @@ pub async fn list(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
     Ok(ok(StatusCode::OK, json!({"items": items}), "Producible topics", &ctx.request_id))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn w() -> Line {
-        Line::Written(Delivered { partition: 0, offset: 1, timestamp: Some(2) })
-    }
-
-    #[test]
-    fn status_is_never_200_with_a_failure() {
-        let v = || Line::failed(VALIDATION, "x");
-        assert_eq!(overall(&[w(), w()]), (StatusCode::OK, None));
-        assert_eq!(overall(&[w(), v()]).0, StatusCode::MULTI_STATUS);
-        assert_eq!(overall(&[v(), v()]).0, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(overall(&[Line::failed(TOO_LARGE, "x")]).0, StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(overall(&[v(), Line::failed(UNAVAILABLE, "x")]).0, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(overall(&[Line::failed(REJECTED, "x")]).0, StatusCode::UNPROCESSABLE_ENTITY);
-    }
-}
-
 /// The body of a streaming answer.
 pub type StreamResponse = Response<http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>>;
 
@@ -713,4 +693,24 @@ async fn stream_task(
         done["message"] = json!(message);
     }
     let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from(format!("{done}\n"))))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w() -> Line {
+        Line::Written(Delivered { partition: 0, offset: 1, timestamp: Some(2) })
+    }
+
+    #[test]
+    fn status_is_never_200_with_a_failure() {
+        let v = || Line::failed(VALIDATION, "x");
+        assert_eq!(overall(&[w(), w()]), (StatusCode::OK, None));
+        assert_eq!(overall(&[w(), v()]).0, StatusCode::MULTI_STATUS);
+        assert_eq!(overall(&[v(), v()]).0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(overall(&[Line::failed(TOO_LARGE, "x")]).0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(overall(&[v(), Line::failed(UNAVAILABLE, "x")]).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(overall(&[Line::failed(REJECTED, "x")]).0, StatusCode::UNPROCESSABLE_ENTITY);
+    }
 }
