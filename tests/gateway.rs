@@ -362,3 +362,34 @@ async fn binary_topics_take_base64_values() {
     assert_eq!((raw["value_format"].as_str(), &raw["value_schema"]), (Some("binary"), &Value::Null));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_is_503_and_the_idempotency_key_stays_usable() {
+    // A healthy app creates the namespace's topics and schemas; a second ingress on the same
+    // namespace has its producer pointed at a closed port.
+    let healthy = ingress(|_| {}).await;
+    let mut s = healthy.deps.settings.clone();
+    s.kafka.bootstrap_servers = "127.0.0.1:1".into();
+    s.kafka.apply_on_start = false;
+    s.database.migrate_on_start = false;
+    s.http.produce_timeout_ms = 1500;
+    s.http.retry_after_secs = 7;
+    let broken = TestApp::start(Deps::connect(s).await.unwrap(), Mode::Ingress).await;
+    let body = json!({"records": [{"value": request_value("echo")}, {"value": request_value("echo")}]});
+    let req = broken.http.post(broken.url(RECORDS)).header("idempotency-key", "down-1").json(&body);
+    let (s, h, b) = broken.send(req).await;
+    assert_eq!((s, b["error"].as_str()), (503, Some("SERVICE_UNAVAILABLE")), "{b}");
+    assert_eq!(h["retry-after"], "7");
+    assert_eq!(b["details"]["written"], 0);
+    for line in b["details"]["records"].as_array().unwrap() {
+        assert_eq!(line["error_code"], "SERVICE_UNAVAILABLE", "{b}");
+    }
+    // The 503 was not kept: the same key and body on a healthy ingress really produces.
+    let req = healthy.http.post(healthy.url(RECORDS)).header("idempotency-key", "down-1").json(&body);
+    let (s, h, b) = healthy.send(req).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(h.get("idempotent-replayed").is_none());
+    assert_eq!(record_count(&healthy), 2);
+    broken.stop().await;
+    healthy.stop().await;
+}
