@@ -35,12 +35,28 @@ pub struct TopicDecl {
     pub value_schema: Option<String>,
     #[serde(default)]
     pub ingress_produce: bool,
+    /// How the gateway takes values: `avro` (JSON checked against the registered schema; the
+    /// default when `value_schema` is set) or `binary` (base64 bytes; the default otherwise).
+    #[serde(default)]
+    pub value_format: Option<ValueFormat>,
     /// Further topic configs, applied as given.
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    Avro,
+    Binary,
+}
+
 impl TopicDecl {
+    /// The effective value format of the gateway for this topic.
+    pub fn value_format(&self) -> ValueFormat {
+        self.value_format.unwrap_or(if self.value_schema.is_some() { ValueFormat::Avro } else { ValueFormat::Binary })
+    }
+
     /// The topic configs DevCycle manages for this topic.
     pub fn managed_configs(&self) -> BTreeMap<String, String> {
         let mut c = self.configs.clone();
@@ -151,6 +167,12 @@ impl Catalog {
             processors.insert(spec.name.clone(), spec);
         }
         for decl in topics.values() {
+            if decl.value_format == Some(ValueFormat::Avro) && decl.value_schema.is_none() {
+                return Err(invalid(
+                    &settings.paths.topics.join(format!("{}.toml", decl.name)),
+                    "value_format = \"avro\" needs a value_schema",
+                ));
+            }
             if let Some(s) = &decl.value_schema {
                 if !schemas.contains_key(s) {
                     return Err(invalid(

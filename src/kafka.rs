@@ -66,6 +66,18 @@ pub struct OutRecord<'a> {
     pub partition: Option<i32>,
 }
 
+/// A broker acknowledgement: where the record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's timestamp (ms since the epoch), when the broker reports one.
+    pub timestamp: Option<i64>,
+}
+
+/// A queued record's delivery report, still to come.
+pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Delivered, ProduceError>> + Send>>;
+
 impl Producer {
     pub fn new(k: &KafkaSettings, suffix: &str, timeout: Duration) -> Result<Producer, KafkaError> {
         let inner: FutureProducer = client_config(k, suffix)
@@ -103,6 +115,44 @@ impl Producer {
         let err = out.as_ref().err().map(|e| crate::error_chain(e));
         RecordProduced { topic: rec.topic, elapsed: started.elapsed(), error: err }.emit();
         out
+    }
+
+    /// Hands one record to the producer's queue without waiting (`timestamp`: ms since the
+    /// epoch, or the producer's clock). Fails at once when the queue is full or the record is
+    /// refused locally; the returned future resolves to the broker's acknowledgement.
+    pub fn enqueue(&self, rec: OutRecord<'_>, timestamp: Option<i64>) -> Result<Pending, ProduceError> {
+        let started = Instant::now();
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (name, value) in &rec.headers {
+            headers = headers.insert(Header { key: name, value: Some(value.as_slice()) });
+        }
+        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(rec.topic).headers(headers);
+        if let Some(k) = rec.key {
+            fr = fr.key(k);
+        }
+        if let Some(v) = rec.value {
+            fr = fr.payload(v);
+        }
+        if let Some(p) = rec.partition {
+            fr = fr.partition(p);
+        }
+        if let Some(t) = timestamp {
+            fr = fr.timestamp(t);
+        }
+        let topic = rec.topic.to_string();
+        let future = self.inner.send_result(fr).map_err(|(e, _)| ProduceError::from_kafka(e))?;
+        Ok(Box::pin(async move {
+            let out = match future.await {
+                Ok(Ok(d)) => {
+                    Ok(Delivered { partition: d.partition, offset: d.offset, timestamp: d.timestamp.to_millis() })
+                }
+                Ok(Err((e, _))) => Err(ProduceError::from_kafka(e)),
+                Err(_) => Err(ProduceError::Unavailable(KafkaError::Canceled)),
+            };
+            let err = out.as_ref().err().map(|e| crate::error_chain(e));
+            RecordProduced { topic: &topic, elapsed: started.elapsed(), error: err }.emit();
+            out
+        }))
     }
 
     /// Waits until queued records are delivered (shutdown).

@@ -14,6 +14,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod executors;
+pub mod gateway;
 pub mod ingress;
 pub mod kafka;
 pub mod ops;

@@ -103,6 +103,19 @@ pub struct Settings {
     pub schema_registry: RegistrySettings,
     pub paths: PathSettings,
     pub run: RunSettings,
+    pub gateway: GatewaySettings,
+}
+
+/// The HTTP gateway to topics (`POST /v1/topics/{topic}/records`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    pub max_records_per_request: usize,
+    pub max_body_bytes: usize,
+    pub max_record_bytes: usize,
+    pub idempotency_ttl_secs: u64,
+    pub receipt_ttl_secs: u64,
+    pub schema_cache_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -9,8 +9,10 @@ mod agents;
 mod body;
 mod envelope;
 mod health;
+mod openapi;
 mod router;
 mod tasks;
+mod topics;
 
 pub use envelope::{ApiError, HttpResponse};
 
@@ -68,7 +70,12 @@ impl Server {
                     let deps = self.deps.clone();
                     let svc = service_fn(move |req| {
                         let deps = deps.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(deps, req, peer).await) }
+                        async move {
+                            if let Some(topic) = topics::ndjson_produce_topic(&req) {
+                                return Ok::<_, std::convert::Infallible>(handle_stream(deps, req, peer, topic).await);
+                            }
+                            Ok(handle(deps, req, peer).await.map(http_body_util::BodyExt::boxed_unsync))
+                        }
                     });
                     let conn = http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
@@ -108,6 +115,27 @@ pub struct Ctx {
     pub deps: Arc<Deps>,
     pub request_id: String,
     pub peer: SocketAddr,
+}
+
+/// A streaming produce (`application/x-ndjson`): answered with a streaming body.
+async fn handle_stream(
+    deps: Arc<Deps>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    topic: String,
+) -> topics::StreamResponse {
+    let started = Instant::now();
+    let request_id = request_id(&req);
+    let route = "/v1/topics/{topic}/records";
+    let span = tracing::info_span!("http", request_id = %request_id, method = "POST", route = route);
+    let ctx = Ctx { deps, request_id: request_id.clone(), peer };
+    let mut resp = topics::produce_stream(ctx, &topic, req).instrument(span.clone()).await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let _enter = span.enter();
+    HttpRequestCompleted { method: "POST", route, status: resp.status().as_u16(), elapsed: started.elapsed() }.emit();
+    resp
 }
 
 async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {

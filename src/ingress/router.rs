@@ -1,7 +1,7 @@
 //! Routing: the route table in one place. Matches a method and path to a handler and the
 //! route template used as the low-cardinality metrics label.
 
-use super::{agents, health, tasks, ApiError, Ctx, HttpResponse};
+use super::{agents, health, openapi, tasks, topics, ApiError, Ctx, HttpResponse};
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 
@@ -20,6 +20,10 @@ pub enum Handler {
     ReplaceAgent(String),
     PatchAgent(String),
     DeleteAgent(String),
+    ListTopics,
+    ProduceRecords(String),
+    GetReceipt(String),
+    OpenApi,
 }
 
 impl Handler {
@@ -38,6 +42,10 @@ impl Handler {
             Handler::ReplaceAgent(n) => agents::replace(ctx, &n, req).await,
             Handler::PatchAgent(n) => agents::patch(ctx, &n, req).await,
             Handler::DeleteAgent(n) => agents::delete(ctx, &n).await,
+            Handler::ListTopics => topics::list(ctx).await,
+            Handler::ProduceRecords(t) => topics::produce(ctx, &t, req).await,
+            Handler::GetReceipt(id) => topics::get_receipt(ctx, &id).await,
+            Handler::OpenApi => openapi::document(ctx),
         }
     }
 }
@@ -82,12 +90,26 @@ pub fn route(method: &Method, path: &str) -> (&'static str, Result<Handler, ApiE
                 _ => not_allowed("GET, PUT, PATCH, DELETE"),
             },
         ),
+        ["v1", "topics"] => {
+            ("/v1/topics", if *method == Method::GET { Ok(Handler::ListTopics) } else { not_allowed("GET") })
+        }
+        ["v1", "topics", topic, "records"] => (
+            "/v1/topics/{topic}/records",
+            if *method == Method::POST { Ok(Handler::ProduceRecords(param(topic))) } else { not_allowed("POST") },
+        ),
+        ["v1", "receipts", id] => (
+            "/v1/receipts/{id}",
+            if *method == Method::GET { Ok(Handler::GetReceipt(param(id))) } else { not_allowed("GET") },
+        ),
+        ["openapi.json"] => {
+            ("/openapi.json", if *method == Method::GET { Ok(Handler::OpenApi) } else { not_allowed("GET") })
+        }
         _ => ("unmatched", Err(ApiError::NotFound(format!("route {path}")))),
     }
 }
 
 /// Decodes %XX escapes in a path segment (invalid escapes are kept as they are).
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
