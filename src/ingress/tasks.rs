@@ -171,33 +171,6 @@ pub async fn get(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
     Ok(ok(StatusCode::OK, data, "Task status", &ctx.request_id))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn obj(v: Value) -> serde_json::Map<String, Value> {
-        v.as_object().unwrap().clone()
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let field = |v: Value| match validate(obj(v)) {
-            Err(ApiError::Validation { field, .. }) => field,
-            other => panic!("expected a validation error, got {:?}", other.map(|s| s.agent)),
-        };
-        assert_eq!(field(json!({"input": 1})), "agent");
-        assert_eq!(field(json!({"agent": "echo"})), "input");
-        assert_eq!(field(json!({"agent": "Bad Name", "input": 1})), "agent");
-        assert_eq!(field(json!({"agent": "echo", "input": 1, "priority": "high"})), "priority");
-        assert_eq!(field(json!({"agent": "echo", "input": 1, "deadline": "tomorrow"})), "deadline");
-        assert_eq!(field(json!({"agent": "echo", "input": 1, "deadline": "2001-01-01T00:00:00Z"})), "deadline");
-        assert_eq!(field(json!({"agent": "echo", "input": 1, "colour": "red"})), "colour");
-        assert_eq!(field(json!({"agent": "echo", "input": 1, "key": ""})), "key");
-        let ok = validate(obj(json!({"agent": "echo", "input": {"a": 1}, "priority": 5, "key": "k"}))).unwrap();
-        assert_eq!((ok.priority, ok.key.as_deref()), (5, Some("k")));
-    }
-}
-
 /// `POST /v1/tasks/{id}/cancel`: a queued task never starts; a running one is stopped.
 pub async fn cancel(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
     use crate::db::tasks::Cancel;
@@ -226,5 +199,32 @@ pub async fn cancel(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
         }
         Cancel::AlreadyFinished(row) => Err(ApiError::Conflict(format!("task {id} already {}", row.status))),
         Cancel::NotFound => Err(ApiError::NotFound(format!("task {id}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let field = |v: Value| match validate(obj(v)) {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("expected a validation error, got {:?}", other.map(|s| s.agent)),
+        };
+        assert_eq!(field(json!({"input": 1})), "agent");
+        assert_eq!(field(json!({"agent": "echo"})), "input");
+        assert_eq!(field(json!({"agent": "Bad Name", "input": 1})), "agent");
+        assert_eq!(field(json!({"agent": "echo", "input": 1, "priority": "high"})), "priority");
+        assert_eq!(field(json!({"agent": "echo", "input": 1, "deadline": "tomorrow"})), "deadline");
+        assert_eq!(field(json!({"agent": "echo", "input": 1, "deadline": "2001-01-01T00:00:00Z"})), "deadline");
+        assert_eq!(field(json!({"agent": "echo", "input": 1, "colour": "red"})), "colour");
+        assert_eq!(field(json!({"agent": "echo", "input": 1, "key": ""})), "key");
+        let ok = validate(obj(json!({"agent": "echo", "input": {"a": 1}, "priority": 5, "key": "k"}))).unwrap();
+        assert_eq!((ok.priority, ok.key.as_deref()), (5, Some("k")));
     }
 }

@@ -10,8 +10,8 @@
 
 use super::launch_with;
 use crate::app::Deps;
-use crate::cache::Cache;
 use crate::avro::DecodeError;
+use crate::cache::Cache;
 use crate::catalog::ProcessorSpec;
 use crate::db::tasks::{self, Outcome, Source, Start, TaskRow};
 use crate::domain::{Agent, AgentStatus, TaskEvent, TaskRequest, TaskResult, TaskStatus};
@@ -25,8 +25,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 use tracing::Instrument;
+use uuid::Uuid;
 
 pub fn launch(
     deps: Arc<Deps>,
