@@ -35,6 +35,15 @@ pub enum Command {
         #[command(subcommand)]
         action: ApplyAction,
     },
+    /// Brokers, topics against their declarations, consumer groups with members and lag,
+    /// dead-letter depth, and the health of each service.
+    Status,
+    /// Consumer lag per processor group and partition.
+    Lag {
+        /// Only this group (with or without the namespace).
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Dead letters: list them, or re-publish them to their source topic once fixed.
     Dlq {
         #[command(subcommand)]

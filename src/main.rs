@@ -79,6 +79,17 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq { action } => dlq(action, settings).await,
+        Command::Status => {
+            let deps = app::Deps::connect(settings).await?;
+            print!("{}", devcycle::ops::status::status_report(&deps).await);
+            Ok(())
+        }
+        Command::Lag { group } => {
+            let deps = app::Deps::connect(settings).await?;
+            let report = tokio::task::block_in_place(|| devcycle::ops::status::lag_report(&deps, group.as_deref()))?;
+            print!("{report}");
+            Ok(())
+        }
         Command::Run => Ok(app::run(settings, Mode::All, shutdown_on_signals(), None).await?),
         Command::Ingress => Ok(app::run(settings, Mode::Ingress, shutdown_on_signals(), None).await?),
         Command::Process { name } => Ok(app::run(settings, Mode::Process(name), shutdown_on_signals(), None).await?),

@@ -1,3 +1,4 @@
-//! Operations commands: reading and replaying dead letters.
+//! Operations commands: dead letters, status and consumer lag.
 
 pub mod dlq;
+pub mod status;
