@@ -52,6 +52,8 @@ pub struct Deps {
     pub producer: Producer,
     pub codec: Codec,
     pub executors: Executors,
+    /// Health of the processors running in this process (for /ready and /startup).
+    pub runners: std::sync::Mutex<Vec<(String, Arc<crate::runtime::RunnerHealth>)>>,
 }
 
 impl Deps {
@@ -78,7 +80,16 @@ impl Deps {
             Duration::from_millis(settings.schema_registry.timeout_ms),
             &catalog.schemas,
         )?;
-        Ok(Arc::new(Deps { settings, catalog, pool, cache, producer, codec, executors: Executors::new() }))
+        Ok(Arc::new(Deps {
+            settings,
+            catalog,
+            pool,
+            cache,
+            producer,
+            codec,
+            executors: Executors::new(),
+            runners: Default::default(),
+        }))
     }
 }
 
@@ -119,20 +130,23 @@ pub async fn run_with(
         let spec = deps.catalog.processor(&name).cloned().ok_or_else(|| StartError::UnknownProcessor(name.clone()))?;
         let launch = processors::lookup(&spec.handler)
             .ok_or_else(|| StartError::UnknownHandler { name: name.clone(), handler: spec.handler.clone() })?;
-        let fut = launch(deps.clone(), spec, Default::default(), shutdown.clone());
+        let health = Arc::new(crate::runtime::RunnerHealth::default());
+        deps.runners.lock().expect("lock").push((name.clone(), health.clone()));
+        let fut = launch(deps.clone(), spec, health, shutdown.clone());
         tasks.spawn(async move { fut.await.map_err(|e| StartError::Processor(name, e)) });
     }
-    if !matches!(mode, Mode::Process(_)) {
-        let server = ingress::Server::bind(deps.clone()).await?;
-        if let Some(tx) = bound {
-            let _ = tx.send(server.local_addr());
-        }
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            server.serve(token).await;
-            Ok(())
-        });
+    let server = match mode {
+        Mode::Process(_) => ingress::Server::bind_probes(deps.clone()).await?,
+        _ => ingress::Server::bind(deps.clone()).await?,
+    };
+    if let Some(tx) = bound {
+        let _ = tx.send(server.local_addr());
     }
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        server.serve(token).await;
+        Ok(())
+    });
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
         match joined {

@@ -160,6 +160,12 @@ impl Cache {
         r.is_ok()
     }
 
+    /// (pool size, connected clients).
+    pub fn pool_state(&self) -> (usize, usize) {
+        let clients = self.pool.clients();
+        (clients.len(), clients.iter().filter(|c| c.is_connected()).count())
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }

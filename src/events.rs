@@ -64,6 +64,22 @@ pub struct Metrics {
     pub retries: Family<ProcessorLabels, Counter>,
     pub dead_letters: Family<ReasonLabels, Counter>,
     pub paused: Family<ProcessorLabels, Gauge>,
+    pub consumer_lag: Family<LagLabels, Gauge>,
+    pub pool_connections: Family<PoolLabels, Gauge>,
+    pub process_rss_bytes: Gauge,
+    pub process_cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub pool: String,
+    pub state: String,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -84,6 +100,10 @@ pub fn metrics() -> &'static Metrics {
             retries: Family::default(),
             dead_letters: Family::default(),
             paused: Family::default(),
+            consumer_lag: Family::default(),
+            pool_connections: Family::default(),
+            process_rss_bytes: Gauge::default(),
+            process_cpu_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -97,12 +117,54 @@ pub fn metrics() -> &'static Metrics {
         r.register("retries", "Retried record attempts", m.retries.clone());
         r.register("dead_letters", "Records sent to the dead-letter topic", m.dead_letters.clone());
         r.register("consumer_paused", "1 while a processor's partitions are paused", m.paused.clone());
+        r.register("consumer_lag", "Records not yet committed, per group and partition", m.consumer_lag.clone());
+        r.register("pool_connections", "Postgres and Redis pool connections by state", m.pool_connections.clone());
+        r.register("process_resident_memory_bytes", "Resident set size", m.process_rss_bytes.clone());
+        r.register("process_cpu_seconds", "User plus system CPU time", m.process_cpu_seconds.clone());
         Metrics { registry: r, ..m }
     })
 }
 
+/// Reads this process's RSS and CPU time from /proc (Linux); zero elsewhere.
+fn sample_process() {
+    let m = metrics();
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let rss_kb = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        m.process_rss_bytes.set(rss_kb * 1024);
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name: utime and stime are the 12th and 13th.
+        let ticks: Vec<f64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let hz = 100.0; // USER_HZ on Linux
+        m.process_cpu_seconds.set(ticks.iter().sum::<f64>() / hz);
+    }
+}
+
+/// Records a connection pool's size and idle connections.
+pub fn pool_sample(pool: &str, size: u32, idle: u32) {
+    let m = metrics();
+    let g =
+        |state: &str| m.pool_connections.get_or_create(&PoolLabels { pool: pool.into(), state: state.into() }).clone();
+    g("idle").set(idle as i64);
+    g("in_use").set(size.saturating_sub(idle) as i64);
+}
+
 /// The registry in the OpenMetrics text format (what Prometheus scrapes).
 pub fn encode() -> String {
+    sample_process();
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &metrics().registry).expect("writing to a String cannot fail");
     out
@@ -255,5 +317,6 @@ mod tests {
         );
         assert!(text.contains("devcycle_http_request_duration_seconds_bucket"));
         assert!(text.trim_end().ends_with("# EOF"));
+        assert!(!text.contains("devcycle_process_resident_memory_bytes 0\n"), "RSS is sampled");
     }
 }

@@ -101,6 +101,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub kafka: KafkaSettings,
     pub schema_registry: RegistrySettings,
+    pub metrics: MetricsSettings,
     pub paths: PathSettings,
     pub run: RunSettings,
     pub gateway: GatewaySettings,
@@ -180,6 +181,13 @@ fn redact_properties<S: serde::Serializer>(props: &BTreeMap<String, String>, s: 
 pub struct RegistrySettings {
     pub url: String,
     pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub host: String,
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -82,6 +82,7 @@ impl World {
             .env("DEVCYCLE__KAFKA__NAMESPACE", &s.kafka.namespace)
             .env("DEVCYCLE__KAFKA__SESSION_TIMEOUT_MS", s.kafka.session_timeout_ms.to_string())
             .env("DEVCYCLE__KAFKA__APPLY_ON_START", "false")
+            .env("DEVCYCLE__METRICS__PORT", "0")
             .env("DEVCYCLE__DATABASE__SCHEMA", &s.database.schema)
             .env("DEVCYCLE__DATABASE__MIGRATE_ON_START", "false")
             .env("DEVCYCLE__REDIS__KEY_PREFIX", &s.redis.key_prefix)

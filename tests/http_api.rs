@@ -168,9 +168,14 @@ async fn probes_and_metrics() {
     assert_eq!(s, 200, "{b}");
     let (s, b) = app.get("/ready").await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b["data"]["checks"], json!({"kafka": "ok", "schema_registry": "ok", "postgres": "ok", "redis": "ok"}));
+    let checks = &b["data"]["checks"];
+    for dep in ["kafka", "schema_registry", "postgres", "redis"] {
+        assert_eq!(checks[dep], "ok", "{b}");
+    }
+    assert_eq!(checks["processors"], json!({"agent-executor": "ok"}), "{b}");
     let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("devcycle_http_requests_total{method=\"GET\",route=\"/ready\",status=\"200\"}"), "{text}");
     assert!(text.contains("devcycle_http_request_duration_seconds_bucket"));
+    assert!(text.contains("devcycle_pool_connections{pool=\"postgres\",state=\"idle\"}"), "{text}");
     app.stop().await;
 }

@@ -47,3 +47,35 @@ async fn lag_rises_with_waiting_tasks_and_drains_to_zero() {
     processor.stop().await;
     ingress.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_serves_probes_and_metrics_on_its_metrics_port() {
+    let first = TestApp::spawn().await;
+    let deps = first.deps.clone();
+    let id = first.submit("echo", json!({})).await;
+    first.wait_status(id, "succeeded", Duration::from_secs(60)).await;
+    first.stop().await;
+    let processor = TestApp::start(deps, Mode::Process("agent-executor".into())).await;
+    let (s, b) = processor.get("/health").await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = processor.get("/startup").await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = processor.get("/ready").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["data"]["checks"]["processors"]["agent-executor"], "ok");
+    // Only probes and metrics here: the API lives on the ingress.
+    let (s, b) = processor.get("/v1/agents").await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("NOT_FOUND")));
+    // Lag is published within a few seconds of the processor running.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = processor.http.get(processor.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if text.contains("devcycle_consumer_lag{") {
+            assert!(text.contains("devcycle_process_resident_memory_bytes"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no consumer lag metric: {text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    processor.stop().await;
+}

@@ -36,6 +36,8 @@ use tracing::Instrument;
 pub struct Server {
     deps: Arc<Deps>,
     listener: TcpListener,
+    /// Serve only /health, /ready, /startup and /metrics (a processor's metrics port).
+    probes_only: bool,
 }
 
 impl Server {
@@ -43,7 +45,15 @@ impl Server {
         let addr = format!("{}:{}", deps.settings.http.host, deps.settings.http.port);
         let listener = TcpListener::bind(&addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "ingress listening");
-        Ok(Server { deps, listener })
+        Ok(Server { deps, listener, probes_only: false })
+    }
+
+    /// The probes and metrics of a processor process, on `metrics.host:metrics.port`.
+    pub async fn bind_probes(deps: Arc<Deps>) -> std::io::Result<Server> {
+        let addr = format!("{}:{}", deps.settings.metrics.host, deps.settings.metrics.port);
+        let listener = TcpListener::bind(&addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "probes and metrics listening");
+        Ok(Server { deps, listener, probes_only: true })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -68,9 +78,15 @@ impl Server {
                     };
                     let _ = stream.set_nodelay(true);
                     let deps = self.deps.clone();
+                    let probes_only = self.probes_only;
                     let svc = service_fn(move |req| {
                         let deps = deps.clone();
                         async move {
+                            if probes_only && !router::is_probe(req.uri().path()) {
+                                let e = ApiError::NotFound(format!("route {}", req.uri().path()));
+                                let resp = e.into_response(&request_id(&req));
+                                return Ok(resp.map(http_body_util::BodyExt::boxed_unsync));
+                            }
                             if let Some(topic) = topics::ndjson_produce_topic(&req) {
                                 return Ok::<_, std::convert::Infallible>(handle_stream(deps, req, peer, topic).await);
                             }

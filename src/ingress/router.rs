@@ -50,6 +50,11 @@ impl Handler {
     }
 }
 
+/// Paths served on a processor's probe port.
+pub fn is_probe(path: &str) -> bool {
+    matches!(path.trim_end_matches('/'), "/health" | "/ready" | "/startup" | "/metrics")
+}
+
 /// The route template (for metrics and logs) and the handler or the routing error.
 pub fn route(method: &Method, path: &str) -> (&'static str, Result<Handler, ApiError>) {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();

@@ -149,11 +149,13 @@ pub async fn run_processor<P: Processor>(
         health: health.clone(),
         cancel: workers_cancel.clone(),
     });
+    let group_label = shared.group.clone();
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(spec.max_buffered * 2);
     let mut scheduler: Scheduler<Vec<u8>, Work> = Scheduler::new(spec.concurrency);
     let mut offsets: HashMap<Tp, (u64, PartitionOffsets)> = HashMap::new();
     let mut generation: u64 = 0;
     let mut paused = false;
+    let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
 
     loop {
         while let Some((_, work)) = scheduler.start_next() {
@@ -172,6 +174,7 @@ pub async fn run_processor<P: Processor>(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = lag_tick.tick() => record_lag(&consumer, &offsets, &group_label),
             Some(done) = done_rx.recv() => {
                 complete(&consumer, &mut offsets, &mut scheduler, &spec, done);
             }
@@ -224,6 +227,38 @@ pub async fn run_processor<P: Processor>(
     consumer.unsubscribe();
     tracing::info!(processor = %spec.name, "processor stopped");
     Ok(())
+}
+
+/// Publishes `devcycle_consumer_lag` for the assigned partitions: the broker's end offset (as
+/// last seen by librdkafka, no network call) minus the commit position.
+fn record_lag(consumer: &StreamConsumer<RunnerContext>, offsets: &HashMap<Tp, (u64, PartitionOffsets)>, group: &str) {
+    for ((topic, partition), (_, tracker)) in offsets {
+        let Ok(c_topic) = std::ffi::CString::new(topic.as_str()) else { continue };
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: a valid client handle, a NUL-terminated topic name and two out-pointers; the
+        // call reads librdkafka's cached watermarks and does not block.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                consumer.client().native_ptr(),
+                c_topic.as_ptr(),
+                *partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+            continue;
+        }
+        let position = tracker.position().unwrap_or(high).max(low);
+        crate::events::metrics()
+            .consumer_lag
+            .get_or_create(&crate::events::LagLabels {
+                group: group.to_string(),
+                topic: topic.clone(),
+                partition: *partition,
+            })
+            .set((high - position).max(0));
+    }
 }
 
 fn set_paused(consumer: &StreamConsumer<RunnerContext>, pause: bool) -> bool {

@@ -31,6 +31,7 @@ pub fn test_settings() -> Settings {
     let id = Uuid::new_v4().simple().to_string();
     let short = &id[..12];
     s.http.port = 0;
+    s.metrics.port = 0;
     s.kafka.namespace = format!("t{short}.");
     s.database.schema = format!("t_{short}");
     s.redis.key_prefix = format!("t{short}:");
@@ -65,16 +66,11 @@ impl TestApp {
     pub async fn start(deps: Arc<Deps>, mode: Mode) -> TestApp {
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let serves_http = !matches!(mode, Mode::Process(_));
         let handle = tokio::spawn(app::run_with(deps.clone(), mode, shutdown.clone(), Some(tx)));
-        let addr = if serves_http {
-            tokio::time::timeout(Duration::from_secs(30), rx)
-                .await
-                .expect("ingress bound in time")
-                .expect("ingress started")
-        } else {
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        };
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("ingress bound in time")
+            .expect("ingress started");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         TestApp { addr, deps, http, shutdown, handle }
     }
