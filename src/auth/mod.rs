@@ -316,3 +316,72 @@ mod tests {
         assert!(role_permissions("root").is_none());
     }
 }
+
+/// Why a user could not be created or a password not set.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("{field}: {issue}")]
+    Invalid { field: &'static str, issue: String },
+    #[error("a user with this email already exists")]
+    Exists,
+    #[error("{0}")]
+    Db(#[from] crate::db::DbError),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+pub fn validate_email(email: &str) -> Result<(), UserError> {
+    let ok = email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(UserError::Invalid { field: "email", issue: "must be an email address".into() })
+    }
+}
+
+/// Validates and creates a user: email, role, the password policy, argon2id hash.
+pub async fn create_user(
+    pool: &sqlx::PgPool,
+    s: &AuthSettings,
+    email: &str,
+    password: &str,
+    role: &str,
+) -> Result<crate::db::users::User, UserError> {
+    validate_email(email)?;
+    if !ROLES.contains(&role) {
+        return Err(UserError::Invalid { field: "role", issue: format!("must be one of {}", ROLES.join(", ")) });
+    }
+    check_password_policy(password, s.password_min_length)
+        .map_err(|issue| UserError::Invalid { field: "password", issue })?;
+    let hash = hash_password_async(s, password).await.map_err(UserError::Hash)?;
+    match crate::db::users::create(pool, email, &hash, role).await {
+        Ok(u) => Ok(u),
+        Err(crate::db::DbError::Constraint { constraint, .. }) if constraint.contains("email") => {
+            Err(UserError::Exists)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sets a new password: the policy, and none of the last `password_history` passwords.
+pub async fn set_password(
+    pool: &sqlx::PgPool,
+    s: &AuthSettings,
+    user_id: uuid::Uuid,
+    password: &str,
+) -> Result<(), UserError> {
+    check_password_policy(password, s.password_min_length)
+        .map_err(|issue| UserError::Invalid { field: "new_password", issue })?;
+    let history = crate::db::users::password_history(pool, user_id, s.password_history).await?;
+    if verify_any_async(history, password).await {
+        return Err(UserError::Invalid {
+            field: "new_password",
+            issue: format!("must not be one of the last {} passwords", s.password_history),
+        });
+    }
+    let hash = hash_password_async(s, password).await.map_err(UserError::Hash)?;
+    crate::db::users::set_password(pool, user_id, &hash).await?;
+    Ok(())
+}

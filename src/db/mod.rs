@@ -5,6 +5,7 @@
 //! applied under sqlx's migration lock.
 
 pub mod agents;
+pub mod users;
 pub mod tasks;
 
 use crate::settings::DatabaseSettings;

@@ -6,6 +6,7 @@
 //! on shutdown the listener closes and open connections finish their current request.
 
 mod agents;
+mod auth;
 mod body;
 mod envelope;
 mod health;
@@ -13,6 +14,7 @@ mod router;
 mod tasks;
 
 pub use envelope::{ApiError, HttpResponse};
+pub use router::{Access, RateClass};
 
 use crate::app::Deps;
 use crate::events::HttpRequestCompleted;
@@ -108,6 +110,59 @@ pub struct Ctx {
     pub deps: Arc<Deps>,
     pub request_id: String,
     pub peer: SocketAddr,
+    /// The authenticated caller (None on public routes).
+    pub principal: Option<crate::auth::Principal>,
+}
+
+/// Authenticates, authorizes and rate-limits a request per its route's policy; returns the
+/// most restrictive rate-limit decision (for the `RateLimit-*` headers).
+async fn admit(
+    ctx: &mut Ctx,
+    handler: &router::Handler,
+    req: &Request<Incoming>,
+    span: &tracing::Span,
+) -> Result<Option<crate::auth::ratelimit::Decision>, ApiError> {
+    use crate::auth::ratelimit::{hit, Decision};
+    let (access, class) = handler.policy();
+    let rl = ctx.deps.settings.rate_limits.clone();
+    let mut shown: Option<Decision> = None;
+    let mut count = |d: Decision| -> Result<(), ApiError> {
+        if !d.allowed {
+            return Err(ApiError::RateLimited(d));
+        }
+        if shown.is_none_or(|s| d.remaining < s.remaining) {
+            shown = Some(d);
+        }
+        Ok(())
+    };
+    if rl.enabled && class == RateClass::Auth {
+        let bucket = format!("auth:ip:{}", ctx.peer.ip());
+        count(hit(&ctx.deps.cache, &bucket, rl.auth_per_window, rl.window_secs).await?)?;
+    }
+    if access == Access::Public {
+        return Ok(shown);
+    }
+    let principal = auth::authenticate(ctx, req.headers()).await?;
+    span.record("user_id", principal.id.as_str());
+    if let Access::Permission(p) = access {
+        if !principal.can(p) {
+            ctx.principal = Some(principal);
+            let details = serde_json::json!({"permission": p, "path": req.uri().path(), "method": req.method().as_str()});
+            let actor = ctx.principal.as_ref().map(|p| p.id.clone());
+            auth::audit(ctx, actor.as_deref(), "permission_denied", "denied", Some(req.uri().path()), details).await;
+            return Err(ApiError::Forbidden(format!("permission `{p}` is required")));
+        }
+    }
+    if rl.enabled && matches!(class, RateClass::Api | RateClass::Submit) {
+        let bucket = format!("api:user:{}", principal.id);
+        count(hit(&ctx.deps.cache, &bucket, rl.api_per_window, rl.window_secs).await?)?;
+        if class == RateClass::Submit {
+            let bucket = format!("submit:user:{}", principal.id);
+            count(hit(&ctx.deps.cache, &bucket, rl.submit_per_window, rl.window_secs).await?)?;
+        }
+    }
+    ctx.principal = Some(principal);
+    Ok(shown)
 }
 
 async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
@@ -116,11 +171,26 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
     let method = req.method().clone();
     let timeout = Duration::from_millis(deps.settings.http.request_timeout_ms);
     let (route, found) = router::route(req.method(), req.uri().path());
-    let span = tracing::info_span!("http", request_id = %request_id, method = %method, route = route);
-    let ctx = Ctx { deps, request_id: request_id.clone(), peer };
+    let span = tracing::info_span!(
+        "http",
+        request_id = %request_id,
+        method = %method,
+        route = route,
+        user_id = tracing::field::Empty
+    );
+    let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None };
     let fut = async {
-        match found {
-            Ok(handler) => match tokio::time::timeout(timeout, handler.call(&ctx, req)).await {
+        let admitted = match &found {
+            Ok(handler) => admit(&mut ctx, handler, &req, &span).await.map(Some),
+            Err(_) => Ok(None),
+        };
+        let limits = match admitted {
+            Ok(l) => l.flatten(),
+            Err(e) => return e.into_response(&ctx.request_id),
+        };
+        let ctx = &ctx;
+        let mut resp = match found {
+            Ok(handler) => match tokio::time::timeout(timeout, handler.call(ctx, req)).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     if let ApiError::Internal(detail) = &e {
@@ -136,7 +206,11 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
                 .into_response(&ctx.request_id),
             },
             Err(e) => e.into_response(&ctx.request_id),
+        };
+        if let Some(d) = &limits {
+            envelope::rate_limit_headers(&mut resp, d);
         }
+        resp
     };
     let mut resp = fut.instrument(span.clone()).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
