@@ -294,7 +294,8 @@ impl Settings {
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be positive"));
         }
-        if self.auth.max_sessions == 0 || self.auth.access_token_ttl_secs == 0 || self.auth.refresh_token_ttl_secs == 0 {
+        if self.auth.max_sessions == 0 || self.auth.access_token_ttl_secs == 0 || self.auth.refresh_token_ttl_secs == 0
+        {
             return Err(invalid("auth", "max_sessions and token lifetimes must be positive"));
         }
         if self.auth.password_min_length < 8 {

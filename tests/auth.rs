@@ -94,7 +94,10 @@ async fn tokens_are_validated_strictly() {
         ("alg none", craft(&json!({"alg": "none", "typ": "JWT"}), &base(now, now + 600), None)),
         ("alg none with signature", craft(&json!({"alg": "none", "typ": "JWT"}), &base(now, now + 600), Some(&secret))),
         ("wrong key", craft(&hs, &base(now, now + 600), Some(b"some-other-secret-key-0123456789"))),
-        ("RS256 header (alg confusion)", craft(&json!({"alg": "RS256", "typ": "JWT"}), &base(now, now + 600), Some(&secret))),
+        (
+            "RS256 header (alg confusion)",
+            craft(&json!({"alg": "RS256", "typ": "JWT"}), &base(now, now + 600), Some(&secret)),
+        ),
         ("HS512", craft(&json!({"alg": "HS512", "typ": "JWT"}), &base(now, now + 600), Some(&secret))),
         ("expired", craft(&hs, &base(now - 3600, now - 1800), Some(&secret))),
         ("issued in the future", craft(&hs, &base(now + 3600, now + 4000), Some(&secret))),
@@ -198,9 +201,7 @@ async fn a_sixth_session_ends_the_oldest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_policy_and_history() {
     let app = TestApp::spawn().await;
-    let new_user = |password: &str, role: &str| {
-        json!({"email": format!("p{}@example.test", uuid::Uuid::new_v4().simple()), "password": password, "role": role})
-    };
+    let new_user = |password: &str, role: &str| json!({"email": format!("p{}@example.test", uuid::Uuid::new_v4().simple()), "password": password, "role": role});
     for (password, why) in [
         ("Sh0rt!pass", "short"),
         ("No-Digits-Here-At-All", "no digit"),
@@ -231,9 +232,7 @@ async fn password_policy_and_history() {
     let user = devcycle::db::users::by_email(&app.deps.pool, &email).await.unwrap().unwrap();
     assert!(user.password_hash.starts_with("$argon2id$"), "{}", user.password_hash);
 
-    let change = |current: &str, new: &str| {
-        json!({"email": email, "current_password": current, "new_password": new})
-    };
+    let change = |current: &str, new: &str| json!({"email": email, "current_password": current, "new_password": new});
     let (s, _, b) = post_public(&app, "/v1/auth/password", &change(PASSWORD, "weak")).await;
     assert_error(s, &b, 422, "VALIDATION_ERROR");
     let (s, _, b) = post_public(&app, "/v1/auth/password", &change(PASSWORD, PASSWORD)).await;
@@ -393,8 +392,8 @@ async fn injection_strings_are_data() {
     assert_eq!(b["data"]["description"], sneaky);
     assert_eq!(b["data"]["config"]["note"], sneaky);
 
-    let (s, b) = post_with(&app, "/v1/tasks", &dev, &json!({"agent": "sneaky", "input": {"q": sneaky}, "key": sneaky}))
-        .await;
+    let (s, b) =
+        post_with(&app, "/v1/tasks", &dev, &json!({"agent": "sneaky", "input": {"q": sneaky}, "key": sneaky})).await;
     assert_eq!(s, 202, "{b}");
     let id: uuid::Uuid = b["data"]["task_id"].as_str().unwrap().parse().unwrap();
     let done = app.wait_status(id, "succeeded", Duration::from_secs(60)).await;
@@ -448,7 +447,8 @@ async fn totp_and_service_tokens() {
     assert_eq!(app.login(&email, PASSWORD).await.0, 200);
 
     // Service tokens: scoped, listed without the secret, revocable; admin only.
-    let (s, b) = post_with(&app, "/v1/service-tokens", &token, &json!({"name": "x", "permissions": ["task:read"]})).await;
+    let (s, b) =
+        post_with(&app, "/v1/service-tokens", &token, &json!({"name": "x", "permissions": ["task:read"]})).await;
     assert_error(s, &b, 403, "FORBIDDEN");
     let (s, b) = app.post("/v1/service-tokens", &json!({"name": "ci", "permissions": ["agent:bogus"]})).await;
     assert_error(s, &b, 422, "VALIDATION_ERROR");

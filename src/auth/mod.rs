@@ -105,8 +105,9 @@ pub fn issue_access(secret: &str, s: &AuthSettings, user_id: &str, email: &str, 
         exp: now + s.access_token_ttl_secs as i64,
         jti: uuid::Uuid::new_v4().to_string(),
     };
-    let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .expect("HS256 signing cannot fail");
+    let token =
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+            .expect("HS256 signing cannot fail");
     (token, claims)
 }
 
@@ -169,8 +170,8 @@ pub fn check_password_policy(password: &str, min_len: usize) -> Result<(), Strin
 
 /// Hashes a password with argon2id (CPU-heavy: call from a blocking thread).
 pub fn hash_password(s: &AuthSettings, password: &str) -> Result<String, String> {
-    let params = Params::new(s.argon2_memory_kib, s.argon2_iterations, s.argon2_parallelism, None)
-        .map_err(|e| e.to_string())?;
+    let params =
+        Params::new(s.argon2_memory_kib, s.argon2_iterations, s.argon2_parallelism, None).map_err(|e| e.to_string())?;
     let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
@@ -277,7 +278,13 @@ pub fn totp_verify(secret: &str, code: &str) -> bool {
 pub fn otpauth_url(issuer: &str, email: &str, secret: &str) -> String {
     let enc = |s: &str| -> String {
         s.bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect()
     };
     format!(

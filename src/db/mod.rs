@@ -5,8 +5,8 @@
 //! applied under sqlx's migration lock.
 
 pub mod agents;
-pub mod users;
 pub mod tasks;
+pub mod users;
 
 use crate::settings::DatabaseSettings;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

@@ -186,8 +186,9 @@ pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, Ap
     let t = issue(ctx, &user);
     let refresh_hash = core::token_hash(&t.refresh);
     let a = &deps.settings.auth;
-    let ended = repo::start_session(&deps.pool, &session(&user, &t, &refresh_hash), a.max_sessions, a.session_idle_secs)
-        .await?;
+    let ended =
+        repo::start_session(&deps.pool, &session(&user, &t, &refresh_hash), a.max_sessions, a.session_idle_secs)
+            .await?;
     deny_all(ctx, &ended).await?;
     audit(ctx, Some(&uid), "login", "success", Some(email), json!({"sessions_ended": ended.len()})).await;
     Ok(ok(StatusCode::OK, token_body(ctx, &user, &t), "Logged in", &ctx.request_id))

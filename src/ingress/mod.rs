@@ -147,7 +147,8 @@ async fn admit(
     if let Access::Permission(p) = access {
         if !principal.can(p) {
             ctx.principal = Some(principal);
-            let details = serde_json::json!({"permission": p, "path": req.uri().path(), "method": req.method().as_str()});
+            let details =
+                serde_json::json!({"permission": p, "path": req.uri().path(), "method": req.method().as_str()});
             let actor = ctx.principal.as_ref().map(|p| p.id.clone());
             auth::audit(ctx, actor.as_deref(), "permission_denied", "denied", Some(req.uri().path()), details).await;
             return Err(ApiError::Forbidden(format!("permission `{p}` is required")));

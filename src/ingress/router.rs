@@ -77,9 +77,7 @@ impl Handler {
             Handler::CreateUser => (Permission("user:write"), RateClass::Api),
             Handler::ListAudit => (Permission("audit:read"), RateClass::Api),
             Handler::ListServiceTokens => (Permission("token:read"), RateClass::Api),
-            Handler::CreateServiceToken | Handler::RevokeServiceToken(_) => {
-                (Permission("token:write"), RateClass::Api)
-            }
+            Handler::CreateServiceToken | Handler::RevokeServiceToken(_) => (Permission("token:write"), RateClass::Api),
         }
     }
 
@@ -158,7 +156,9 @@ pub fn route(method: &Method, path: &str) -> (&'static str, Result<Handler, ApiE
         ["v1", "auth", "totp", "confirm"] => ("/v1/auth/totp/confirm", post(Handler::TotpConfirm)),
         ["v1", "auth", "totp", "disable"] => ("/v1/auth/totp/disable", post(Handler::TotpDisable)),
         ["v1", "users"] => ("/v1/users", post(Handler::CreateUser)),
-        ["v1", "audit"] => ("/v1/audit", if *method == Method::GET { Ok(Handler::ListAudit) } else { not_allowed("GET") }),
+        ["v1", "audit"] => {
+            ("/v1/audit", if *method == Method::GET { Ok(Handler::ListAudit) } else { not_allowed("GET") })
+        }
         ["v1", "service-tokens"] => (
             "/v1/service-tokens",
             match *method {
