@@ -168,6 +168,17 @@ async fn refresh_rotates_and_reuse_ends_the_session() {
     let (s, b) = app.get(&format!("/v1/audit?action=refresh_reuse&actor={user_id}")).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["data"]["total"], 1, "{b}");
+
+    // A session idle for more than 24 hours ends: its refresh token no longer works.
+    let (_, b) = app.login(&email, PASSWORD).await;
+    let r = b["data"]["refresh_token"].as_str().unwrap().to_string();
+    sqlx::query("UPDATE sessions SET last_used_at = now() - interval '25 hours' WHERE refresh_token_hash = $1")
+        .bind(devcycle::auth::token_hash(&r))
+        .execute(&app.deps.pool)
+        .await
+        .unwrap();
+    let (s, _, b) = post_public(&app, "/v1/auth/refresh", &json!({"refresh_token": r})).await;
+    assert_error(s, &b, 401, "UNAUTHORIZED");
     app.stop().await;
 }
 

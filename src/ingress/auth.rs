@@ -156,9 +156,19 @@ pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, Ap
     let totp = opt_str(&map, "totp")?;
     let user = repo::by_email(&deps.pool, email).await?.filter(|u| !u.disabled);
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    // Verify against a throwaway hash for unknown emails too, so timing does not reveal them.
-    let dummy = "$argon2id$v=19$m=1024,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$2Wm0Yk6Yj1SHQpVbKXbB1sQ1yq8cQvOPBQhV4N1tQvU";
-    let matches = core::verify_any_async(vec![hash.unwrap_or_else(|| dummy.to_string())], password).await;
+    // Unknown emails are verified against a throwaway hash too, so timing does not reveal them.
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = match hash {
+        Some(h) => h,
+        None => match DUMMY.get() {
+            Some(d) => d.clone(),
+            None => {
+                let d = core::hash_password_async(&deps.settings.auth, "not-a-real-password").await;
+                DUMMY.get_or_init(|| d.unwrap_or_default()).clone()
+            }
+        },
+    };
+    let matches = core::verify_any_async(vec![hash], password).await;
     let Some(user) = user.filter(|_| matches) else {
         audit(ctx, None, "login", "failure", Some(email), json!({"reason": "bad_credentials"})).await;
         return Err(ApiError::Unauthorized("invalid email or password".into()));
