@@ -116,6 +116,8 @@ pub struct HttpSettings {
     pub request_timeout_ms: u64,
     pub produce_timeout_ms: u64,
     pub retry_after_secs: u64,
+    pub tls_cert_path: String,
+    pub tls_key_path: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -287,6 +289,9 @@ impl Settings {
         let ns_ok = self.kafka.namespace.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
         if !ns_ok {
             return Err(invalid("kafka.namespace", "may contain only [A-Za-z0-9._-]"));
+        }
+        if self.http.tls_cert_path.is_empty() != self.http.tls_key_path.is_empty() {
+            return Err(invalid("http.tls_cert_path", "set both http.tls_cert_path and http.tls_key_path, or neither"));
         }
         if self.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be positive"));

@@ -478,3 +478,38 @@ async fn totp_and_service_tokens() {
     assert_error(s, &b, 401, "UNAUTHORIZED");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_serves_tls_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let app = TestApp::spawn_with(move |s| {
+        s.http.tls_cert_path = c;
+        s.http.tls_key_path = k;
+    })
+    .await;
+    // The spawn logged in over HTTPS; an authenticated call works too.
+    assert!(app.url("/").starts_with("https://"));
+    let (s, b) = app.get("/v1/agents").await;
+    assert_eq!(s, 200, "{b}");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = reqwest::Client::new().get(format!("http://{}/health", app.addr)).send().await;
+    assert!(plain.is_err() || plain.unwrap().status().as_u16() != 200);
+    app.stop().await;
+
+    // Only one of the two paths set is refused at load.
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    env.insert("DEVCYCLE__HTTP__TLS_CERT_PATH".into(), "/x.pem".into());
+    let e = devcycle::settings::Settings::load_with_env(&common::root().join("config"), &env).unwrap_err();
+    assert!(e.to_string().contains("tls"), "{e}");
+}

@@ -36,14 +36,39 @@ use tracing::Instrument;
 pub struct Server {
     deps: Arc<Deps>,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The rustls acceptor for `http.tls_cert_path` / `http.tls_key_path` (None when unset).
+fn tls_acceptor(s: &crate::settings::HttpSettings) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    if s.tls_cert_path.is_empty() {
+        return Ok(None);
+    }
+    let bad = |what: &str, e: &dyn std::fmt::Display| std::io::Error::other(format!("tls {what}: {e}"));
+    let certs = CertificateDer::pem_file_iter(&s.tls_cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(&s.tls_cert_path, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&s.tls_key_path).map_err(|e| bad(&s.tls_key_path, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocols", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("certificate", &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
 impl Server {
     pub async fn bind(deps: Arc<Deps>) -> std::io::Result<Server> {
+        let tls = tls_acceptor(&deps.settings.http)?;
         let addr = format!("{}:{}", deps.settings.http.host, deps.settings.http.port);
         let listener = TcpListener::bind(&addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, "ingress listening");
-        Ok(Server { deps, listener })
+        tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "ingress listening");
+        Ok(Server { deps, listener, tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -72,13 +97,25 @@ impl Server {
                         let deps = deps.clone();
                         async move { Ok::<_, std::convert::Infallible>(handle(deps, req, peer).await) }
                     });
-                    let conn = http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), svc);
-                    let watched = graceful.watch(conn);
+                    let watcher = graceful.watcher();
+                    let tls = self.tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = watched.await {
+                        let mut builder = http1::Builder::new();
+                        builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+                        let served = match tls {
+                            None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                            Some(acceptor) => {
+                                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                    Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(error = %e, peer = %peer, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => return,
+                                }
+                            }
+                        };
+                        if let Err(e) = served {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
                     });

@@ -76,7 +76,12 @@ impl TestApp {
             .await
             .expect("ingress bound in time")
             .expect("ingress started");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        // A TLS ingress in tests uses a self-signed certificate.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .tls_danger_accept_invalid_certs(!deps.settings.http.tls_cert_path.is_empty())
+            .build()
+            .unwrap();
         let mut app = TestApp { addr, deps, http, token: String::new(), admin_email: String::new(), shutdown, handle };
         let (email, token) = app.user_token("admin").await;
         app.token = token;
@@ -110,7 +115,8 @@ impl TestApp {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.deps.settings.http.tls_cert_path.is_empty() { "http" } else { "https" };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     pub fn topic(&self, declared: &str) -> String {
