@@ -244,6 +244,9 @@ async fn password_policy_and_history() {
     assert!(user.password_hash.starts_with("$argon2id$"), "{}", user.password_hash);
 
     let change = |current: &str, new: &str| json!({"email": email, "current_password": current, "new_password": new});
+    let (s, b) = app.login(&email, PASSWORD).await;
+    assert_eq!(s, 200, "{b}");
+    let before_change = b["data"]["access_token"].as_str().unwrap().to_string();
     let (s, _, b) = post_public(&app, "/v1/auth/password", &change(PASSWORD, "weak")).await;
     assert_error(s, &b, 422, "VALIDATION_ERROR");
     let (s, _, b) = post_public(&app, "/v1/auth/password", &change(PASSWORD, PASSWORD)).await;
@@ -259,6 +262,9 @@ async fn password_policy_and_history() {
         assert_eq!(s, 200, "{b}");
         current = pw(i);
     }
+    // Changing the password ended the session that existed before.
+    let (s, _, b) = get_with(&app, "/v1/agents", &before_change).await;
+    assert_error(s, &b, 401, "UNAUTHORIZED");
     for i in 1..=4 {
         let (s, _, b) = post_public(&app, "/v1/auth/password", &change(&current, &pw(i))).await;
         assert_error(s, &b, 422, "VALIDATION_ERROR");

@@ -292,6 +292,19 @@ pub async fn end_session_by_jti(pool: &PgPool, jti: &str) -> Result<Vec<RevokedA
     Ok(revoked_list(&rows))
 }
 
+/// Ends every session of a user (e.g. after a password change); returns the access tokens to deny.
+pub async fn end_all_sessions(pool: &PgPool, user_id: Uuid, reason: &str) -> Result<Vec<RevokedAccess>, DbError> {
+    let rows = sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = $2
+         WHERE user_id = $1 AND revoked_at IS NULL RETURNING access_jti, access_exp",
+    )
+    .bind(user_id)
+    .bind(reason)
+    .fetch_all(pool)
+    .await?;
+    Ok(revoked_list(&rows))
+}
+
 /// Number of live sessions (families) of a user.
 pub async fn live_sessions(pool: &PgPool, user_id: Uuid, idle_secs: u64) -> Result<i64, DbError> {
     let row = sqlx::query(

@@ -268,7 +268,10 @@ pub async fn change_password(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpRe
         audit(ctx, Some(&uid), "password_change", "failure", Some(email), json!({"reason": e.to_string()})).await;
         return Err(e.into());
     }
-    audit(ctx, Some(&uid), "password_change", "success", Some(email), json!({})).await;
+    // A new password ends every existing session.
+    let ended = repo::end_all_sessions(&deps.pool, user.id, "password_change").await?;
+    deny_all(ctx, &ended).await?;
+    audit(ctx, Some(&uid), "password_change", "success", Some(email), json!({"sessions_ended": ended.len()})).await;
     Ok(ok(StatusCode::OK, json!({"password_changed": true}), "Password changed", &ctx.request_id))
 }
 
