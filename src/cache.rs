@@ -68,9 +68,18 @@ impl Cache {
     }
 
     /// Marks a newly submitted task `queued`, unless a processor already wrote a status.
-    pub async fn set_queued(&self, id: Uuid, agent: &str, submitted_at: &str) -> Result<(), CacheError> {
+    pub async fn set_queued(
+        &self,
+        id: Uuid,
+        agent: &str,
+        submitted_at: &str,
+        submitted_by: Option<&str>,
+    ) -> Result<(), CacheError> {
         let key = self.task_key(id);
         let pipe = self.pool.next().pipeline();
+        if let Some(by) = submitted_by {
+            let _: () = pipe.hsetnx(&key, "submitted_by", by).await?;
+        }
         let _: () = pipe.hsetnx(&key, "status", TaskStatus::Queued.as_str()).await?;
         let _: () = pipe.hsetnx(&key, "agent", agent).await?;
         let _: () = pipe.hsetnx(&key, "created_at", submitted_at).await?;

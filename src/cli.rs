@@ -30,6 +30,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ApplyAction,
     },
+    /// Users who may call the HTTP API.
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
     /// Avro schemas (schemas/), registered under <topic>-value.
     Schemas {
         #[command(subcommand)]
@@ -82,4 +87,16 @@ pub struct DlqFilter {
 pub enum ApplyAction {
     /// Make the cluster/registry match the declarations; print what changed.
     Apply,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersAction {
+    /// Create a user; the password comes from DEVCYCLE_PASSWORD or the first line of stdin.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// admin, developer, viewer or service.
+        #[arg(long, default_value = "developer")]
+        role: String,
+    },
 }

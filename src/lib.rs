@@ -6,6 +6,7 @@
 //! `main.rs` only parses arguments, loads [`settings`] and starts [`telemetry`].
 
 pub mod app;
+pub mod auth;
 pub mod avro;
 pub mod cache;
 pub mod catalog;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use devcycle::app::{self, Mode};
 use devcycle::catalog::Catalog;
-use devcycle::cli::{ApplyAction, Cli, Command, DlqAction, DlqFilter};
+use devcycle::cli::{ApplyAction, Cli, Command, DlqAction, DlqFilter, UsersAction};
 use devcycle::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -88,6 +88,32 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             let deps = app::Deps::connect(settings).await?;
             let report = tokio::task::block_in_place(|| devcycle::ops::status::lag_report(&deps, group.as_deref()))?;
             print!("{report}");
+            Ok(())
+        }
+        Command::Users { action: UsersAction::Create { email, role } } => {
+            let password = match std::env::var("DEVCYCLE_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).context("read the password from stdin")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let pool = devcycle::db::connect(&settings.database).await?;
+            if settings.database.migrate_on_start {
+                devcycle::db::migrate(&pool).await?;
+            }
+            let user = devcycle::auth::create_user(&pool, &settings.auth, &email, &password, &role).await?;
+            let entry = devcycle::db::users::AuditEntry {
+                actor: Some("cli"),
+                action: "user_create",
+                outcome: "success",
+                target: Some(&email),
+                details: serde_json::json!({"user_id": user.id, "role": user.role}),
+                ..Default::default()
+            };
+            devcycle::db::users::audit(&pool, &entry).await?;
+            println!("user {} created ({}, role {})", user.id, user.email, user.role);
             Ok(())
         }
         Command::Run => Ok(app::run(settings, Mode::All, shutdown_on_signals(), None).await?),

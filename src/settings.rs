@@ -97,6 +97,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub secret_key: Secret,
     pub http: HttpSettings,
+    pub auth: AuthSettings,
+    pub rate_limits: RateLimitSettings,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub kafka: KafkaSettings,
@@ -128,6 +130,35 @@ pub struct HttpSettings {
     pub request_timeout_ms: u64,
     pub produce_timeout_ms: u64,
     pub retry_after_secs: u64,
+    pub tls_cert_path: String,
+    pub tls_key_path: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    pub session_idle_secs: u64,
+    pub max_sessions: u32,
+    pub leeway_secs: u64,
+    pub password_min_length: usize,
+    pub password_history: u32,
+    pub password_max_age_days: u32,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub totp_issuer: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub window_secs: u64,
+    pub auth_per_window: u64,
+    pub api_per_window: u64,
+    pub submit_per_window: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -282,11 +313,24 @@ impl Settings {
         if !ns_ok {
             return Err(invalid("kafka.namespace", "may contain only [A-Za-z0-9._-]"));
         }
+        if self.http.tls_cert_path.is_empty() != self.http.tls_key_path.is_empty() {
+            return Err(invalid("http.tls_cert_path", "set both http.tls_cert_path and http.tls_key_path, or neither"));
+        }
         if self.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be positive"));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be positive"));
+        }
+        if self.auth.max_sessions == 0 || self.auth.access_token_ttl_secs == 0 || self.auth.refresh_token_ttl_secs == 0
+        {
+            return Err(invalid("auth", "max_sessions and token lifetimes must be positive"));
+        }
+        if self.auth.password_min_length < 8 {
+            return Err(invalid("auth.password_min_length", "must be at least 8"));
+        }
+        if self.rate_limits.window_secs == 0 {
+            return Err(invalid("rate_limits.window_secs", "must be positive"));
         }
         if self.redis.pool_size == 0 {
             return Err(invalid("redis.pool_size", "must be positive"));

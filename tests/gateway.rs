@@ -188,7 +188,9 @@ async fn topic_access_and_limits() {
 async fn idempotency_key_replays_the_first_answer() {
     let app = ingress(|_| {}).await;
     let body = json!({"records": [{"key": "a", "value": request_value("echo")}, {"value": request_value("echo")}]});
-    let post = |b: &Value, key: &str| app.http.post(app.url(RECORDS)).header("idempotency-key", key).json(b);
+    let post = |b: &Value, key: &str| {
+        app.http.post(app.url(RECORDS)).bearer_auth(&app.token).header("idempotency-key", key).json(b)
+    };
     let r1 = post(&body, "idem-1").send().await.unwrap();
     let s1 = r1.status().as_u16();
     let t1 = r1.text().await.unwrap();
@@ -285,9 +287,20 @@ async fn ndjson_stream_reports_one_line_per_record_in_order() {
         json!({"key": "s3", "value": request_value("echo"), "headers": {"h": "v"}}).to_string(),
     ];
     let body = format!("{}\n", lines.join("\n"));
+    // Streams are authenticated like every route.
+    let unauthenticated = app
+        .http
+        .post(app.url(RECORDS))
+        .header("content-type", "application/x-ndjson")
+        .body("{}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status().as_u16(), 401);
     let r = app
         .http
         .post(app.url(RECORDS))
+        .bearer_auth(&app.token)
         .header("content-type", "application/x-ndjson")
         .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         .body(body)
@@ -318,6 +331,7 @@ async fn ndjson_stream_reports_one_line_per_record_in_order() {
     let r = small
         .http
         .post(small.url(RECORDS))
+        .bearer_auth(&small.token)
         .header("content-type", "application/x-ndjson")
         .body(app2_records.join("\n"))
         .send()

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod tasks;
+pub mod users;
 
 use crate::settings::DatabaseSettings;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

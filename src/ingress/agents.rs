@@ -95,6 +95,11 @@ fn agent_json(a: &Agent) -> Value {
     serde_json::to_value(a).expect("agent serializes")
 }
 
+async fn audit_change(ctx: &Ctx, action: &str, name: &str) {
+    let actor = ctx.principal.as_ref().map(|p| p.id.clone());
+    super::auth::audit(ctx, actor.as_deref(), action, "success", Some(name), json!({})).await;
+}
+
 pub async fn create(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let map = json_object(req, ctx.deps.settings.http.max_body_bytes).await?;
     let name = opt_str(&map, "name")?.ok_or_else(|| ApiError::validation("name", "is required"))?;
@@ -104,6 +109,7 @@ pub async fn create(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         .await?
         .ok_or_else(|| ApiError::Conflict(format!("agent `{name}` already exists")))?;
     let _ = ctx.deps.cache.forget_agent(name).await;
+    audit_change(ctx, "agent_create", name).await;
     Ok(ok(StatusCode::CREATED, agent_json(&agent), "Agent created", &ctx.request_id))
 }
 
@@ -119,6 +125,7 @@ pub async fn replace(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<Ht
     let agent =
         repo::update(&ctx.deps.pool, name, &w).await?.ok_or_else(|| ApiError::NotFound(format!("agent `{name}`")))?;
     let _ = ctx.deps.cache.forget_agent(name).await;
+    audit_change(ctx, "agent_replace", name).await;
     Ok(ok(StatusCode::OK, agent_json(&agent), "Agent replaced", &ctx.request_id))
 }
 
@@ -131,6 +138,7 @@ pub async fn patch(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<Http
     let agent =
         repo::update(&ctx.deps.pool, name, &w).await?.ok_or_else(|| ApiError::NotFound(format!("agent `{name}`")))?;
     let _ = ctx.deps.cache.forget_agent(name).await;
+    audit_change(ctx, "agent_patch", name).await;
     Ok(ok(StatusCode::OK, agent_json(&agent), "Agent updated", &ctx.request_id))
 }
 
@@ -138,6 +146,7 @@ pub async fn delete(ctx: &Ctx, name: &str) -> Result<HttpResponse, ApiError> {
     match repo::delete(&ctx.deps.pool, name).await? {
         DeleteOutcome::Deleted => {
             let _ = ctx.deps.cache.forget_agent(name).await;
+            audit_change(ctx, "agent_delete", name).await;
             Ok(ok(StatusCode::OK, json!({"name": name, "deleted": true}), "Agent deleted", &ctx.request_id))
         }
         DeleteOutcome::NotFound => Err(ApiError::NotFound(format!("agent `{name}`"))),

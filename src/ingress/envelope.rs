@@ -38,6 +38,12 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("{field}: {issue}")]
     Validation { field: String, issue: String },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("rate limit of {} requests exceeded; retry in {} s", .0.limit, .0.reset_secs)]
+    RateLimited(crate::auth::ratelimit::Decision),
     #[error("{0} not found")]
     NotFound(String),
     #[error("method {method} not allowed; allowed: {allow}")]
@@ -63,6 +69,9 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -77,6 +86,9 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) => "MALFORMED_JSON",
             ApiError::Validation { .. } => "VALIDATION_ERROR",
+            ApiError::Unauthorized(_) => "UNAUTHORIZED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::RateLimited(_) => "RATE_LIMITED",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
@@ -92,6 +104,7 @@ impl ApiError {
             ApiError::Validation { field, issue } => json!({"field": field, "issue": issue}),
             ApiError::MethodNotAllowed { allow, .. } => json!({"allow": allow}),
             ApiError::PayloadTooLarge { limit } => json!({"limit_bytes": limit}),
+            ApiError::RateLimited(d) => json!({"limit": d.limit, "retry_after_seconds": d.reset_secs}),
             ApiError::Unavailable { service, retry_after, .. } => {
                 json!({"service": service, "retry_after_seconds": retry_after})
             }
@@ -124,10 +137,26 @@ impl ApiError {
             ApiError::Unavailable { retry_after, .. } => {
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(*retry_after));
             }
+            ApiError::Unauthorized(_) => {
+                r.headers_mut()
+                    .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"devcycle\""));
+            }
+            ApiError::RateLimited(d) => {
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(d.reset_secs));
+                rate_limit_headers(&mut r, d);
+            }
             _ => {}
         }
         r
     }
+}
+
+/// The `RateLimit-*` headers of a counted request.
+pub fn rate_limit_headers(r: &mut HttpResponse, d: &crate::auth::ratelimit::Decision) {
+    let h = r.headers_mut();
+    h.insert("ratelimit-limit", HeaderValue::from(d.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(d.reset_secs));
 }
 
 impl From<crate::db::DbError> for ApiError {

@@ -6,6 +6,7 @@
 //! on shutdown the listener closes and open connections finish their current request.
 
 mod agents;
+mod auth;
 mod body;
 mod envelope;
 mod health;
@@ -15,6 +16,7 @@ mod tasks;
 mod topics;
 
 pub use envelope::{ApiError, HttpResponse};
+pub use router::{Access, RateClass};
 
 use crate::app::Deps;
 use crate::events::HttpRequestCompleted;
@@ -38,22 +40,48 @@ pub struct Server {
     listener: TcpListener,
     /// Serve only /health, /ready, /startup and /metrics (a processor's metrics port).
     probes_only: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The rustls acceptor for `http.tls_cert_path` / `http.tls_key_path` (None when unset).
+fn tls_acceptor(s: &crate::settings::HttpSettings) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    if s.tls_cert_path.is_empty() {
+        return Ok(None);
+    }
+    let bad = |what: &str, e: &dyn std::fmt::Display| std::io::Error::other(format!("tls {what}: {e}"));
+    let certs = CertificateDer::pem_file_iter(&s.tls_cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(&s.tls_cert_path, &e))?;
+    let key = PrivateKeyDer::from_pem_file(&s.tls_key_path).map_err(|e| bad(&s.tls_key_path, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocols", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("certificate", &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
 impl Server {
     pub async fn bind(deps: Arc<Deps>) -> std::io::Result<Server> {
+        let tls = tls_acceptor(&deps.settings.http)?;
         let addr = format!("{}:{}", deps.settings.http.host, deps.settings.http.port);
         let listener = TcpListener::bind(&addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, "ingress listening");
-        Ok(Server { deps, listener, probes_only: false })
+        tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "ingress listening");
+        Ok(Server { deps, listener, tls, probes_only: false })
     }
 
-    /// The probes and metrics of a processor process, on `metrics.host:metrics.port`.
+    /// The probes and metrics of a processor process, on `metrics.host:metrics.port` (plain
+    /// HTTP: scraped inside the cluster).
     pub async fn bind_probes(deps: Arc<Deps>) -> std::io::Result<Server> {
         let addr = format!("{}:{}", deps.settings.metrics.host, deps.settings.metrics.port);
         let listener = TcpListener::bind(&addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "probes and metrics listening");
-        Ok(Server { deps, listener, probes_only: true })
+        Ok(Server { deps, listener, tls: None, probes_only: true })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -93,13 +121,25 @@ impl Server {
                             Ok(handle(deps, req, peer).await.map(http_body_util::BodyExt::boxed_unsync))
                         }
                     });
-                    let conn = http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), svc);
-                    let watched = graceful.watch(conn);
+                    let watcher = graceful.watcher();
+                    let tls = self.tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = watched.await {
+                        let mut builder = http1::Builder::new();
+                        builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+                        let served = match tls {
+                            None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                            Some(acceptor) => {
+                                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                    Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(error = %e, peer = %peer, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => return,
+                                }
+                            }
+                        };
+                        if let Err(e) = served {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
                     });
@@ -131,6 +171,60 @@ pub struct Ctx {
     pub deps: Arc<Deps>,
     pub request_id: String,
     pub peer: SocketAddr,
+    /// The authenticated caller (None on public routes).
+    pub principal: Option<crate::auth::Principal>,
+}
+
+/// Authenticates, authorizes and rate-limits a request per its route's policy; returns the
+/// most restrictive rate-limit decision (for the `RateLimit-*` headers).
+async fn admit(
+    ctx: &mut Ctx,
+    handler: &router::Handler,
+    req: &Request<Incoming>,
+    span: &tracing::Span,
+) -> Result<Option<crate::auth::ratelimit::Decision>, ApiError> {
+    use crate::auth::ratelimit::{hit, Decision};
+    let (access, class) = handler.policy();
+    let rl = ctx.deps.settings.rate_limits.clone();
+    let mut shown: Option<Decision> = None;
+    let mut count = |d: Decision| -> Result<(), ApiError> {
+        if !d.allowed {
+            return Err(ApiError::RateLimited(d));
+        }
+        if shown.is_none_or(|s| d.remaining < s.remaining) {
+            shown = Some(d);
+        }
+        Ok(())
+    };
+    if rl.enabled && class == RateClass::Auth {
+        let bucket = format!("auth:ip:{}", ctx.peer.ip());
+        count(hit(&ctx.deps.cache, &bucket, rl.auth_per_window, rl.window_secs).await?)?;
+    }
+    if access == Access::Public {
+        return Ok(shown);
+    }
+    let principal = auth::authenticate(ctx, req.headers()).await?;
+    span.record("user_id", principal.id.as_str());
+    if let Access::Permission(p) = access {
+        if !principal.can(p) {
+            ctx.principal = Some(principal);
+            let details =
+                serde_json::json!({"permission": p, "path": req.uri().path(), "method": req.method().as_str()});
+            let actor = ctx.principal.as_ref().map(|p| p.id.clone());
+            auth::audit(ctx, actor.as_deref(), "permission_denied", "denied", Some(req.uri().path()), details).await;
+            return Err(ApiError::Forbidden(format!("permission `{p}` is required")));
+        }
+    }
+    if rl.enabled && matches!(class, RateClass::Api | RateClass::Submit) {
+        let bucket = format!("api:user:{}", principal.id);
+        count(hit(&ctx.deps.cache, &bucket, rl.api_per_window, rl.window_secs).await?)?;
+        if class == RateClass::Submit {
+            let bucket = format!("submit:user:{}", principal.id);
+            count(hit(&ctx.deps.cache, &bucket, rl.submit_per_window, rl.window_secs).await?)?;
+        }
+    }
+    ctx.principal = Some(principal);
+    Ok(shown)
 }
 
 /// A streaming produce (`application/x-ndjson`): answered with a streaming body.
@@ -143,9 +237,20 @@ async fn handle_stream(
     let started = Instant::now();
     let request_id = request_id(&req);
     let route = "/v1/topics/{topic}/records";
-    let span = tracing::info_span!("http", request_id = %request_id, method = "POST", route = route);
-    let ctx = Ctx { deps, request_id: request_id.clone(), peer };
-    let mut resp = topics::produce_stream(ctx, &topic, req).instrument(span.clone()).await;
+    let span = tracing::info_span!(
+        "http",
+        request_id = %request_id,
+        method = "POST",
+        route = route,
+        user_id = tracing::field::Empty
+    );
+    let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None };
+    // Streams pass the same authentication, permission and rate limits as every route.
+    let handler = router::Handler::ProduceRecords(topic.clone());
+    let mut resp = match admit(&mut ctx, &handler, &req, &span).instrument(span.clone()).await {
+        Ok(_) => topics::produce_stream(ctx, &topic, req).instrument(span.clone()).await,
+        Err(e) => e.into_response(&request_id).map(http_body_util::BodyExt::boxed_unsync),
+    };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -160,11 +265,26 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
     let method = req.method().clone();
     let timeout = Duration::from_millis(deps.settings.http.request_timeout_ms);
     let (route, found) = router::route(req.method(), req.uri().path());
-    let span = tracing::info_span!("http", request_id = %request_id, method = %method, route = route);
-    let ctx = Ctx { deps, request_id: request_id.clone(), peer };
+    let span = tracing::info_span!(
+        "http",
+        request_id = %request_id,
+        method = %method,
+        route = route,
+        user_id = tracing::field::Empty
+    );
+    let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None };
     let fut = async {
-        match found {
-            Ok(handler) => match tokio::time::timeout(timeout, handler.call(&ctx, req)).await {
+        let admitted = match &found {
+            Ok(handler) => admit(&mut ctx, handler, &req, &span).await.map(Some),
+            Err(_) => Ok(None),
+        };
+        let limits = match admitted {
+            Ok(l) => l.flatten(),
+            Err(e) => return e.into_response(&ctx.request_id),
+        };
+        let ctx = &ctx;
+        let mut resp = match found {
+            Ok(handler) => match tokio::time::timeout(timeout, handler.call(ctx, req)).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     if let ApiError::Internal(detail) = &e {
@@ -180,7 +300,11 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
                 .into_response(&ctx.request_id),
             },
             Err(e) => e.into_response(&ctx.request_id),
+        };
+        if let Some(d) = &limits {
+            envelope::rate_limit_headers(&mut resp, d);
         }
+        resp
     };
     let mut resp = fut.instrument(span.clone()).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {

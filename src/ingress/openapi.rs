@@ -46,6 +46,18 @@ mod tests {
             Handler::ProduceRecords(_) => (Method::POST, "/v1/topics/{topic}/records"),
             Handler::GetReceipt(_) => (Method::GET, "/v1/receipts/{id}"),
             Handler::OpenApi => (Method::GET, "/openapi.json"),
+            Handler::Login => (Method::POST, "/v1/auth/login"),
+            Handler::Refresh => (Method::POST, "/v1/auth/refresh"),
+            Handler::Logout => (Method::POST, "/v1/auth/logout"),
+            Handler::ChangePassword => (Method::POST, "/v1/auth/password"),
+            Handler::TotpEnrol => (Method::POST, "/v1/auth/totp/enrol"),
+            Handler::TotpConfirm => (Method::POST, "/v1/auth/totp/confirm"),
+            Handler::TotpDisable => (Method::POST, "/v1/auth/totp/disable"),
+            Handler::CreateUser => (Method::POST, "/v1/users"),
+            Handler::ListAudit => (Method::GET, "/v1/audit"),
+            Handler::CreateServiceToken => (Method::POST, "/v1/service-tokens"),
+            Handler::ListServiceTokens => (Method::GET, "/v1/service-tokens"),
+            Handler::RevokeServiceToken(_) => (Method::DELETE, "/v1/service-tokens/{id}"),
         }
     }
 
@@ -70,6 +82,18 @@ mod tests {
             Handler::ProduceRecords(s()),
             Handler::GetReceipt(s()),
             Handler::OpenApi,
+            Handler::Login,
+            Handler::Refresh,
+            Handler::Logout,
+            Handler::ChangePassword,
+            Handler::TotpEnrol,
+            Handler::TotpConfirm,
+            Handler::TotpDisable,
+            Handler::CreateUser,
+            Handler::ListAudit,
+            Handler::CreateServiceToken,
+            Handler::ListServiceTokens,
+            Handler::RevokeServiceToken(s()),
         ]
     }
 

@@ -1,7 +1,8 @@
 //! Routing: the route table in one place. Matches a method and path to a handler and the
-//! route template used as the low-cardinality metrics label.
+//! route template used as the low-cardinality metrics label; [`Handler::policy`] declares what
+//! each route needs (a permission, or none) and which rate limit counts it.
 
-use super::{agents, health, openapi, tasks, topics, ApiError, Ctx, HttpResponse};
+use super::{agents, auth, health, openapi, tasks, topics, ApiError, Ctx, HttpResponse};
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 
@@ -24,9 +25,71 @@ pub enum Handler {
     ProduceRecords(String),
     GetReceipt(String),
     OpenApi,
+    Login,
+    Refresh,
+    Logout,
+    ChangePassword,
+    TotpEnrol,
+    TotpConfirm,
+    TotpDisable,
+    CreateUser,
+    ListAudit,
+    CreateServiceToken,
+    ListServiceTokens,
+    RevokeServiceToken(String),
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, no token (probes, metrics, login).
+    Public,
+    /// Any valid token.
+    Authenticated,
+    /// A valid token holding this permission.
+    Permission(&'static str),
+}
+
+/// Which rate limit counts a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateClass {
+    /// Not limited (probes, metrics).
+    None,
+    /// Authentication endpoints: per client IP.
+    Auth,
+    /// Other API endpoints: per user.
+    Api,
+    /// Task submission (agent execution): per user, on top of `Api`.
+    Submit,
 }
 
 impl Handler {
+    /// The permission and rate limit of each route: declared here, enforced by the ingress.
+    pub fn policy(&self) -> (Access, RateClass) {
+        use Access::*;
+        match self {
+            Handler::Health | Handler::Ready | Handler::Startup | Handler::Metrics => (Public, RateClass::None),
+            Handler::Login | Handler::Refresh | Handler::ChangePassword => (Public, RateClass::Auth),
+            Handler::Logout | Handler::TotpEnrol | Handler::TotpConfirm | Handler::TotpDisable => {
+                (Authenticated, RateClass::Auth)
+            }
+            Handler::SubmitTask => (Permission("task:submit"), RateClass::Submit),
+            Handler::GetTask(_) => (Permission("task:read"), RateClass::Api),
+            Handler::CancelTask(_) => (Permission("task:cancel"), RateClass::Api),
+            Handler::OpenApi => (Public, RateClass::None),
+            Handler::ListTopics | Handler::GetReceipt(_) => (Permission("topic:produce"), RateClass::Api),
+            Handler::ProduceRecords(_) => (Permission("topic:produce"), RateClass::Submit),
+            Handler::ListAgents | Handler::GetAgent(_) => (Permission("agent:read"), RateClass::Api),
+            Handler::CreateAgent | Handler::ReplaceAgent(_) | Handler::PatchAgent(_) | Handler::DeleteAgent(_) => {
+                (Permission("agent:write"), RateClass::Api)
+            }
+            Handler::CreateUser => (Permission("user:write"), RateClass::Api),
+            Handler::ListAudit => (Permission("audit:read"), RateClass::Api),
+            Handler::ListServiceTokens => (Permission("token:read"), RateClass::Api),
+            Handler::CreateServiceToken | Handler::RevokeServiceToken(_) => (Permission("token:write"), RateClass::Api),
+        }
+    }
+
     pub async fn call(self, ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
         match self {
             Handler::Health => health::health(ctx).await,
@@ -46,6 +109,18 @@ impl Handler {
             Handler::ProduceRecords(t) => topics::produce(ctx, &t, req).await,
             Handler::GetReceipt(id) => topics::get_receipt(ctx, &id).await,
             Handler::OpenApi => openapi::document(ctx),
+            Handler::Login => auth::login(ctx, req).await,
+            Handler::Refresh => auth::refresh(ctx, req).await,
+            Handler::Logout => auth::logout(ctx).await,
+            Handler::ChangePassword => auth::change_password(ctx, req).await,
+            Handler::TotpEnrol => auth::totp_enrol(ctx).await,
+            Handler::TotpConfirm => auth::totp_confirm(ctx, req).await,
+            Handler::TotpDisable => auth::totp_disable(ctx, req).await,
+            Handler::CreateUser => auth::create_user(ctx, req).await,
+            Handler::ListAudit => auth::list_audit(ctx, req.uri().query()).await,
+            Handler::CreateServiceToken => auth::create_service_token(ctx, req).await,
+            Handler::ListServiceTokens => auth::list_service_tokens(ctx).await,
+            Handler::RevokeServiceToken(id) => auth::revoke_service_token(ctx, &id).await,
         }
     }
 }
@@ -61,6 +136,7 @@ pub fn route(method: &Method, path: &str) -> (&'static str, Result<Handler, ApiE
     let m = method.clone();
     let not_allowed = |allow: &str| Err(ApiError::MethodNotAllowed { method: m.to_string(), allow: allow.to_string() });
     let param = |s: &str| percent_decode(s);
+    let post = |h: Handler| if *method == Method::POST { Ok(h) } else { not_allowed("POST") };
     match segments.as_slice() {
         ["health"] => ("/health", if *method == Method::GET { Ok(Handler::Health) } else { not_allowed("GET") }),
         ["ready"] => ("/ready", if *method == Method::GET { Ok(Handler::Ready) } else { not_allowed("GET") }),
@@ -109,6 +185,29 @@ pub fn route(method: &Method, path: &str) -> (&'static str, Result<Handler, ApiE
         ["openapi.json"] => {
             ("/openapi.json", if *method == Method::GET { Ok(Handler::OpenApi) } else { not_allowed("GET") })
         }
+        ["v1", "auth", "login"] => ("/v1/auth/login", post(Handler::Login)),
+        ["v1", "auth", "refresh"] => ("/v1/auth/refresh", post(Handler::Refresh)),
+        ["v1", "auth", "logout"] => ("/v1/auth/logout", post(Handler::Logout)),
+        ["v1", "auth", "password"] => ("/v1/auth/password", post(Handler::ChangePassword)),
+        ["v1", "auth", "totp", "enrol"] => ("/v1/auth/totp/enrol", post(Handler::TotpEnrol)),
+        ["v1", "auth", "totp", "confirm"] => ("/v1/auth/totp/confirm", post(Handler::TotpConfirm)),
+        ["v1", "auth", "totp", "disable"] => ("/v1/auth/totp/disable", post(Handler::TotpDisable)),
+        ["v1", "users"] => ("/v1/users", post(Handler::CreateUser)),
+        ["v1", "audit"] => {
+            ("/v1/audit", if *method == Method::GET { Ok(Handler::ListAudit) } else { not_allowed("GET") })
+        }
+        ["v1", "service-tokens"] => (
+            "/v1/service-tokens",
+            match *method {
+                Method::GET => Ok(Handler::ListServiceTokens),
+                Method::POST => Ok(Handler::CreateServiceToken),
+                _ => not_allowed("GET, POST"),
+            },
+        ),
+        ["v1", "service-tokens", id] => (
+            "/v1/service-tokens/{id}",
+            if *method == Method::DELETE { Ok(Handler::RevokeServiceToken(param(id))) } else { not_allowed("DELETE") },
+        ),
         _ => ("unmatched", Err(ApiError::NotFound(format!("route {path}")))),
     }
 }
@@ -144,6 +243,11 @@ mod tests {
         assert!(matches!(route(&Method::GET, "/v1/agents/a%2Db"), (_, Ok(Handler::GetAgent(n))) if n == "a-b"));
         assert!(matches!(route(&Method::DELETE, "/v1/tasks"), (_, Err(ApiError::MethodNotAllowed { .. }))));
         assert!(matches!(route(&Method::GET, "/nope"), ("unmatched", Err(ApiError::NotFound(_)))));
+        assert!(matches!(route(&Method::POST, "/v1/auth/login"), ("/v1/auth/login", Ok(Handler::Login))));
+        assert!(matches!(route(&Method::GET, "/v1/auth/login"), (_, Err(ApiError::MethodNotAllowed { .. }))));
+        assert_eq!(Handler::Health.policy(), (Access::Public, RateClass::None));
+        assert_eq!(Handler::CreateAgent.policy().0, Access::Permission("agent:write"));
+        assert_eq!(Handler::SubmitTask.policy(), (Access::Permission("task:submit"), RateClass::Submit));
         assert_eq!(percent_decode("%zz%41"), "%zzA");
         assert_eq!(percent_decode("é%4"), "é%4");
     }

@@ -75,7 +75,7 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         agent: sub.agent,
         input: sub.input,
         priority: sub.priority,
-        submitted_by: None,
+        submitted_by: ctx.principal.as_ref().map(|p| p.id.clone()),
         submitted_at: Utc::now(),
         deadline: sub.deadline,
         request_id: Some(ctx.request_id.clone()),
@@ -92,7 +92,7 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         crate::avro::EncodeError::Invalid(m) => ApiError::Internal(m),
     })?;
     let submitted_at = request.submitted_at.to_rfc3339();
-    deps.cache.set_queued(request.task_id, &request.agent, &submitted_at).await?;
+    deps.cache.set_queued(request.task_id, &request.agent, &submitted_at, request.submitted_by.as_deref()).await?;
     let key = sub.key.unwrap_or_else(|| request.task_id.to_string());
     let mut headers = vec![("request_id", ctx.request_id.clone().into_bytes())];
     if let Some(t) = &traceparent {
@@ -137,7 +137,16 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
 pub async fn get(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
     let id = Uuid::parse_str(id).map_err(|_| ApiError::validation("task_id", "must be a UUID"))?;
     let deps = &ctx.deps;
-    if let Ok(Some(f)) = deps.cache.get_status(id).await {
+    // Callers without `task:read:all` see only their own tasks; others' are "not found".
+    let owner_only = ctx.principal.as_ref().filter(|p| !p.can("task:read:all")).map(|p| p.id.as_str());
+    let not_found = || ApiError::NotFound(format!("task {id}"));
+    let hot = deps.cache.get_status(id).await.ok().flatten();
+    // A hot entry without an owner is checked against the Postgres record.
+    let hot = hot.filter(|f| owner_only.is_none() || f.contains_key("submitted_by"));
+    if let Some(f) = hot {
+        if owner_only.is_some_and(|me| f.get("submitted_by").map(String::as_str) != Some(me)) {
+            return Err(not_found());
+        }
         let text = |k: &str| f.get(k).filter(|v| !v.is_empty()).cloned();
         let data = json!({
             "task_id": id,
@@ -154,7 +163,10 @@ pub async fn get(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
         });
         return Ok(ok(StatusCode::OK, data, "Task status", &ctx.request_id));
     }
-    let row = crate::db::tasks::get(&deps.pool, id).await?.ok_or_else(|| ApiError::NotFound(format!("task {id}")))?;
+    let row = crate::db::tasks::get(&deps.pool, id).await?.ok_or_else(not_found)?;
+    if owner_only.is_some_and(|me| row.submitted_by.as_deref() != Some(me)) {
+        return Err(not_found());
+    }
     let data = json!({
         "task_id": row.task_id,
         "agent": row.agent,

@@ -295,7 +295,8 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     let mut idem = Idem::None;
     if let Some(k) = &idem_header {
         let canonical = Json::Object(body).to_string();
-        let hash = format!("{}:{:x}", if is_async { "async" } else { "sync" }, Sha256::digest(canonical.as_bytes()));
+        let hash =
+            format!("{}:{}", if is_async { "async" } else { "sync" }, hex(&Sha256::digest(canonical.as_bytes())));
         let redis_key = idem_key(ctx, topic, k);
         let pool = ctx.deps.cache.pool();
         let pending = json!({"hash": hash, "state": "pending"}).to_string();
@@ -693,6 +694,10 @@ async fn stream_task(
         done["message"] = json!(message);
     }
     let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from(format!("{done}\n"))))).await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

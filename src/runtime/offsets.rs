@@ -41,6 +41,11 @@ impl PartitionOffsets {
         self.pending.first().copied().or(self.next_unseen)
     }
 
+    /// The last position reported by [`Self::complete`] (or where the assignment started).
+    pub fn stored(&self) -> Option<i64> {
+        self.stored
+    }
+
     pub fn in_flight(&self) -> usize {
         self.pending.len()
     }

@@ -41,10 +41,16 @@ pub fn test_settings() -> Settings {
     s
 }
 
+/// The password of every user the helpers create (meets the policy).
+pub const PASSWORD: &str = "Corr3ct-Horse-Battery!";
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub deps: Arc<Deps>,
     pub http: reqwest::Client,
+    /// An admin's access token, attached by `post`, `get`, `send` and `submit`.
+    pub token: String,
+    pub admin_email: String,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), app::StartError>>,
 }
@@ -71,12 +77,47 @@ impl TestApp {
             .await
             .expect("ingress bound in time")
             .expect("ingress started");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        TestApp { addr, deps, http, shutdown, handle }
+        // A TLS ingress in tests uses a self-signed certificate.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .tls_danger_accept_invalid_certs(!deps.settings.http.tls_cert_path.is_empty())
+            .build()
+            .unwrap();
+        let mut app = TestApp { addr, deps, http, token: String::new(), admin_email: String::new(), shutdown, handle };
+        let (email, token) = app.user_token("admin").await;
+        app.token = token;
+        app.admin_email = email;
+        app
+    }
+
+    /// Creates a user with `role` (and [`PASSWORD`]) directly in the schema; returns the email.
+    pub async fn create_user(&self, role: &str) -> String {
+        let email = format!("{role}-{}@example.test", Uuid::new_v4().simple());
+        devcycle::auth::create_user(&self.deps.pool, &self.deps.settings.auth, &email, PASSWORD, role)
+            .await
+            .expect("create test user");
+        email
+    }
+
+    /// Logs in; returns status and envelope.
+    pub async fn login(&self, email: &str, password: &str) -> (u16, Value) {
+        let body = serde_json::json!({"email": email, "password": password});
+        let r = self.http.post(self.url("/v1/auth/login")).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A new user with `role` and an access token for it.
+    pub async fn user_token(&self, role: &str) -> (String, String) {
+        let email = self.create_user(role).await;
+        let (status, body) = self.login(&email, PASSWORD).await;
+        assert_eq!(status, 200, "login failed: {body}");
+        (email, body["data"]["access_token"].as_str().unwrap().to_string())
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.deps.settings.http.tls_cert_path.is_empty() { "http" } else { "https" };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     pub fn topic(&self, declared: &str) -> String {
@@ -85,12 +126,18 @@ impl TestApp {
 
     /// POSTs a JSON body; returns status, headers and the parsed envelope.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self.http.post(self.url(path)).json(body).send().await.unwrap();
+        let r = self.http.post(self.url(path)).bearer_auth(&self.token).json(body).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends a request with the admin's token.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.send_raw(req.bearer_auth(&self.token)).await
+    }
+
+    /// Sends a request as it is (no token added).
+    pub async fn send_raw(&self, req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
         let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         let headers = r.headers().clone();
@@ -99,7 +146,7 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let r = self.http.get(self.url(path)).bearer_auth(&self.token).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }

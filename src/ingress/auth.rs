@@ -1,0 +1,455 @@
+//! Authentication over HTTP: login, refresh (rotation with reuse detection), logout, password
+//! change, TOTP enrolment, user creation, the audit log and service tokens; and
+//! [`authenticate`], which turns a request's bearer token into a [`Principal`].
+//!
+//! Invariants: a failed login says only "invalid email or password"; every login success and
+//! failure, logout, refresh reuse, permission denial and user/token change is audited with
+//! actor, IP and request id; tokens are returned once and stored only hashed.
+
+use super::body::{json_object, only_keys, opt_str};
+use super::envelope::ok;
+use super::{ApiError, Ctx, HttpResponse};
+use crate::auth::{self as core, Principal, UserError};
+use crate::db::users::{self as repo, AuditEntry, NewSession, Refresh, RevokedAccess, User};
+use chrono::{DateTime, Duration, Utc};
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::{HeaderMap, Request, StatusCode};
+use serde_json::{json, Value};
+
+const SERVICE_TOKEN_PREFIX: &str = "dcst_";
+const REFRESH_TOKEN_PREFIX: &str = "dcrt_";
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::Invalid { field, issue } => ApiError::validation(field, issue),
+            UserError::Exists => ApiError::Conflict(e.to_string()),
+            UserError::Db(d) => d.into(),
+            UserError::Hash(h) => ApiError::Internal(h),
+        }
+    }
+}
+
+/// Records an audit event; a failure to record is logged, not returned.
+pub async fn audit(ctx: &Ctx, actor: Option<&str>, action: &str, outcome: &str, target: Option<&str>, details: Value) {
+    let entry = AuditEntry {
+        actor,
+        action,
+        outcome,
+        target,
+        ip: Some(ctx.peer.ip().to_string()),
+        request_id: Some(&ctx.request_id),
+        details,
+    };
+    if let Err(e) = repo::audit(&ctx.deps.pool, &entry).await {
+        tracing::error!(error = %crate::error_chain(&e), action, "audit log write failed");
+    }
+}
+
+fn actor(ctx: &Ctx) -> Option<&str> {
+    ctx.principal.as_ref().map(|p| p.id.as_str())
+}
+
+/// The principal of a request's `Authorization: Bearer` token.
+pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").trim();
+    let token = match value.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => t.trim(),
+        _ => return Err(ApiError::Unauthorized("a bearer token is required".into())),
+    };
+    let deps = &ctx.deps;
+    if token.starts_with(SERVICE_TOKEN_PREFIX) {
+        let st = repo::live_service_token(&deps.pool, &core::token_hash(token))
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("invalid or revoked token".into()))?;
+        return Ok(Principal {
+            id: format!("svc:{}", st.id),
+            email: None,
+            role: "service".into(),
+            permissions: st.permissions,
+            jti: None,
+            exp: None,
+        });
+    }
+    let claims = core::verify_access(deps.settings.secret_key.expose(), deps.settings.auth.leeway_secs, token)
+        .map_err(|_| ApiError::Unauthorized("invalid or expired token".into()))?;
+    if core::is_denied(&deps.cache, &claims.jti).await? {
+        return Err(ApiError::Unauthorized("token revoked".into()));
+    }
+    Ok(Principal {
+        id: claims.sub,
+        email: Some(claims.email),
+        role: claims.role,
+        permissions: claims.permissions,
+        jti: Some(claims.jti),
+        exp: Some(claims.exp),
+    })
+}
+
+/// The logged-in user behind the request (not a service token).
+async fn current_user(ctx: &Ctx) -> Result<User, ApiError> {
+    let id = ctx
+        .principal
+        .as_ref()
+        .and_then(Principal::user_id)
+        .ok_or_else(|| ApiError::Forbidden("only a user can do this, not a service token".into()))?;
+    repo::by_id(&ctx.deps.pool, id).await?.ok_or_else(|| ApiError::Unauthorized("user no longer exists".into()))
+}
+
+async fn deny_all(ctx: &Ctx, ended: &[RevokedAccess]) -> Result<(), ApiError> {
+    for r in ended {
+        core::deny_jti(&ctx.deps.cache, &r.jti, r.exp.timestamp()).await?;
+    }
+    Ok(())
+}
+
+fn required<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, ApiError> {
+    opt_str(map, key)?.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::validation(key, "is required"))
+}
+
+/// New access + refresh tokens for a user.
+struct Issued {
+    access: String,
+    claims: core::Claims,
+    refresh: String,
+    refresh_expires: DateTime<Utc>,
+}
+
+fn issue(ctx: &Ctx, user: &User) -> Issued {
+    let s = &ctx.deps.settings;
+    let (access, claims) =
+        core::issue_access(s.secret_key.expose(), &s.auth, &user.id.to_string(), &user.email, &user.role);
+    let refresh = core::random_token(REFRESH_TOKEN_PREFIX);
+    let refresh_expires = Utc::now() + Duration::seconds(s.auth.refresh_token_ttl_secs as i64);
+    Issued { access, claims, refresh, refresh_expires }
+}
+
+fn token_body(ctx: &Ctx, user: &User, t: &Issued) -> Value {
+    json!({
+        "access_token": t.access,
+        "token_type": "Bearer",
+        "expires_in": ctx.deps.settings.auth.access_token_ttl_secs,
+        "refresh_token": t.refresh,
+        "refresh_expires_in": ctx.deps.settings.auth.refresh_token_ttl_secs,
+        "user": {"id": user.id, "email": user.email, "role": user.role, "permissions": t.claims.permissions},
+    })
+}
+
+fn session<'a>(user: &User, t: &'a Issued, refresh_hash: &'a str) -> NewSession<'a> {
+    NewSession {
+        user_id: user.id,
+        refresh_hash,
+        access_jti: &t.claims.jti,
+        access_exp: DateTime::from_timestamp(t.claims.exp, 0).unwrap_or_else(Utc::now),
+        expires_at: t.refresh_expires,
+    }
+}
+
+/// `POST /v1/auth/login {email, password, totp?}`.
+pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let deps = &ctx.deps;
+    let map = json_object(req, deps.settings.http.max_body_bytes).await?;
+    only_keys(&map, &["email", "password", "totp"])?;
+    let email = required(&map, "email")?;
+    let password = required(&map, "password")?;
+    let totp = opt_str(&map, "totp")?;
+    let user = repo::by_email(&deps.pool, email).await?.filter(|u| !u.disabled);
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    // Unknown emails are verified against a throwaway hash too, so timing does not reveal them.
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = match hash {
+        Some(h) => h,
+        None => match DUMMY.get() {
+            Some(d) => d.clone(),
+            None => {
+                let d = core::hash_password_async(&deps.settings.auth, "not-a-real-password").await;
+                DUMMY.get_or_init(|| d.unwrap_or_default()).clone()
+            }
+        },
+    };
+    let matches = core::verify_any_async(vec![hash], password).await;
+    let Some(user) = user.filter(|_| matches) else {
+        audit(ctx, None, "login", "failure", Some(email), json!({"reason": "bad_credentials"})).await;
+        return Err(ApiError::Unauthorized("invalid email or password".into()));
+    };
+    let uid = user.id.to_string();
+    if user.totp_enabled {
+        let secret = user.totp_secret.as_deref().unwrap_or("");
+        match totp {
+            None => {
+                audit(ctx, Some(&uid), "login", "failure", Some(email), json!({"reason": "totp_required"})).await;
+                return Err(ApiError::Unauthorized("a TOTP code is required (field `totp`)".into()));
+            }
+            Some(code) if !core::totp_verify(secret, code) => {
+                audit(ctx, Some(&uid), "login", "failure", Some(email), json!({"reason": "bad_totp"})).await;
+                return Err(ApiError::Unauthorized("invalid email, password or TOTP code".into()));
+            }
+            Some(_) => {}
+        }
+    }
+    let max_age = Duration::days(deps.settings.auth.password_max_age_days as i64);
+    if user.password_changed_at + max_age < Utc::now() {
+        audit(ctx, Some(&uid), "login", "failure", Some(email), json!({"reason": "password_expired"})).await;
+        return Err(ApiError::Forbidden("password expired; set a new one with POST /v1/auth/password".into()));
+    }
+    let t = issue(ctx, &user);
+    let refresh_hash = core::token_hash(&t.refresh);
+    let a = &deps.settings.auth;
+    let ended =
+        repo::start_session(&deps.pool, &session(&user, &t, &refresh_hash), a.max_sessions, a.session_idle_secs)
+            .await?;
+    deny_all(ctx, &ended).await?;
+    audit(ctx, Some(&uid), "login", "success", Some(email), json!({"sessions_ended": ended.len()})).await;
+    Ok(ok(StatusCode::OK, token_body(ctx, &user, &t), "Logged in", &ctx.request_id))
+}
+
+/// `POST /v1/auth/refresh {refresh_token}`: rotates the refresh token.
+pub async fn refresh(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let deps = &ctx.deps;
+    let map = json_object(req, deps.settings.http.max_body_bytes).await?;
+    only_keys(&map, &["refresh_token"])?;
+    let presented = core::token_hash(required(&map, "refresh_token")?);
+    let invalid = || ApiError::Unauthorized("invalid, expired or revoked refresh token".into());
+    let owner = repo::refresh_owner(&deps.pool, &presented).await?.ok_or_else(invalid)?;
+    let user = repo::by_id(&deps.pool, owner).await?.filter(|u| !u.disabled).ok_or_else(invalid)?;
+    let t = issue(ctx, &user);
+    let next_hash = core::token_hash(&t.refresh);
+    match repo::rotate(&deps.pool, &presented, &session(&user, &t, &next_hash), deps.settings.auth.session_idle_secs)
+        .await?
+    {
+        Refresh::Rotated { .. } => {
+            Ok(ok(StatusCode::OK, token_body(ctx, &user, &t), "Tokens refreshed", &ctx.request_id))
+        }
+        Refresh::Reused { user_id, ended } => {
+            deny_all(ctx, &ended).await?;
+            let uid = user_id.to_string();
+            audit(ctx, Some(&uid), "refresh_reuse", "denied", None, json!({"sessions_ended": 1})).await;
+            tracing::warn!(user_id = %uid, "refresh token reused; session family revoked");
+            Err(invalid())
+        }
+        Refresh::Invalid => Err(invalid()),
+    }
+}
+
+/// `POST /v1/auth/logout`: ends the caller's session and deny-lists its access token.
+pub async fn logout(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
+    let p = ctx.principal.as_ref().ok_or_else(|| ApiError::Unauthorized("not logged in".into()))?;
+    let (Some(jti), Some(exp)) = (p.jti.as_deref(), p.exp) else {
+        return Err(ApiError::validation("authorization", "service tokens have no session; revoke the token"));
+    };
+    let ended = repo::end_session_by_jti(&ctx.deps.pool, jti).await?;
+    deny_all(ctx, &ended).await?;
+    core::deny_jti(&ctx.deps.cache, jti, exp).await?;
+    audit(ctx, Some(&p.id), "logout", "success", None, json!({})).await;
+    Ok(ok(StatusCode::OK, json!({"logged_out": true}), "Logged out", &ctx.request_id))
+}
+
+/// `POST /v1/auth/password {email, current_password, new_password}` (works with an expired
+/// password, so it takes credentials rather than a token).
+pub async fn change_password(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let deps = &ctx.deps;
+    let map = json_object(req, deps.settings.http.max_body_bytes).await?;
+    only_keys(&map, &["email", "current_password", "new_password"])?;
+    let email = required(&map, "email")?;
+    let current = required(&map, "current_password")?;
+    let new = required(&map, "new_password")?;
+    let user = repo::by_email(&deps.pool, email).await?.filter(|u| !u.disabled);
+    let valid = match &user {
+        Some(u) => core::verify_any_async(vec![u.password_hash.clone()], current).await,
+        None => false,
+    };
+    let Some(user) = user.filter(|_| valid) else {
+        audit(ctx, None, "password_change", "failure", Some(email), json!({"reason": "bad_credentials"})).await;
+        return Err(ApiError::Unauthorized("invalid email or password".into()));
+    };
+    let uid = user.id.to_string();
+    if let Err(e) = core::set_password(&deps.pool, &deps.settings.auth, user.id, new).await {
+        audit(ctx, Some(&uid), "password_change", "failure", Some(email), json!({"reason": e.to_string()})).await;
+        return Err(e.into());
+    }
+    // A new password ends every existing session.
+    let ended = repo::end_all_sessions(&deps.pool, user.id, "password_change").await?;
+    deny_all(ctx, &ended).await?;
+    audit(ctx, Some(&uid), "password_change", "success", Some(email), json!({"sessions_ended": ended.len()})).await;
+    Ok(ok(StatusCode::OK, json!({"password_changed": true}), "Password changed", &ctx.request_id))
+}
+
+/// `POST /v1/auth/totp/enrol`: a new secret (not active until confirmed).
+pub async fn totp_enrol(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
+    let user = current_user(ctx).await?;
+    if user.totp_enabled {
+        return Err(ApiError::Conflict("TOTP is already enabled; disable it first".into()));
+    }
+    let secret = core::new_totp_secret();
+    repo::set_totp(&ctx.deps.pool, user.id, Some(&secret), false).await?;
+    audit(ctx, actor(ctx), "totp_enrol", "success", Some(&user.email), json!({})).await;
+    let url = core::otpauth_url(&ctx.deps.settings.auth.totp_issuer, &user.email, &secret);
+    Ok(ok(StatusCode::OK, json!({"secret": secret, "otpauth_url": url}), "TOTP secret issued", &ctx.request_id))
+}
+
+async fn totp_code_body(ctx: &Ctx, req: Request<Incoming>) -> Result<String, ApiError> {
+    let map = json_object(req, ctx.deps.settings.http.max_body_bytes).await?;
+    only_keys(&map, &["code"])?;
+    Ok(required(&map, "code")?.to_string())
+}
+
+/// `POST /v1/auth/totp/confirm {code}`: enables TOTP.
+pub async fn totp_confirm(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let code = totp_code_body(ctx, req).await?;
+    let user = current_user(ctx).await?;
+    let secret = user.totp_secret.clone().ok_or_else(|| ApiError::validation("code", "enrol first"))?;
+    if user.totp_enabled {
+        return Err(ApiError::Conflict("TOTP is already enabled".into()));
+    }
+    if !core::totp_verify(&secret, &code) {
+        audit(ctx, actor(ctx), "totp_confirm", "failure", Some(&user.email), json!({})).await;
+        return Err(ApiError::validation("code", "is not the current code"));
+    }
+    repo::set_totp(&ctx.deps.pool, user.id, Some(&secret), true).await?;
+    audit(ctx, actor(ctx), "totp_confirm", "success", Some(&user.email), json!({})).await;
+    Ok(ok(StatusCode::OK, json!({"totp_enabled": true}), "TOTP enabled", &ctx.request_id))
+}
+
+/// `POST /v1/auth/totp/disable {code}`.
+pub async fn totp_disable(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let code = totp_code_body(ctx, req).await?;
+    let user = current_user(ctx).await?;
+    let secret = user.totp_secret.clone().filter(|_| user.totp_enabled);
+    let Some(secret) = secret else { return Err(ApiError::validation("code", "TOTP is not enabled")) };
+    if !core::totp_verify(&secret, &code) {
+        audit(ctx, actor(ctx), "totp_disable", "failure", Some(&user.email), json!({})).await;
+        return Err(ApiError::validation("code", "is not the current code"));
+    }
+    repo::set_totp(&ctx.deps.pool, user.id, None, false).await?;
+    audit(ctx, actor(ctx), "totp_disable", "success", Some(&user.email), json!({})).await;
+    Ok(ok(StatusCode::OK, json!({"totp_enabled": false}), "TOTP disabled", &ctx.request_id))
+}
+
+/// `POST /v1/users {email, password, role}` (admin).
+pub async fn create_user(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let deps = &ctx.deps;
+    let map = json_object(req, deps.settings.http.max_body_bytes).await?;
+    only_keys(&map, &["email", "password", "role"])?;
+    let email = required(&map, "email")?;
+    let password = required(&map, "password")?;
+    let role = required(&map, "role")?;
+    match core::create_user(&deps.pool, &deps.settings.auth, email, password, role).await {
+        Ok(user) => {
+            let details = json!({"user_id": user.id, "role": user.role});
+            audit(ctx, actor(ctx), "user_create", "success", Some(email), details).await;
+            Ok(ok(StatusCode::CREATED, json!(user), "User created", &ctx.request_id))
+        }
+        Err(e) => {
+            audit(ctx, actor(ctx), "user_create", "failure", Some(email), json!({"reason": e.to_string()})).await;
+            Err(e.into())
+        }
+    }
+}
+
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (super::router::percent_decode(k), super::router::percent_decode(&v.replace('+', " ")))
+        })
+        .collect()
+}
+
+/// `GET /v1/audit?actor=&action=&since=&page=&per_page=` (admin), newest first.
+pub async fn list_audit(ctx: &Ctx, query: Option<&str>) -> Result<HttpResponse, ApiError> {
+    let (mut actor_f, mut action, mut since, mut page, mut per_page) = (None, None, None, 1i64, 50i64);
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "actor" => actor_f = Some(v),
+            "action" => action = Some(v),
+            "since" => {
+                let t = DateTime::parse_from_rfc3339(&v)
+                    .map_err(|_| ApiError::validation("since", "must be an RFC 3339 timestamp"))?;
+                since = Some(t.with_timezone(&Utc));
+            }
+            "page" => {
+                page = v.parse().ok().filter(|p| *p >= 1).ok_or_else(|| ApiError::validation("page", "must be ≥ 1"))?
+            }
+            "per_page" => {
+                per_page = v
+                    .parse()
+                    .ok()
+                    .filter(|p| (1..=200).contains(p))
+                    .ok_or_else(|| ApiError::validation("per_page", "must be from 1 to 200"))?
+            }
+            other => {
+                return Err(ApiError::validation(
+                    other,
+                    "unknown query parameter; allowed: actor, action, since, page, per_page",
+                ))
+            }
+        }
+    }
+    let (items, total) =
+        repo::audit_list(&ctx.deps.pool, actor_f.as_deref(), action.as_deref(), since, per_page, (page - 1) * per_page)
+            .await?;
+    let data = json!({"items": items, "page": page, "per_page": per_page, "total": total});
+    Ok(ok(StatusCode::OK, data, "Audit events", &ctx.request_id))
+}
+
+/// `POST /v1/service-tokens {name, permissions, expires_in_days?}` (admin): the token is shown once.
+pub async fn create_service_token(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let deps = &ctx.deps;
+    let map = json_object(req, deps.settings.http.max_body_bytes).await?;
+    only_keys(&map, &["name", "permissions", "expires_in_days"])?;
+    let name = required(&map, "name")?;
+    if name.chars().count() > 200 {
+        return Err(ApiError::validation("name", "must be at most 200 characters"));
+    }
+    let perms: Vec<String> = map
+        .get("permissions")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::validation("permissions", "must be an array of permissions"))?
+        .iter()
+        .map(|p| p.as_str().map(String::from))
+        .collect::<Option<_>>()
+        .ok_or_else(|| ApiError::validation("permissions", "must be an array of strings"))?;
+    if perms.is_empty() {
+        return Err(ApiError::validation("permissions", "must not be empty"));
+    }
+    if let Some(bad) = perms.iter().find(|p| !core::ALL_PERMISSIONS.contains(&p.as_str())) {
+        return Err(ApiError::validation("permissions", format!("unknown permission `{bad}`")));
+    }
+    let expires_at = match map.get("expires_in_days") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let d = v
+                .as_i64()
+                .filter(|d| (1..=3650).contains(d))
+                .ok_or_else(|| ApiError::validation("expires_in_days", "must be an integer from 1 to 3650"))?;
+            Some(Utc::now() + Duration::days(d))
+        }
+    };
+    let token = core::random_token(SERVICE_TOKEN_PREFIX);
+    let created_by = ctx.principal.as_ref().and_then(Principal::user_id);
+    let st =
+        repo::create_service_token(&deps.pool, name, &core::token_hash(&token), &perms, created_by, expires_at).await?;
+    let target = st.id.to_string();
+    audit(ctx, actor(ctx), "service_token_create", "success", Some(&target), json!({"permissions": perms})).await;
+    let mut data = json!(st);
+    data["token"] = json!(token);
+    Ok(ok(StatusCode::CREATED, data, "Service token created", &ctx.request_id))
+}
+
+pub async fn list_service_tokens(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
+    let items = repo::list_service_tokens(&ctx.deps.pool).await?;
+    Ok(ok(StatusCode::OK, json!({"items": items}), "Service tokens", &ctx.request_id))
+}
+
+pub async fn revoke_service_token(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
+    let uuid = uuid::Uuid::parse_str(id).map_err(|_| ApiError::validation("id", "must be a UUID"))?;
+    if !repo::revoke_service_token(&ctx.deps.pool, uuid).await? {
+        return Err(ApiError::NotFound(format!("service token {id}")));
+    }
+    audit(ctx, actor(ctx), "service_token_revoke", "success", Some(id), json!({})).await;
+    Ok(ok(StatusCode::OK, json!({"revoked": true}), "Service token revoked", &ctx.request_id))
+}
