@@ -4,7 +4,9 @@
 //!
 //! What is checked, and against what:
 //! - probes: paths `/health` (liveness), `/ready` (readiness), `/startup` (startup), timeout 5 s,
-//!   period 10 s (the spec), on a port that is `http.port` of `config/default.toml`;
+//!   period 10 s (the spec), required on every container, on `http.port` of `config/default.toml`
+//!   for the ingress and on `metrics.port` for processors (likewise their containerPorts and the
+//!   compose healthchecks);
 //! - resources: the spec's API-service and agent-execution requests and limits;
 //! - environment: every variable is one of the settings' names (`ENV_KEYS`) or a
 //!   `DEVCYCLE__SECTION__KEY` naming a key of `config/default.toml`, and the ConfigMap + Secret
@@ -12,8 +14,7 @@
 //! - workloads: container arguments parse as a `devcycle` subcommand, processors exist in
 //!   `processors/`, one Deployment and one KEDA ScaledObject per processor whose group, topic and
 //!   `maxReplicaCount` follow the processor and topic declarations;
-//! - the dashboard only queries `devcycle_*` metrics registered in `src/events.rs`
-//!   (`devcycle_consumer_lag` is planned and allowed).
+//! - the dashboard only queries `devcycle_*` metrics registered in `src/events.rs`.
 
 use clap::Parser;
 use devcycle::cli::{Cli, Command};
@@ -32,9 +33,6 @@ const PROBE_PERIOD_SECONDS: u64 = 10;
 type Resources = [&'static str; 4];
 const API_RESOURCES: Resources = ["256Mi", "100m", "512Mi", "500m"];
 const AGENT_RESOURCES: Resources = ["512Mi", "200m", "1Gi", "1000m"];
-
-/// Metrics the dashboard may query before they are exported.
-const PLANNED_METRICS: [&str; 1] = ["devcycle_consumer_lag"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -108,9 +106,22 @@ fn default_toml() -> toml::Table {
     read(&root().join("config/default.toml")).parse().expect("config/default.toml parses")
 }
 
+/// An integer port of config/default.toml (`section.port`).
+fn config_port(section: &str) -> u64 {
+    let port = default_toml()[section]["port"].as_integer().unwrap_or_else(|| panic!("{section}.port is an integer"));
+    u64::try_from(port).unwrap_or_else(|_| panic!("{section}.port is positive"))
+}
+
+/// Where the ingress serves its probes and /metrics.
 fn http_port() -> u64 {
-    let port = default_toml()["http"]["port"].as_integer().expect("http.port is an integer");
-    u64::try_from(port).expect("http.port is positive")
+    config_port("http")
+}
+
+/// Where `devcycle process` serves its probes and /metrics.
+fn metrics_port() -> u64 {
+    let port = config_port("metrics");
+    assert_ne!(port, 0, "metrics.port 0 (a free port) cannot be probed; config/default.toml must fix it");
+    port
 }
 
 fn toml_file(path: &Path) -> toml::Table {
@@ -242,13 +253,12 @@ fn resolve_port(container: &Value, port: &Value) -> Option<u64> {
         .and_then(|p| at(p, "containerPort")?.as_u64())
 }
 
-fn check_probes(container: &Value, required: bool, http_port: u64, errors: &mut Vec<String>) {
+/// The three spec probes, on `port` (`port_key` names its config key, for messages).
+fn check_probes(container: &Value, port_key: &str, want_port: u64, errors: &mut Vec<String>) {
     let cname = str_at(container, "name").unwrap_or("?");
     for (field, path) in PROBES {
         let Some(probe) = container.get(field) else {
-            if required {
-                errors.push(format!("container {cname}: no {field} (spec: GET {path})"));
-            }
+            errors.push(format!("container {cname}: no {field} (spec: GET {path} on {port_key})"));
             continue;
         };
         match str_at(probe, "httpGet.path") {
@@ -256,8 +266,8 @@ fn check_probes(container: &Value, required: bool, http_port: u64, errors: &mut 
             other => errors.push(format!("container {cname}: {field} path {other:?}, spec {path}")),
         }
         let port = at(probe, "httpGet.port").and_then(|p| resolve_port(container, p));
-        if port != Some(http_port) {
-            errors.push(format!("container {cname}: {field} port {port:?}, http.port {http_port}"));
+        if port != Some(want_port) {
+            errors.push(format!("container {cname}: {field} port {port:?}, {port_key} {want_port}"));
         }
         for (key, want) in [("timeoutSeconds", PROBE_TIMEOUT_SECONDS), ("periodSeconds", PROBE_PERIOD_SECONDS)] {
             let got = probe.get(key).and_then(Value::as_u64);
@@ -297,7 +307,6 @@ fn is_ingress(deployment: &Value) -> bool {
 fn check_deployment(doc: &Value, env_sources: &BTreeSet<String>) -> Vec<String> {
     let mut errors = Vec::new();
     let config = default_toml();
-    let port = http_port();
     let name = str_at(doc, "metadata.name").unwrap_or("?").to_string();
     let pod = at(doc, "spec.template.spec").expect("Deployment has spec.template.spec");
     let labels = string_map(at(doc, "spec.template.metadata.labels"));
@@ -321,15 +330,19 @@ fn check_deployment(doc: &Value, env_sources: &BTreeSet<String>) -> Vec<String> 
                 continue;
             }
         };
+        // The port the container serves its probes (and /metrics) on.
+        let (port_key, port) = match &command {
+            Command::Ingress => ("http.port", http_port()),
+            _ => ("metrics.port", metrics_port()),
+        };
         match &command {
             Command::Ingress => {
-                check_probes(c, true, port, &mut errors);
+                check_probes(c, port_key, port, &mut errors);
                 check_resources(c, API_RESOURCES, &mut errors);
             }
             Command::Process { name: processor } => {
-                // Processors serve no HTTP port yet (planned: metrics.port 9100); any probe
-                // they get must still follow the spec.
-                check_probes(c, false, port, &mut errors);
+                // `devcycle process` serves the probes and /metrics on metrics.port.
+                check_probes(c, port_key, port, &mut errors);
                 check_resources(c, AGENT_RESOURCES, &mut errors);
                 match processor_decl(processor) {
                     None => errors.push(format!("{name}: no processors/{processor}.toml")),
@@ -351,10 +364,23 @@ fn check_deployment(doc: &Value, env_sources: &BTreeSet<String>) -> Vec<String> 
             }
             other => errors.push(format!("{name}/{cname}: unexpected subcommand {other:?}")),
         }
+        // Prometheus scrapes the pod's /metrics where the container serves it.
+        let annotations = string_map(at(doc, "spec.template.metadata.annotations"));
+        let want_port = port.to_string();
+        for (key, want) in [
+            ("prometheus.io/scrape", "true"),
+            ("prometheus.io/port", want_port.as_str()),
+            ("prometheus.io/path", "/metrics"),
+        ] {
+            let got = annotations.get(key).map(String::as_str);
+            if got != Some(want) {
+                errors.push(format!("{name}: pod annotation {key} {got:?}, want {want} ({port_key})"));
+            }
+        }
         for p in seq(c, "ports") {
             let got = at(p, "containerPort").and_then(Value::as_u64);
             if got != Some(port) {
-                errors.push(format!("{name}/{cname}: containerPort {got:?}, http.port {port}"));
+                errors.push(format!("{name}/{cname}: containerPort {got:?}, {port_key} {port}"));
             }
         }
         if at(c, "securityContext.readOnlyRootFilesystem").and_then(Value::as_bool) != Some(true) {
@@ -508,6 +534,8 @@ fn configmap_and_secret_are_known_production_settings() {
     let settings = load_settings(&vars).unwrap_or_else(|e| panic!("ConfigMap + Secret refused: {e}"));
     assert_eq!(u64::from(settings.http.port), http_port());
     assert_eq!(settings.http.host, "0.0.0.0", "the ingress must listen on every interface in a pod");
+    assert_eq!(u64::from(settings.metrics.port), metrics_port());
+    assert_eq!(settings.metrics.host, "0.0.0.0", "processors' probes must answer on every interface in a pod");
     assert!(format!("{:?}", settings.environment).eq_ignore_ascii_case("production"));
 }
 
@@ -696,6 +724,27 @@ fn compose_command(service: &Value) -> Vec<String> {
     }
 }
 
+/// The service's healthcheck GETs a spec probe path on `port` (container side), every 10 s with a
+/// 5 s timeout.
+fn check_compose_healthcheck(name: &str, svc: &Value, port_key: &str, port: u64, errors: &mut Vec<String>) {
+    let test: Vec<String> = seq(svc, "healthcheck.test").iter().filter_map(scalar).collect();
+    let test = test.join(" ");
+    // A URL ending in a probe path: `/healthz` is not `/health`.
+    let probes_spec_path = test.split_whitespace().any(|word| {
+        let url = word.trim_matches(|c| c == '"' || c == '\'');
+        PROBES.iter().any(|(_, p)| url.ends_with(&format!(":{port}{p}")))
+    });
+    if !probes_spec_path {
+        errors.push(format!("compose {name}: healthcheck `{test}` must GET a spec probe on :{port} ({port_key})"));
+    }
+    for (key, want) in [("interval", "10s"), ("timeout", "5s")] {
+        let got = str_at(svc, &format!("healthcheck.{key}"));
+        if got != Some(want) {
+            errors.push(format!("compose {name}: healthcheck.{key} {got:?}, spec {want}"));
+        }
+    }
+}
+
 fn check_compose(compose: &Value) -> Vec<String> {
     let config = default_toml();
     let port = http_port();
@@ -732,24 +781,10 @@ fn check_compose(compose: &Value) -> Vec<String> {
                 if !compose_container_ports(svc).contains(&port) {
                     errors.push(format!("compose {name}: must publish container port {port} (http.port)"));
                 }
-                let test: Vec<String> = seq(svc, "healthcheck.test").iter().filter_map(scalar).collect();
-                let test = test.join(" ");
-                // A URL ending in a probe path: `/healthz` is not `/health`.
-                let probes_spec_path = test.split_whitespace().any(|word| {
-                    let url = word.trim_matches(|c| c == '"' || c == '\'');
-                    PROBES.iter().any(|(_, p)| url.ends_with(&format!(":{port}{p}")))
-                });
-                if !probes_spec_path {
-                    errors.push(format!("compose {name}: healthcheck `{test}` must GET a spec probe on :{port}"));
-                }
-                for (key, want) in [("interval", "10s"), ("timeout", "5s")] {
-                    let got = str_at(svc, &format!("healthcheck.{key}"));
-                    if got != Some(want) {
-                        errors.push(format!("compose {name}: healthcheck.{key} {got:?}, spec {want}"));
-                    }
-                }
+                check_compose_healthcheck(name, svc, "http.port", port, &mut errors);
             }
             Ok(Command::Process { name: processor }) => {
+                check_compose_healthcheck(name, svc, "metrics.port", metrics_port(), &mut errors);
                 if processor_decl(&processor).is_none() {
                     errors.push(format!("compose {name}: no processors/{processor}.toml"));
                 }
@@ -774,6 +809,19 @@ fn check_compose(compose: &Value) -> Vec<String> {
         };
         if u64::from(settings.http.port) != port {
             errors.push(format!("compose {name}: http.port {} differs from {port}", settings.http.port));
+        }
+        if u64::from(settings.metrics.port) != metrics_port() {
+            errors.push(format!(
+                "compose {name}: metrics.port {} differs from {}",
+                settings.metrics.port,
+                metrics_port()
+            ));
+        }
+        if matches!(subcommand(&argv), Ok(Command::Process { .. })) && settings.metrics.host != "0.0.0.0" {
+            errors.push(format!(
+                "compose {name}: metrics.host {} must be 0.0.0.0 for the healthcheck to reach it",
+                settings.metrics.host
+            ));
         }
         // Every service the settings point at is a compose service this one waits for.
         let mut deps: Vec<(String, Option<u64>)> = vec![
@@ -976,7 +1024,7 @@ fn check_dashboard_exprs(exprs: &[String], registered: &BTreeSet<String>) -> Vec
         for n in names {
             if !n.starts_with("devcycle_") {
                 errors.push(format!("`{expr}`: metric {n} lacks the devcycle_ prefix"));
-            } else if !registered.contains(&n) && !PLANNED_METRICS.contains(&n.as_str()) {
+            } else if !registered.contains(&n) {
                 errors.push(format!("`{expr}`: metric {n} is not registered in src/events.rs"));
             }
         }
@@ -994,6 +1042,7 @@ fn dashboard_queries_registered_metrics() {
     assert!(registered.contains("devcycle_http_requests_total"), "parsed {registered:?}");
     assert!(registered.contains("devcycle_http_request_duration_seconds_bucket"), "parsed {registered:?}");
     assert!(registered.contains("devcycle_tasks_in_flight"), "parsed {registered:?}");
+    assert!(registered.contains("devcycle_consumer_lag"), "parsed {registered:?}");
     let mut errors = check_dashboard_exprs(&exprs, &registered);
     let all = exprs.join("\n");
     for q in ["0.5", "0.95", "0.99"] {
@@ -1027,6 +1076,27 @@ fn ingress_deployment() -> Value {
         .find(|d| d.kind() == "Deployment" && is_ingress(&d.value))
         .expect("an ingress Deployment")
         .value
+}
+
+fn processor_deployment() -> Value {
+    deploy_docs()
+        .into_iter()
+        .find(|d| d.kind() == "Deployment" && processor_of(&d.value).is_some())
+        .expect("a processor Deployment")
+        .value
+}
+
+/// Removes the key at a dotted path (its parent must be a mapping).
+fn remove(v: &mut Value, path: &str) {
+    let (parent, key) = path.rsplit_once('.').expect("a dotted path");
+    let mut cur = v;
+    for k in parent.split('.') {
+        cur = match k.parse::<usize>() {
+            Ok(i) => &mut cur.as_sequence_mut().expect("sequence")[i],
+            Err(_) => cur.get_mut(k).unwrap_or_else(|| panic!("no {k} in {path}")),
+        };
+    }
+    cur.as_mapping_mut().expect("mapping").remove(key).unwrap_or_else(|| panic!("no {key} in {path}"));
 }
 
 fn set(v: &mut Value, path: &str, new: Value) {
@@ -1073,10 +1143,51 @@ fn checks_reject_broken_manifests() {
         );
     }
 
+    // Processors: probes on metrics.port, and required.
+    let good = processor_deployment();
+    assert_no_errors("unmodified processor", &check_deployment(&good, &sources));
+    let http = http_port();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("readinessProbe.httpGet.port", http.into(), "readinessProbe port Some(8000), metrics.port"),
+        ("livenessProbe.httpGet.port", "http".into(), "livenessProbe port None"),
+        ("ports.0.containerPort", http.into(), "containerPort Some(8000), metrics.port"),
+        ("startupProbe.httpGet.path", "/ready".into(), "startupProbe path"),
+        ("readinessProbe.periodSeconds", 30.into(), "readinessProbe.periodSeconds"),
+    ];
+    for (path, value, expect) in cases {
+        let mut broken = good.clone();
+        set(&mut broken, &format!("{c}.{path}"), value);
+        let errors = check_deployment(&broken, &sources);
+        assert!(
+            errors.iter().any(|e| e.contains(expect)),
+            "processor: changing {path} should be reported ({expect}), got {errors:?}"
+        );
+    }
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let mut broken = good.clone();
+        remove(&mut broken, &format!("{c}.{probe}"));
+        let errors = check_deployment(&broken, &sources);
+        assert!(errors.iter().any(|e| e.contains(&format!("no {probe}"))), "processor without {probe}: {errors:?}");
+    }
+    // Annotation keys hold dots, so not through `set`.
+    let mut broken = good.clone();
+    let annotations = broken
+        .get_mut("spec")
+        .and_then(|v| v.get_mut("template"))
+        .and_then(|v| v.get_mut("metadata"))
+        .and_then(|v| v.get_mut("annotations"))
+        .and_then(Value::as_mapping_mut)
+        .expect("processor pod annotations");
+    annotations.insert("prometheus.io/port".into(), http.to_string().into());
+    let errors = check_deployment(&broken, &sources);
+    assert!(errors.iter().any(|e| e.contains("prometheus.io/port")), "scrape port {http}: {errors:?}");
+
     let config = default_toml();
     assert!(check_env_name(&config, "DATABASE_URL").is_ok());
     assert!(check_env_name(&config, "DEVCYCLE__HTTP__PORT").is_ok());
-    assert!(check_env_name(&config, "DEVCYCLE__METRICS__PORT").is_err(), "metrics.port is planned, not a key yet");
+    assert!(check_env_name(&config, "DEVCYCLE__METRICS__PORT").is_ok());
+    assert!(check_env_name(&config, "DEVCYCLE__METRICS__HOST").is_ok());
+    assert!(check_env_name(&config, "DEVCYCLE__METRICS__PATH").is_err(), "metrics.path is not a key");
     assert!(check_env_name(&config, "DEVCYCLE__HTTP").is_err(), "a section is not a key");
     assert!(check_env_name(&config, "POSTGRES_URL").is_err());
 
@@ -1087,8 +1198,14 @@ fn checks_reject_broken_manifests() {
         serde_norway::from_str("[CMD, curl, -f, 'http://127.0.0.1:8000/healthz']").unwrap(),
     );
     set(&mut compose, "services.devcycle-ingress.environment.REDIS_URL", "redis://cache:6379/0".into());
+    set(
+        &mut compose,
+        "services.devcycle-agent-executor.healthcheck.test",
+        serde_norway::from_str("[CMD, curl, -f, 'http://127.0.0.1:8000/ready']").unwrap(),
+    );
     let errors = check_compose(&compose);
-    assert!(errors.iter().any(|e| e.contains("healthcheck")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("devcycle-ingress: healthcheck")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("devcycle-agent-executor: healthcheck")), "{errors:?}");
     assert!(errors.iter().any(|e| e.contains("`cache` is not a compose service")), "{errors:?}");
 }
 
