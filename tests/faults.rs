@@ -43,6 +43,10 @@ struct World {
 
 impl World {
     async fn new(name: &str, concurrency: usize) -> World {
+        Self::with_guarantee(name, concurrency, "at_least_once").await
+    }
+
+    async fn with_guarantee(name: &str, concurrency: usize, guarantee: &str) -> World {
         let mut settings = common::test_settings();
         settings.kafka.session_timeout_ms = 6000;
         let dir = common::root().join("target").join("faults").join(format!("{name}-{}", &settings.database.schema));
@@ -56,7 +60,9 @@ impl World {
         let spec = spec
             .replace("concurrency = 64", &format!("concurrency = {concurrency}"))
             .replace("max_buffered = 256", &format!("max_buffered = {}", concurrency * 4))
-            .replace("shutdown_grace_ms = 30000", "shutdown_grace_ms = 5000");
+            .replace("shutdown_grace_ms = 30000", "shutdown_grace_ms = 5000")
+            .replace("guarantee = \"at_least_once\"", &format!("guarantee = \"{guarantee}\""));
+        assert!(spec.contains(&format!("guarantee = \"{guarantee}\"")));
         std::fs::write(dir.join("processors/agent-executor.toml"), spec).unwrap();
         settings.paths.processors = dir.join("processors");
         settings.paths.topics = dir.join("topics");
@@ -217,6 +223,48 @@ impl World {
         assert_eq!(outcomes.keys().copied().collect::<BTreeSet<_>>(), want, "lost or foreign results");
         let conflicting = outcomes.values().filter(|o| o.len() > 1).count();
         assert_eq!(conflicting, 0, "tasks with two different results");
+    }
+
+    /// Exactly-once: every task's result is on the results topic exactly once (read_committed).
+    async fn verify_exactly_once(&self, ids: &[Uuid]) {
+        let consumer: rdkafka::consumer::StreamConsumer =
+            devcycle::kafka::client_config(&self.settings.kafka, "faults-eos")
+                .set("group.id", format!("{}eos-{}", self.settings.kafka.namespace, Uuid::new_v4()))
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed")
+                .create()
+                .unwrap();
+        let topic = self.topic("devcycle.task-results");
+        consumer.subscribe(&[&topic]).unwrap();
+        let mut counts: BTreeMap<Uuid, usize> = BTreeMap::new();
+        let mut read = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // Read until every result arrived, then a little longer to catch duplicates.
+        let mut quiet_until: Option<Instant> = None;
+        loop {
+            if counts.len() == ids.len() && quiet_until.is_none() {
+                quiet_until = Some(Instant::now() + Duration::from_secs(3));
+            }
+            if quiet_until.is_some_and(|q| Instant::now() > q) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "results for {} of {} tasks", counts.len(), ids.len());
+            let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await else { continue };
+            let result = self.codec.decode_result(m.payload()).await.expect("result decodes");
+            *counts.entry(result.task_id).or_default() += 1;
+            read += 1;
+        }
+        let want: BTreeSet<Uuid> = ids.iter().copied().collect();
+        assert_eq!(counts.keys().copied().collect::<BTreeSet<_>>(), want, "lost or foreign results");
+        let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            dups.is_empty(),
+            "{} results read for {} tasks; duplicated: {:?}",
+            read,
+            ids.len(),
+            &dups[..dups.len().min(5)]
+        );
     }
 
     fn stop_all(&mut self) {
@@ -396,4 +444,24 @@ async fn poison_pills_interleaved_with_good_records() {
     assert_eq!(seen.len(), poisons);
     w.stop_all();
     w.verify(&ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_mode_publishes_each_result_once_despite_sigkill() {
+    let _serial = SERIAL.lock().await;
+    let mut w = World::with_guarantee("eos", 8, "exactly_once").await;
+    let n = tasks();
+    let kills = env_num("FAULT_KILLS", 3);
+    let ids = w.preload(n, sleep_ms(4 * kills as u64 + 6)).await;
+    w.spawn_processor();
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_mid_run(&w, n).await;
+        w.kill_one(libc::SIGKILL);
+        w.spawn_processor();
+    }
+    w.wait_finished(n, Duration::from_secs(300)).await;
+    w.stop_all();
+    w.verify(&ids).await;
+    w.verify_exactly_once(&ids).await;
 }

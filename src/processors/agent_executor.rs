@@ -18,7 +18,7 @@ use crate::domain::{Agent, AgentStatus, TaskEvent, TaskRequest, TaskResult, Task
 use crate::events::TaskExecuted;
 use crate::executors::ExecError;
 use crate::kafka::OutRecord;
-use crate::runtime::{ProcessError, Processor, RecordMeta, RunnerError, RunnerHealth};
+use crate::runtime::{ProcessError, Processor, Publisher, RecordMeta, RunnerError, RunnerHealth};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -118,36 +118,32 @@ impl AgentExecutor {
         h
     }
 
-    async fn publish_result(&self, row: &TaskRow) -> Result<(), ProcessError> {
+    async fn publish_result(&self, p: &Publisher, row: &TaskRow) -> Result<(), ProcessError> {
         let result = self.result_of(row);
         let bytes = self.deps.codec.encode_result(&self.results_topic, &result).await?;
         let key = row.task_id.to_string();
-        self.deps
-            .producer
-            .send(OutRecord {
-                topic: &self.results_topic,
-                key: Some(key.as_bytes()),
-                value: Some(&bytes),
-                headers: Self::trace_headers(&row.request_id, &row.traceparent),
-                partition: None,
-            })
-            .await?;
+        p.publish(OutRecord {
+            topic: &self.results_topic,
+            key: Some(key.as_bytes()),
+            value: Some(&bytes),
+            headers: Self::trace_headers(&row.request_id, &row.traceparent),
+            partition: None,
+        })
+        .await?;
         Ok(())
     }
 
-    async fn publish_event(&self, event: &TaskEvent) -> Result<(), ProcessError> {
+    async fn publish_event(&self, p: &Publisher, event: &TaskEvent) -> Result<(), ProcessError> {
         let bytes = self.deps.codec.encode_event(&self.events_topic, event).await?;
         let key = event.task_id.to_string();
-        self.deps
-            .producer
-            .send(OutRecord {
-                topic: &self.events_topic,
-                key: Some(key.as_bytes()),
-                value: Some(&bytes),
-                headers: Self::trace_headers(&event.request_id, &None),
-                partition: None,
-            })
-            .await?;
+        p.publish(OutRecord {
+            topic: &self.events_topic,
+            key: Some(key.as_bytes()),
+            value: Some(&bytes),
+            headers: Self::trace_headers(&event.request_id, &None),
+            partition: None,
+        })
+        .await?;
         Ok(())
     }
 
@@ -176,26 +172,32 @@ impl AgentExecutor {
     }
 
     /// Publishes the final state of a task (result, event, Redis) concurrently.
-    async fn publish_final(&self, row: &TaskRow, event: Option<&TaskEvent>) -> Result<(), ProcessError> {
+    async fn publish_final(&self, p: &Publisher, row: &TaskRow, event: Option<&TaskEvent>) -> Result<(), ProcessError> {
         let event_fut = async {
             match event {
-                Some(e) => self.publish_event(e).await,
+                Some(e) => self.publish_event(p, e).await,
                 None => Ok(()),
             }
         };
-        let (r, e, c) = tokio::join!(self.publish_result(row), event_fut, self.cache_row(row));
+        let (r, e, c) = tokio::join!(self.publish_result(p, row), event_fut, self.cache_row(row));
         r.and(e).and(c)
     }
 
     /// Writes an outcome (Postgres first) and publishes it.
-    async fn conclude(&self, req: &TaskRequest, src: &Source, outcome: Outcome) -> Result<(), ProcessError> {
+    async fn conclude(
+        &self,
+        p: &Publisher,
+        req: &TaskRequest,
+        src: &Source,
+        outcome: Outcome,
+    ) -> Result<(), ProcessError> {
         let (row, event) = tasks::finish(&self.deps.pool, req, src, &outcome).await?;
         let event = match event {
             Some(e) => Some(e),
             // Already final: re-publish what was recorded, unchanged.
             None => tasks::last_event(&self.deps.pool, row.task_id).await?,
         };
-        self.publish_final(&row, event.as_ref()).await
+        self.publish_final(p, &row, event.as_ref()).await
     }
 
     fn timeout_for(&self, agent: &Agent) -> Duration {
@@ -238,7 +240,7 @@ impl AgentExecutor {
         if let Some(existing) = tasks::get(&self.deps.pool, req.task_id).await? {
             if existing.status.is_terminal() {
                 let event = tasks::last_event(&self.deps.pool, req.task_id).await?;
-                return self.publish_final(&existing, event.as_ref()).await;
+                return self.publish_final(&meta.publisher, &existing, event.as_ref()).await;
             }
         }
         let agent = match self.agent(&req.agent).await? {
@@ -253,18 +255,18 @@ impl AgentExecutor {
                 error: Some("deadline passed before the task started".into()),
                 error_class: Some("deadline_exceeded".into()),
             };
-            return self.conclude(req, &src, outcome).await;
+            return self.conclude(&meta.publisher, req, &src, outcome).await;
         }
         let (row, event) = match tasks::start(&self.deps.pool, req, &src).await? {
             Start::Finished(row) => {
                 let event = tasks::last_event(&self.deps.pool, row.task_id).await?;
-                return self.publish_final(&row, event.as_ref()).await;
+                return self.publish_final(&meta.publisher, &row, event.as_ref()).await;
             }
             Start::Started(row, event) => (row, event),
         };
         // `running` is recorded in Postgres; Redis and the event are best effort here (the final
         // state is always published), so an outage cannot make the task run twice.
-        let (c, e) = tokio::join!(self.cache_row(&row), self.publish_event(&event));
+        let (c, e) = tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, &event));
         if let Err(err) = c.and(e) {
             tracing::warn!(task_id = %req.task_id, error = %err, "publishing `running` failed");
         }
@@ -292,7 +294,7 @@ impl AgentExecutor {
                 error: Some("cancelled while running".into()),
                 error_class: Some("cancelled".into()),
             };
-            return self.conclude(req, &src, outcome).await;
+            return self.conclude(&meta.publisher, req, &src, outcome).await;
         };
         let outcome = match result {
             Ok(output) => {
@@ -312,14 +314,14 @@ impl AgentExecutor {
                     };
                     let (row, event) = tasks::finish(&self.deps.pool, req, &src, &retry).await?;
                     if let Some(ev) = &event {
-                        let _ = tokio::join!(self.cache_row(&row), self.publish_event(ev));
+                        let _ = tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, ev));
                     }
                 }
                 return Err(ProcessError::Retryable { class, message });
             }
         };
         TaskExecuted { agent: &agent.name, outcome: outcome.status.as_str(), elapsed: started.elapsed() }.emit();
-        self.conclude(req, &src, outcome).await
+        self.conclude(&meta.publisher, req, &src, outcome).await
     }
 
     async fn record_dead_letter(
@@ -334,7 +336,7 @@ impl AgentExecutor {
             error: Some(error.message()),
             error_class: Some(error.class().to_string()),
         };
-        match self.conclude(req, &source(meta), outcome).await {
+        match self.conclude(&meta.publisher, req, &source(meta), outcome).await {
             // No such agent: the task cannot have a row (foreign key); Redis still tells.
             Err(ProcessError::Retryable { class, .. }) if class == "postgres" => {
                 let now = chrono::Utc::now().to_rfc3339();

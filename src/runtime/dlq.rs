@@ -5,7 +5,8 @@
 //! `dlq.source.topic`, `dlq.source.partition`, `dlq.source.offset`, `dlq.consumer.group`,
 //! `dlq.processor`, `dlq.attempts`, `dlq.first.failure`, `dlq.last.failure` (RFC 3339).
 
-use crate::kafka::{OutRecord, ProduceError, Producer};
+use super::Publisher;
+use crate::kafka::{OutRecord, ProduceError};
 use chrono::{DateTime, Utc};
 
 pub const H_CLASS: &str = "dlq.error.class";
@@ -38,8 +39,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// Produces the dead letter to `topic` and waits for the broker's ack.
-    pub async fn publish(&self, producer: &Producer, topic: &str) -> Result<(i32, i64), ProduceError> {
+    /// Publishes the dead letter to `topic` (acknowledged, or held for the record's transaction).
+    pub async fn publish(&self, publisher: &Publisher, topic: &str) -> Result<(), ProduceError> {
         let mut headers: Vec<(&str, Vec<u8>)> =
             self.headers.iter().filter(|(k, _)| !k.starts_with("dlq.")).map(|(k, v)| (k.as_str(), v.clone())).collect();
         let message: String = self.message.chars().take(4000).collect();
@@ -57,8 +58,14 @@ impl DeadLetter {
         ] {
             headers.push((k, v.into_bytes()));
         }
-        producer
-            .send(OutRecord { topic, key: self.key.as_deref(), value: self.value.as_deref(), headers, partition: None })
+        publisher
+            .publish(OutRecord {
+                topic,
+                key: self.key.as_deref(),
+                value: self.value.as_deref(),
+                headers,
+                partition: None,
+            })
             .await
     }
 }

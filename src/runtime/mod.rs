@@ -7,11 +7,14 @@
 
 pub mod dlq;
 mod offsets;
+mod publish;
 mod runner;
 mod scheduler;
+mod txn;
 
 pub use dlq::DeadLetter;
 pub use offsets::PartitionOffsets;
+pub use publish::{Output, Publisher};
 pub use runner::{run_processor, RunnerConfig, RunnerError, RunnerHealth};
 pub use scheduler::Scheduler;
 
@@ -28,6 +31,8 @@ pub struct RecordMeta {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Attempt number for this delivery, starting at 1.
     pub attempt: u32,
+    /// Where the handler publishes its output records (direct, or the record's transaction).
+    pub publisher: Publisher,
 }
 
 impl RecordMeta {

@@ -11,9 +11,10 @@
 //! - on shutdown: stop fetching, finish in-flight work within the grace period, commit, leave.
 
 use super::dlq::DeadLetter;
-use super::{PartitionOffsets, ProcessError, Processor, RecordMeta, Scheduler};
+use super::txn::Transactions;
+use super::{Output, PartitionOffsets, ProcessError, Processor, Publisher, RecordMeta, Scheduler};
 use crate::avro::DecodeError;
-use crate::catalog::{Ordering, ProcessorSpec};
+use crate::catalog::{Guarantee, Ordering, ProcessorSpec};
 use crate::events::{processor_gauges, RecordDeadLettered, RecordRetrying};
 use crate::kafka::{client_config, Producer};
 use crate::settings::KafkaSettings;
@@ -88,6 +89,8 @@ struct Done {
     offset: i64,
     generation: u64,
     key: Option<Vec<u8>>,
+    /// Outputs held for the transaction (exactly-once only).
+    outputs: Vec<Output>,
 }
 
 /// Everything a worker needs, shared.
@@ -99,6 +102,8 @@ struct Shared<P: Processor> {
     producer: Producer,
     health: Arc<RunnerHealth>,
     cancel: CancellationToken,
+    /// Exactly-once: outputs go into the record's transaction buffer.
+    transactional: bool,
 }
 
 /// A processor's spec with its names resolved (namespace applied).
@@ -122,7 +127,9 @@ pub async fn run_processor<P: Processor>(
     let context = RunnerContext { events: Mutex::new(Vec::new()), paused: AtomicBool::new(false) };
     let consumer: StreamConsumer<RunnerContext> = client_config(kafka, &spec.name)
         .set("group.id", &group)
-        .set("enable.auto.commit", "true")
+        // Exactly-once commits offsets inside transactions; at-least-once lets librdkafka
+        // commit the offsets stored from checkpoints.
+        .set("enable.auto.commit", if spec.guarantee == Guarantee::AtLeastOnce { "true" } else { "false" })
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -148,7 +155,13 @@ pub async fn run_processor<P: Processor>(
         producer,
         health: health.clone(),
         cancel: workers_cancel.clone(),
+        transactional: spec.guarantee == Guarantee::ExactlyOnce,
     });
+    let mut txn = match spec.guarantee {
+        Guarantee::ExactlyOnce => Some(Transactions::new(kafka, &spec.name, &shared.group)?),
+        Guarantee::AtLeastOnce => None,
+    };
+    let mut txn_tick = tokio::time::interval(Duration::from_millis(100));
     let group_label = shared.group.clone();
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(spec.max_buffered * 2);
     let mut scheduler: Scheduler<Vec<u8>, Work> = Scheduler::new(spec.concurrency);
@@ -175,11 +188,16 @@ pub async fn run_processor<P: Processor>(
             biased;
             _ = shutdown.cancelled() => break,
             _ = lag_tick.tick() => record_lag(&consumer, &offsets, &group_label),
+            _ = txn_tick.tick(), if txn.is_some() => {
+                if let Some(t) = txn.as_mut() {
+                    commit_transaction(t, &consumer, &offsets, &spec).await?;
+                }
+            }
             Some(done) = done_rx.recv() => {
-                complete(&consumer, &mut offsets, &mut scheduler, &spec, done);
+                complete(&consumer, &mut offsets, &mut scheduler, &spec, done, txn.as_mut());
             }
             msg = consumer.recv() => {
-                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health);
+                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut());
                 match msg {
                     Ok(m) => {
                         consumed.inc();
@@ -200,7 +218,7 @@ pub async fn run_processor<P: Processor>(
                 }
             }
         }
-        apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health);
+        apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut());
     }
 
     // Shutdown: drop what has not started, let in-flight work finish within the grace period.
@@ -210,7 +228,7 @@ pub async fn run_processor<P: Processor>(
     let drain = async {
         while scheduler.running() > 0 {
             match done_rx.recv().await {
-                Some(done) => complete(&consumer, &mut offsets, &mut scheduler, &spec, done),
+                Some(done) => complete(&consumer, &mut offsets, &mut scheduler, &spec, done, txn.as_mut()),
                 None => break,
             }
         }
@@ -218,6 +236,9 @@ pub async fn run_processor<P: Processor>(
     if tokio::time::timeout(grace, drain).await.is_err() {
         tracing::warn!(processor = %spec.name, "grace period over; abandoning in-flight records (they will be redelivered)");
         workers_cancel.cancel();
+    }
+    if let Some(t) = txn.as_mut() {
+        commit_transaction(t, &consumer, &offsets, &spec).await?;
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
@@ -227,6 +248,27 @@ pub async fn run_processor<P: Processor>(
     consumer.unsubscribe();
     tracing::info!(processor = %spec.name, "processor stopped");
     Ok(())
+}
+
+/// Commits the pending transaction; an abortable failure is retried on the next tick, a fatal
+/// one (this producer was fenced) stops the processor.
+async fn commit_transaction(
+    t: &mut Transactions,
+    consumer: &StreamConsumer<RunnerContext>,
+    offsets: &HashMap<Tp, (u64, PartitionOffsets)>,
+    spec: &ProcessorSpec,
+) -> Result<(), RunnerError> {
+    match t.commit(consumer, offsets).await {
+        Ok(_) => Ok(()),
+        Err(KafkaError::Transaction(e)) if e.is_fatal() => {
+            tracing::error!(processor = %spec.name, error = %e, "transactional producer fenced or failed");
+            Err(RunnerError::Kafka(KafkaError::Transaction(e)))
+        }
+        Err(e) => {
+            tracing::warn!(processor = %spec.name, error = %e, "transaction aborted; retrying");
+            Ok(())
+        }
+    }
 }
 
 /// Publishes `devcycle_consumer_lag` for the assigned partitions: the broker's end offset (as
@@ -290,6 +332,7 @@ fn apply_rebalances(
     scheduler: &mut Scheduler<Vec<u8>, Work>,
     generation: &mut u64,
     health: &RunnerHealth,
+    mut txn: Option<&mut Transactions>,
 ) {
     let events = std::mem::take(&mut *consumer.context().events.lock().expect("lock"));
     for event in events {
@@ -305,6 +348,9 @@ fn apply_rebalances(
             RebalanceEvent::Revoked(list) => {
                 for tp in &list {
                     offsets.remove(tp);
+                    if let Some(t) = txn.as_deref_mut() {
+                        t.forget(tp);
+                    }
                 }
                 let dropped =
                     scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p));
@@ -321,10 +367,17 @@ fn complete(
     scheduler: &mut Scheduler<Vec<u8>, Work>,
     spec: &ProcessorSpec,
     done: Done,
+    txn: Option<&mut Transactions>,
 ) {
     scheduler.finish(done.key.as_ref());
     let Some((generation, tracker)) = offsets.get_mut(&done.tp) else { return };
     if *generation != done.generation {
+        return;
+    }
+    if let Some(t) = txn {
+        // Exactly-once: the outputs and the offset are committed by the next transaction.
+        t.hold(done.tp.clone(), done.offset, done.outputs);
+        tracker.complete(done.offset);
         return;
     }
     if let Some(position) = tracker.complete(done.offset) {
@@ -343,13 +396,19 @@ fn spawn_worker<P: Processor>(shared: Arc<Shared<P>>, work: Work, done_tx: mpsc:
         let tp = (work.msg.topic().to_string(), work.msg.partition());
         let offset = work.msg.offset();
         let cancel = shared.cancel.clone();
+        let publisher = if shared.transactional {
+            Publisher::Transactional(Arc::default())
+        } else {
+            Publisher::Direct(shared.producer.clone())
+        };
         let finished = tokio::select! {
             _ = cancel.cancelled() => false,
-            () = handle_record(&shared, &work.msg) => true,
+            () = handle_record(&shared, &work.msg, &publisher) => true,
         };
         // An abandoned record is never reported done: its offset stays uncommitted.
         if finished {
-            let _ = done_tx.send(Done { tp, offset, generation: work.generation, key }).await;
+            let outputs = publisher.take();
+            let _ = done_tx.send(Done { tp, offset, generation: work.generation, key, outputs }).await;
         }
     });
 }
@@ -362,7 +421,7 @@ fn backoff(policy: &crate::catalog::RetryPolicy, attempt: u32) -> Duration {
     Duration::from_millis(jitter)
 }
 
-fn meta_of(msg: &OwnedMessage, attempt: u32) -> RecordMeta {
+fn meta_of(msg: &OwnedMessage, attempt: u32, publisher: &Publisher) -> RecordMeta {
     let headers = msg
         .headers()
         .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
@@ -374,11 +433,12 @@ fn meta_of(msg: &OwnedMessage, attempt: u32) -> RecordMeta {
         key: msg.key().map(<[u8]>::to_vec),
         headers,
         attempt,
+        publisher: publisher.clone(),
     }
 }
 
 /// Runs one record to a durable end: processed, or dead-lettered.
-async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage) {
+async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage, publisher: &Publisher) {
     let spec = &shared.spec;
     let first_failure = chrono::Utc::now();
     // Decode at the edge; wait out an unreachable registry.
@@ -387,7 +447,7 @@ async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage) {
         match shared.processor.decode(msg.payload()).await {
             Ok(input) => break input,
             Err(DecodeError::Poison { class, message }) => {
-                let meta = meta_of(msg, 1);
+                let meta = meta_of(msg, 1, publisher);
                 dead_letter(shared, &meta, msg, class, &message, 1, first_failure).await;
                 return;
             }
@@ -400,7 +460,7 @@ async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage) {
     let mut attempt = 1u32;
     let mut waits = 0u32;
     loop {
-        let meta = meta_of(msg, attempt);
+        let meta = meta_of(msg, attempt, publisher);
         let err = match shared.processor.process(&input, &meta).await {
             Ok(()) => {
                 shared.health.degraded.store(false, AtomicOrdering::Relaxed);
@@ -475,7 +535,7 @@ async fn dead_letter<P: Processor>(
         headers: meta.headers.clone(),
     };
     let mut waits = 0u32;
-    while let Err(e) = letter.publish(&shared.producer, &shared.dead_letter_topic).await {
+    while let Err(e) = letter.publish(&meta.publisher, &shared.dead_letter_topic).await {
         waits += 1;
         wait_unavailable(shared, "kafka", &e.to_string(), waits).await;
     }

@@ -1,0 +1,146 @@
+//! Exactly-once mode: a transactional producer that publishes the outputs of finished records
+//! and commits their offsets in one Kafka transaction.
+//!
+//! Invariants: an output is committed only together with the offset that covers its record
+//! (outputs of records past the contiguous watermark wait for a later transaction), so a
+//! read_committed consumer sees each output once and never an aborted one; on an abortable
+//! error the transaction is aborted and retried with the same outputs; a fatal error (fenced)
+//! stops the processor.
+
+use super::publish::Output;
+use super::PartitionOffsets;
+use crate::kafka::client_config;
+use crate::settings::KafkaSettings;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+type Tp = (String, i32);
+
+pub struct Transactions {
+    producer: FutureProducer,
+    /// Outputs of finished records by partition and offset, not yet committed.
+    held: HashMap<Tp, BTreeMap<i64, Vec<Output>>>,
+    /// Last committed position per partition.
+    committed: HashMap<Tp, i64>,
+    timeout: Duration,
+}
+
+impl Transactions {
+    pub fn new(kafka: &KafkaSettings, name: &str, group: &str) -> Result<Transactions, KafkaError> {
+        let timeout = Duration::from_millis(kafka.request_timeout_ms);
+        let producer: FutureProducer = client_config(kafka, &format!("{name}-txn"))
+            .set("transactional.id", format!("{group}.{}", uuid::Uuid::new_v4()))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            // A crashed producer's open transaction blocks read_committed readers until it
+            // times out; keep that short.
+            .set("transaction.timeout.ms", "10000")
+            .create()?;
+        tokio::task::block_in_place(|| producer.init_transactions(timeout))?;
+        Ok(Transactions { producer, held: HashMap::new(), committed: HashMap::new(), timeout })
+    }
+
+    /// Holds the outputs of a finished record.
+    pub fn hold(&mut self, tp: Tp, offset: i64, outputs: Vec<Output>) {
+        self.held.entry(tp).or_default().insert(offset, outputs);
+    }
+
+    /// Forgets revoked partitions: their records are redelivered to the new owner.
+    pub fn forget(&mut self, tp: &Tp) {
+        self.held.remove(tp);
+        self.committed.remove(tp);
+    }
+
+    /// Commits the outputs and offsets of every partition whose watermark advanced.
+    pub async fn commit<C: ConsumerContext + 'static>(
+        &mut self,
+        consumer: &StreamConsumer<C>,
+        offsets: &HashMap<Tp, (u64, PartitionOffsets)>,
+    ) -> Result<usize, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        let mut batch: Vec<(Tp, i64)> = Vec::new();
+        for (tp, (_, tracker)) in offsets {
+            let Some(position) = tracker.position() else { continue };
+            if self.committed.get(tp).is_some_and(|c| *c >= position) {
+                continue;
+            }
+            if tracker.stored() != Some(position) {
+                // Nothing finished yet on this partition since the assignment.
+                continue;
+            }
+            tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(position))?;
+            batch.push((tp.clone(), position));
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let Some(cgm) = consumer.group_metadata() else { return Ok(0) };
+        let mut outputs: Vec<Output> = Vec::new();
+        for (tp, position) in &batch {
+            if let Some(held) = self.held.get(tp) {
+                outputs.extend(held.range(..position).flat_map(|(_, o)| o.iter().cloned()));
+            }
+        }
+        let count = outputs.len();
+        match self.run(&outputs, &tpl, &cgm).await {
+            Ok(()) => {
+                for (tp, position) in batch {
+                    if let Some(held) = self.held.get_mut(&tp) {
+                        *held = held.split_off(&position);
+                    }
+                    self.committed.insert(tp, position);
+                }
+                Ok(count)
+            }
+            Err(e) => {
+                let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+                if !fatal {
+                    let _ = tokio::task::block_in_place(|| self.producer.abort_transaction(self.timeout));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        outputs: &[Output],
+        tpl: &TopicPartitionList,
+        cgm: &rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()?;
+        let mut deliveries = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
+            for (k, v) in &o.headers {
+                headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
+            }
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&o.topic).headers(headers);
+            if let Some(k) = &o.key {
+                rec = rec.key(k.as_slice());
+            }
+            if let Some(v) = &o.value {
+                rec = rec.payload(v.as_slice());
+            }
+            deliveries.push(self.producer.send_result(rec).map_err(|(e, _)| e)?);
+        }
+        tokio::task::block_in_place(|| {
+            self.producer.send_offsets_to_transaction(tpl, cgm, self.timeout)?;
+            self.producer.commit_transaction(self.timeout)
+        })?;
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e),
+                Err(_) => return Err(KafkaError::Canceled),
+            }
+        }
+        Ok(())
+    }
+}
