@@ -504,7 +504,7 @@ async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage, pub
 async fn wait_unavailable<P: Processor>(shared: &Shared<P>, dependency: &str, message: &str, waits: u32) {
     shared.health.degraded.store(true, AtomicOrdering::Relaxed);
     let pause = Duration::from_millis((100u64 << waits.min(5)).min(3000));
-    if waits == 1 || waits % 10 == 0 {
+    if waits == 1 || waits.is_multiple_of(10) {
         tracing::warn!(processor = %shared.spec.name, dependency, error = message, waits, "dependency unavailable; waiting");
     }
     tokio::time::sleep(pause).await;
