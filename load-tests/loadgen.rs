@@ -66,7 +66,7 @@ fn root() -> PathBuf {
 }
 
 /// Settings isolated like tests/common: fresh namespace, schema and prefix, port 0. Pool sizes
-/// are the defaults (20 Postgres connections, 4 Redis), not the small test ones.
+/// are the product defaults (`LOADGEN_PG_POOL` overrides the Postgres pool), not the test ones.
 fn bench_settings() -> Settings {
     let mut env: BTreeMap<String, String> = std::env::vars().collect();
     env.insert("ENVIRONMENT".into(), "test".into());
@@ -77,7 +77,7 @@ fn bench_settings() -> Settings {
     s.kafka.namespace = format!("bench{short}.");
     s.database.schema = format!("bench_{short}");
     s.redis.key_prefix = format!("bench{short}:");
-    s.database.max_connections = 20;
+    s.database.max_connections = std::env::var("LOADGEN_PG_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     s.redis.pool_size = 4;
     s.paths.topics = root().join("topics");
     s.paths.schemas = root().join("schemas");

@@ -107,10 +107,13 @@ impl Producer {
         if let Some(p) = rec.partition {
             fr = fr.partition(p);
         }
-        let result = self.inner.send(fr, self.timeout).await;
-        let out = match result {
-            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
-            Err((e, _)) => Err(ProduceError::from_kafka(e)),
+        // librdkafka reports every record within message.timeout.ms; the outer bound guards
+        // against a report that never comes (e.g. a wedged connection after a broker restart).
+        let bound = self.timeout * 2 + Duration::from_secs(5);
+        let out = match tokio::time::timeout(bound, self.inner.send(fr, self.timeout)).await {
+            Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+            Ok(Err((e, _))) => Err(ProduceError::from_kafka(e)),
+            Err(_) => Err(ProduceError::Unavailable(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut))),
         };
         let err = out.as_ref().err().map(|e| crate::error_chain(e));
         RecordProduced { topic: rec.topic, elapsed: started.elapsed(), error: err }.emit();

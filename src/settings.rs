@@ -119,6 +119,9 @@ pub struct GatewaySettings {
     pub idempotency_ttl_secs: u64,
     pub receipt_ttl_secs: u64,
     pub schema_cache_secs: u64,
+    /// Per-user produce quotas through the gateway (0 disables).
+    pub quota_records_per_sec: u64,
+    pub quota_bytes_per_sec: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

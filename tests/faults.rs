@@ -108,6 +108,22 @@ impl World {
         self.children.push(child);
     }
 
+    /// Restarts processors that exited on their own, as a supervisor (Kubernetes) would.
+    fn restart_exited(&mut self) {
+        let mut exited = 0;
+        self.children.retain_mut(|c| match c.try_wait() {
+            Ok(Some(status)) => {
+                eprintln!("processor {} exited ({status}); restarting it", c.id());
+                exited += 1;
+                false
+            }
+            _ => true,
+        });
+        for _ in 0..exited {
+            self.spawn_processor();
+        }
+    }
+
     fn kill_one(&mut self, signal: i32) {
         if let Some(mut c) = self.children.pop() {
             unsafe { libc::kill(c.id() as i32, signal) };
@@ -172,9 +188,10 @@ impl World {
         r.map(|r| r.0).unwrap_or(-1)
     }
 
-    async fn wait_finished(&self, n: usize, within: Duration) {
+    async fn wait_finished(&mut self, n: usize, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
+            self.restart_exited();
             let done = self.finished().await;
             if done == n as i64 {
                 return;

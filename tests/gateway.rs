@@ -407,3 +407,29 @@ async fn kafka_down_is_503_and_the_idempotency_key_stays_usable() {
     broken.stop().await;
     healthy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_produce_quotas_answer_429_and_write_nothing() {
+    let app = ingress(|s| {
+        s.gateway.quota_records_per_sec = 3;
+        s.gateway.quota_bytes_per_sec = 100_000;
+    })
+    .await;
+    let batch =
+        |n: usize| json!({"records": (0..n).map(|_| json!({"value": request_value("echo")})).collect::<Vec<_>>()});
+    let (s, b) = app.post(RECORDS, &batch(3)).await;
+    assert_eq!(s, 200, "{b}");
+    // More records than the per-second quota can ever allow: refused, whatever the window.
+    let (s, h, b) = app.send(app.http.post(app.url(RECORDS)).json(&batch(4))).await;
+    assert_eq!((s, b["error"].as_str()), (429, Some("RATE_LIMITED")), "{b}");
+    assert!(h.contains_key("retry-after"), "{h:?}");
+    assert_eq!(record_count(&app), 3, "a refused request writes nothing");
+    app.stop().await;
+
+    let app = ingress(|s| s.gateway.quota_bytes_per_sec = 200).await;
+    let big = json!({"value": request_value("echo"), "key": "x".repeat(300)});
+    let (s, b) = app.post(RECORDS, &big).await;
+    assert_eq!((s, b["error"].as_str()), (429, Some("RATE_LIMITED")), "{b}");
+    assert_eq!(record_count(&app), 0);
+    app.stop().await;
+}

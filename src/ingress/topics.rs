@@ -245,6 +245,24 @@ enum Idem {
     Reserved { redis_key: String, hash: String },
 }
 
+/// Per-user produce quotas (records/s and bytes/s), shared by all ingress instances through
+/// Redis; over a quota the whole request is refused with 429 and Retry-After.
+async fn check_quota(ctx: &Ctx, records: usize, bytes: usize) -> Result<(), ApiError> {
+    use crate::auth::ratelimit::hit_n;
+    let g = &ctx.deps.settings.gateway;
+    let Some(user) = ctx.principal.as_ref().map(|p| p.id.clone()) else { return Ok(()) };
+    for (kind, n, limit) in [("records", records, g.quota_records_per_sec), ("bytes", bytes, g.quota_bytes_per_sec)] {
+        if limit == 0 {
+            continue;
+        }
+        let d = hit_n(&ctx.deps.cache, &format!("quota:{kind}:{user}"), n as u64, limit, 1).await?;
+        if !d.allowed {
+            return Err(ApiError::RateLimited(d));
+        }
+    }
+    Ok(())
+}
+
 pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let decl = match declared(ctx, topic)? {
         Ok(d) => d,
@@ -290,6 +308,9 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
             &ctx.request_id,
         ));
     }
+
+    let bytes: usize = records.iter().map(|r| r.to_string().len()).sum();
+    check_quota(ctx, records.len(), bytes).await?;
 
     // Idempotency: replay a stored answer, refuse a reused key with another body, or reserve.
     let mut idem = Idem::None;

@@ -33,6 +33,11 @@ use tokio_util::sync::CancellationToken;
 pub enum RunnerError {
     #[error("kafka consumer error: {0}")]
     Kafka(#[from] KafkaError),
+    /// Kafka errors and no record or completion for this long: the consumer has lost its way
+    /// (seen after broker restarts: librdkafka no longer reaches the group coordinator). The
+    /// process exits so its supervisor restarts it; nothing past the last checkpoint is lost.
+    #[error("consumer stalled: Kafka errors and no progress for {0:?}")]
+    Stalled(Duration),
 }
 
 /// What the runner reports to health probes.
@@ -70,8 +75,12 @@ impl ConsumerContext for RunnerContext {
     }
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
+            // librdkafka keeps a partition's pause flag across unassign/assign; set it to what
+            // the runner wants now, or a partition paused before a rebalance stays paused.
             if self.paused.load(AtomicOrdering::SeqCst) {
                 let _ = consumer.pause(list);
+            } else {
+                let _ = consumer.resume(list);
             }
             self.events.lock().expect("lock").push(RebalanceEvent::Assigned(tps(list)));
         }
@@ -169,6 +178,9 @@ pub async fn run_processor<P: Processor>(
     let mut generation: u64 = 0;
     let mut paused = false;
     let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
+    let stall_after = Duration::from_millis(kafka.session_timeout_ms * 6);
+    let mut last_progress = std::time::Instant::now();
+    let mut trouble_since: Option<std::time::Instant> = None;
 
     loop {
         while let Some((_, work)) = scheduler.start_next() {
@@ -187,19 +199,28 @@ pub async fn run_processor<P: Processor>(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = lag_tick.tick() => record_lag(&consumer, &offsets, &group_label),
+            _ = lag_tick.tick() => {
+                record_lag(&consumer, &offsets, &group_label);
+                if trouble_since.is_some_and(|t| t.elapsed() > stall_after) && last_progress.elapsed() > stall_after {
+                    tracing::error!(processor = %spec.name, "consumer stalled after Kafka errors; exiting for a restart");
+                    return Err(RunnerError::Stalled(stall_after));
+                }
+            }
             _ = txn_tick.tick(), if txn.is_some() => {
                 if let Some(t) = txn.as_mut() {
                     commit_transaction(t, &consumer, &offsets, &spec).await?;
                 }
             }
             Some(done) = done_rx.recv() => {
+                last_progress = std::time::Instant::now();
                 complete(&consumer, &mut offsets, &mut scheduler, &spec, done, txn.as_mut());
             }
             msg = consumer.recv() => {
                 apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut());
                 match msg {
                     Ok(m) => {
+                        last_progress = std::time::Instant::now();
+                        trouble_since = None;
                         consumed.inc();
                         let m = m.detach();
                         let tp = (m.topic().to_string(), m.partition());
@@ -212,6 +233,7 @@ pub async fn run_processor<P: Processor>(
                         scheduler.push(key, Work { msg: m, generation: entry.0 });
                     }
                     Err(e) => {
+                        trouble_since.get_or_insert_with(std::time::Instant::now);
                         tracing::warn!(processor = %spec.name, error = %e, "consumer error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
