@@ -50,6 +50,25 @@ impl ProduceError {
     }
 }
 
+/// The librdkafka record for an [`OutRecord`].
+pub fn future_record<'a>(rec: &'a OutRecord<'a>) -> FutureRecord<'a, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+    for (name, value) in &rec.headers {
+        headers = headers.insert(Header { key: name, value: Some(value.as_slice()) });
+    }
+    let mut fr: FutureRecord<'a, [u8], [u8]> = FutureRecord::to(rec.topic).headers(headers);
+    if let Some(k) = rec.key {
+        fr = fr.key(k);
+    }
+    if let Some(v) = rec.value {
+        fr = fr.payload(v);
+    }
+    if let Some(p) = rec.partition {
+        fr = fr.partition(p);
+    }
+    fr
+}
+
 /// The idempotent, acks=all producer shared by a process.
 #[derive(Clone)]
 pub struct Producer {
@@ -93,20 +112,7 @@ impl Producer {
     /// Produces one record and waits for its delivery report: (partition, offset).
     pub async fn send(&self, rec: OutRecord<'_>) -> Result<(i32, i64), ProduceError> {
         let started = Instant::now();
-        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-        for (name, value) in &rec.headers {
-            headers = headers.insert(Header { key: name, value: Some(value.as_slice()) });
-        }
-        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(rec.topic).headers(headers);
-        if let Some(k) = rec.key {
-            fr = fr.key(k);
-        }
-        if let Some(v) = rec.value {
-            fr = fr.payload(v);
-        }
-        if let Some(p) = rec.partition {
-            fr = fr.partition(p);
-        }
+        let fr = future_record(&rec);
         // librdkafka reports every record within message.timeout.ms; the outer bound guards
         // against a report that never comes (e.g. a wedged connection after a broker restart).
         let bound = self.timeout * 2 + Duration::from_secs(5);
@@ -125,20 +131,7 @@ impl Producer {
     /// refused locally; the returned future resolves to the broker's acknowledgement.
     pub fn enqueue(&self, rec: OutRecord<'_>, timestamp: Option<i64>) -> Result<Pending, ProduceError> {
         let started = Instant::now();
-        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
-        for (name, value) in &rec.headers {
-            headers = headers.insert(Header { key: name, value: Some(value.as_slice()) });
-        }
-        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(rec.topic).headers(headers);
-        if let Some(k) = rec.key {
-            fr = fr.key(k);
-        }
-        if let Some(v) = rec.value {
-            fr = fr.payload(v);
-        }
-        if let Some(p) = rec.partition {
-            fr = fr.partition(p);
-        }
+        let mut fr = future_record(&rec);
         if let Some(t) = timestamp {
             fr = fr.timestamp(t);
         }

@@ -181,22 +181,7 @@ fn list_params(query: Option<&str>) -> Result<(Option<String>, i64, i64), ApiErr
 }
 
 fn url_decode(s: &str) -> String {
-    let bytes = s.replace('+', " ").into_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::router::percent_decode(&s.replace('+', " "))
 }
 
 pub async fn list(ctx: &Ctx, query: Option<&str>) -> Result<HttpResponse, ApiError> {

@@ -9,12 +9,11 @@
 
 use super::publish::Output;
 use super::PartitionOffsets;
-use crate::kafka::client_config;
+use crate::kafka::{client_config, future_record, OutRecord};
 use crate::settings::KafkaSettings;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -117,18 +116,14 @@ impl Transactions {
         self.producer.begin_transaction()?;
         let mut deliveries = Vec::with_capacity(outputs.len());
         for o in outputs {
-            let mut headers = OwnedHeaders::new_with_capacity(o.headers.len());
-            for (k, v) in &o.headers {
-                headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
-            }
-            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&o.topic).headers(headers);
-            if let Some(k) = &o.key {
-                rec = rec.key(k.as_slice());
-            }
-            if let Some(v) = &o.value {
-                rec = rec.payload(v.as_slice());
-            }
-            deliveries.push(self.producer.send_result(rec).map_err(|(e, _)| e)?);
+            let rec = OutRecord {
+                topic: &o.topic,
+                key: o.key.as_deref(),
+                value: o.value.as_deref(),
+                headers: o.headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
+                partition: None,
+            };
+            deliveries.push(self.producer.send_result(future_record(&rec)).map_err(|(e, _)| e)?);
         }
         tokio::task::block_in_place(|| {
             self.producer.send_offsets_to_transaction(tpl, cgm, self.timeout)?;
