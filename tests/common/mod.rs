@@ -72,6 +72,8 @@ impl TestApp {
     pub async fn start(deps: Arc<Deps>, mode: Mode) -> TestApp {
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        // A processor process serves only probes and metrics (no API, no login).
+        let serves_api = !matches!(mode, Mode::Process(_));
         let handle = tokio::spawn(app::run_with(deps.clone(), mode, shutdown.clone(), Some(tx)));
         let addr = tokio::time::timeout(Duration::from_secs(30), rx)
             .await
@@ -84,9 +86,11 @@ impl TestApp {
             .build()
             .unwrap();
         let mut app = TestApp { addr, deps, http, token: String::new(), admin_email: String::new(), shutdown, handle };
-        let (email, token) = app.user_token("admin").await;
-        app.token = token;
-        app.admin_email = email;
+        if serves_api {
+            let (email, token) = app.user_token("admin").await;
+            app.token = token;
+            app.admin_email = email;
+        }
         app
     }
 
