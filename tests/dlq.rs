@@ -65,19 +65,7 @@ async fn retried_then_dead_lettered_then_replayed_once_fixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_agent_from_a_raw_producer_is_dead_lettered() {
     let app = TestApp::spawn().await;
-    let req = devcycle::domain::TaskRequest {
-        task_id: uuid::Uuid::new_v4(),
-        agent: "ghost".into(),
-        input: json!({}),
-        priority: 0,
-        submitted_by: None,
-        submitted_at: chrono::Utc::now(),
-        deadline: None,
-        request_id: None,
-        traceparent: None,
-        tracestate: None,
-        attempt: 1,
-    };
+    let req = devcycle::domain::TaskRequest::new("ghost", json!({}));
     let topic = app.topic("devcycle.task-requests");
     let bytes = app.deps.codec.encode_request(&topic, &req).await.unwrap();
     let key = req.task_id.to_string();

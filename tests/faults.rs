@@ -14,7 +14,6 @@ mod common;
 use devcycle::catalog::Catalog;
 use devcycle::domain::TaskRequest;
 use devcycle::settings::Settings;
-use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use serde_json::json;
@@ -154,17 +153,8 @@ impl World {
             let mut pending = Vec::new();
             for i in 0..500.min(n - chunk * 500) {
                 let req = TaskRequest {
-                    task_id: Uuid::new_v4(),
-                    agent: "sleep".into(),
-                    input: json!({"ms": ms, "i": chunk * 500 + i}),
-                    priority: 0,
                     submitted_by: Some("faults".into()),
-                    submitted_at: chrono::Utc::now(),
-                    deadline: None,
-                    request_id: None,
-                    traceparent: None,
-                    tracestate: None,
-                    attempt: 1,
+                    ..TaskRequest::new("sleep", json!({"ms": ms, "i": chunk * 500 + i}))
                 };
                 let bytes = self.codec.encode_request(&topic, &req).await.unwrap();
                 ids.push(req.task_id);
@@ -219,14 +209,7 @@ impl World {
         assert_eq!((finals, distinct), (n, n), "exactly one final transition per task (no duplicate effects)");
 
         // Every task id on the results topic, and never two different outcomes for one task.
-        let consumer: rdkafka::consumer::StreamConsumer =
-            devcycle::kafka::client_config(&self.settings.kafka, "faults-verify")
-                .set("group.id", format!("{}verify-{}", self.settings.kafka.namespace, Uuid::new_v4()))
-                .set("auto.offset.reset", "earliest")
-                .set("enable.auto.commit", "false")
-                .create()
-                .unwrap();
-        consumer.subscribe(&[&self.topic("devcycle.task-results")]).unwrap();
+        let consumer = common::reader(&self.settings, &self.topic("devcycle.task-results"));
         let want: BTreeSet<Uuid> = ids.iter().copied().collect();
         let mut outcomes: BTreeMap<Uuid, BTreeSet<String>> = BTreeMap::new();
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -244,16 +227,7 @@ impl World {
 
     /// Exactly-once: every task's result is on the results topic exactly once (read_committed).
     async fn verify_exactly_once(&self, ids: &[Uuid]) {
-        let consumer: rdkafka::consumer::StreamConsumer =
-            devcycle::kafka::client_config(&self.settings.kafka, "faults-eos")
-                .set("group.id", format!("{}eos-{}", self.settings.kafka.namespace, Uuid::new_v4()))
-                .set("auto.offset.reset", "earliest")
-                .set("enable.auto.commit", "false")
-                .set("isolation.level", "read_committed")
-                .create()
-                .unwrap();
-        let topic = self.topic("devcycle.task-results");
-        consumer.subscribe(&[&topic]).unwrap();
+        let consumer = common::reader(&self.settings, &self.topic("devcycle.task-results"));
         let mut counts: BTreeMap<Uuid, usize> = BTreeMap::new();
         let mut read = 0usize;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -445,12 +419,7 @@ async fn poison_pills_interleaved_with_good_records() {
     w.spawn_processor();
     w.wait_finished(ids.len(), Duration::from_secs(300)).await;
     // Every poison pill is on the dead-letter topic.
-    let consumer: rdkafka::consumer::StreamConsumer = devcycle::kafka::client_config(&w.settings.kafka, "dlq-check")
-        .set("group.id", format!("{}dlq-{}", w.settings.kafka.namespace, Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&w.topic("devcycle.dead-letters")]).unwrap();
+    let consumer = common::reader(&w.settings, &w.topic("devcycle.dead-letters"));
     let mut seen = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.len() < poisons {

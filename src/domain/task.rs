@@ -91,6 +91,25 @@ pub struct TaskRequest {
     pub attempt: i32,
 }
 
+impl TaskRequest {
+    /// A new first-attempt request with a fresh task id, submitted now; optional fields empty.
+    pub fn new(agent: impl Into<String>, input: serde_json::Value) -> Self {
+        TaskRequest {
+            task_id: Uuid::new_v4(),
+            agent: agent.into(),
+            input,
+            priority: 0,
+            submitted_by: None,
+            submitted_at: Utc::now(),
+            deadline: None,
+            request_id: None,
+            traceparent: None,
+            tracestate: None,
+            attempt: 1,
+        }
+    }
+}
+
 /// The outcome of a task, as published on the results topic (key: task id).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskResult {

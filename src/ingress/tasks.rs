@@ -71,17 +71,13 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         None => return Err(ApiError::validation("agent", format!("unknown agent `{}`", sub.agent))),
     }
     let request = TaskRequest {
-        task_id: Uuid::new_v4(),
-        agent: sub.agent,
-        input: sub.input,
         priority: sub.priority,
         submitted_by: ctx.principal.as_ref().map(|p| p.id.clone()),
-        submitted_at: Utc::now(),
         deadline: sub.deadline,
         request_id: Some(ctx.request_id.clone()),
         traceparent: traceparent.clone(),
         tracestate,
-        attempt: 1,
+        ..TaskRequest::new(sub.agent, sub.input)
     };
     let topic = deps.catalog.topic_name(REQUESTS_TOPIC);
     let retry_after = deps.settings.http.retry_after_secs;

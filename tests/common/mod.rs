@@ -196,15 +196,7 @@ impl TestApp {
 
     /// A read_committed consumer of `topic` from the beginning, in its own group.
     pub fn consumer(&self, topic: &str) -> StreamConsumer {
-        let c: StreamConsumer = devcycle::kafka::client_config(&self.deps.settings.kafka, "test-reader")
-            .set("group.id", format!("{}reader-{}", self.deps.settings.kafka.namespace, Uuid::new_v4()))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .unwrap();
-        c.subscribe(&[topic]).unwrap();
-        c
+        reader(&self.deps.settings, topic)
     }
 
     pub async fn stop(self) {
@@ -212,6 +204,20 @@ impl TestApp {
         let r = tokio::time::timeout(Duration::from_secs(60), self.handle).await.expect("stops in time");
         r.expect("no panic").expect("clean stop");
     }
+}
+
+/// A read_committed consumer of `topic` from the beginning, in a group of its own within the
+/// settings' namespace.
+pub fn reader(settings: &Settings, topic: &str) -> StreamConsumer {
+    let c: StreamConsumer = devcycle::kafka::client_config(&settings.kafka, "test-reader")
+        .set("group.id", format!("{}reader-{}", settings.kafka.namespace, Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
 }
 
 pub fn header_pairs(m: &impl Message) -> Vec<(String, String)> {
