@@ -5,6 +5,7 @@
 //! applied under sqlx's migration lock.
 
 pub mod agents;
+pub mod batch;
 pub mod tasks;
 pub mod users;
 

@@ -12,7 +12,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-const COLUMNS: &str = "task_id, agent, status, attempts, priority, input, output, error, error_class, \
+pub(crate) const COLUMNS: &str = "task_id, agent, status, attempts, priority, input, output, error, error_class, \
     submitted_by, request_id, traceparent, deadline, created_at, started_at, finished_at, updated_at, \
     source_topic, source_partition, source_offset";
 
@@ -40,7 +40,7 @@ pub struct TaskRow {
     pub source_offset: Option<i64>,
 }
 
-fn row_to_task(r: &PgRow) -> Result<TaskRow, DbError> {
+pub(crate) fn row_to_task(r: &PgRow) -> Result<TaskRow, DbError> {
     let status: String = r.try_get("status")?;
     Ok(TaskRow {
         task_id: r.try_get("task_id")?,
@@ -80,6 +80,18 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<TaskRow>, DbError> {
         .fetch_optional(pool)
         .await?;
     row.as_ref().map(row_to_task).transpose()
+}
+
+/// The rows of `ids` that exist, in no particular order.
+pub async fn get_many<'e, E>(executor: E, ids: &[Uuid]) -> Result<Vec<TaskRow>, DbError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let rows = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE task_id = ANY($1)")))
+        .bind(ids)
+        .fetch_all(executor)
+        .await?;
+    rows.iter().map(row_to_task).collect()
 }
 
 pub enum Start {
@@ -227,18 +239,27 @@ pub async fn finish(
 }
 
 async fn insert_event(tx: &mut Transaction<'_, Postgres>, e: &TaskEvent) -> Result<(), DbError> {
+    insert_events(tx, std::slice::from_ref(e)).await
+}
+
+/// Appends events in one statement.
+pub(crate) async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[TaskEvent]) -> Result<(), DbError> {
+    if events.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO task_events (event_id, task_id, from_status, to_status, attempt, message, request_id, at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[],
+                              $8::timestamptz[])",
     )
-    .bind(e.event_id)
-    .bind(e.task_id)
-    .bind(e.from_status.map(|s| s.as_str()))
-    .bind(e.to_status.as_str())
-    .bind(e.attempt)
-    .bind(&e.message)
-    .bind(&e.request_id)
-    .bind(e.at)
+    .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.task_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.from_status.map(|s| s.as_str())).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.to_status.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.attempt).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.message.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.request_id.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

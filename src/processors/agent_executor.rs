@@ -3,16 +3,20 @@
 //! Per task: `running` (Postgres + event, then Redis and the events topic), the executor, then
 //! the final status in Postgres (idempotent, keyed by task id), the TaskResult on the results
 //! topic (key: task id), the TaskEvent, and Redis. Returns only when all of that is durable.
+//! Postgres transitions are group-committed across tasks ([`TaskWriter`]); agent definitions
+//! are memoized per process ([`AgentMemo`]).
 //!
 //! Invariants: a task already final in Postgres is never run again; its stored result is
 //! re-published unchanged (a crash may have happened between the Postgres write and the
 //! produce), so every finished task is on the results topic and never with a second outcome.
 
+use super::agent_memo::AgentMemo;
 use super::launch_with;
 use crate::app::Deps;
 use crate::avro::DecodeError;
 use crate::cache::Cache;
 use crate::catalog::ProcessorSpec;
+use crate::db::batch::TaskWriter;
 use crate::db::tasks::{self, Outcome, Source, Start, TaskRow};
 use crate::domain::{Agent, AgentStatus, TaskEvent, TaskRequest, TaskResult, TaskStatus};
 use crate::events::TaskExecuted;
@@ -38,6 +42,8 @@ pub fn launch(
     let processor = AgentExecutor {
         results_topic: deps.catalog.topic_name(&spec.outputs.results),
         events_topic: deps.catalog.topic_name(&spec.outputs.events),
+        writer: TaskWriter::spawn(deps.pool.clone()),
+        agents: AgentMemo::default(),
         deps: deps.clone(),
         spec: spec.clone(),
         running: running.clone(),
@@ -69,6 +75,8 @@ pub struct AgentExecutor {
     results_topic: String,
     events_topic: String,
     running: Running,
+    writer: TaskWriter,
+    agents: AgentMemo,
 }
 
 fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
@@ -77,12 +85,17 @@ fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
 
 impl AgentExecutor {
     async fn agent(&self, name: &str) -> Result<Option<Agent>, ProcessError> {
+        if let Some(a) = self.agents.get(name) {
+            return Ok(Some(a));
+        }
         if let Ok(Some(a)) = self.deps.cache.get_agent(name).await {
+            self.agents.put(&a);
             return Ok(Some(a));
         }
         let agent = crate::db::agents::get(&self.deps.pool, name).await?;
         if let Some(a) = &agent {
             let _ = self.deps.cache.put_agent(a).await;
+            self.agents.put(a);
         }
         Ok(agent)
     }
@@ -191,7 +204,7 @@ impl AgentExecutor {
         src: &Source,
         outcome: Outcome,
     ) -> Result<(), ProcessError> {
-        let (row, event) = tasks::finish(&self.deps.pool, req, src, &outcome).await?;
+        let (row, event) = self.writer.finish(req, src, &outcome).await?;
         let event = match event {
             Some(e) => Some(e),
             // Already final: re-publish what was recorded, unchanged.
@@ -237,16 +250,21 @@ impl Processor for AgentExecutor {
 impl AgentExecutor {
     async fn run_task(&self, req: &TaskRequest, meta: &RecordMeta) -> Result<(), ProcessError> {
         let src = source(meta);
-        if let Some(existing) = tasks::get(&self.deps.pool, req.task_id).await? {
-            if existing.status.is_terminal() {
-                let event = tasks::last_event(&self.deps.pool, req.task_id).await?;
-                return self.publish_final(&meta.publisher, &existing, event.as_ref()).await;
-            }
-        }
         let agent = match self.agent(&req.agent).await? {
             Some(a) if a.status == AgentStatus::Active => a,
-            Some(_) => return Err(permanent("agent_disabled", format!("agent `{}` is disabled", req.agent))),
-            None => return Err(permanent("unknown_agent", format!("agent `{}` does not exist", req.agent))),
+            other => {
+                // A task that already ended keeps its outcome even if its agent changed since.
+                if let Some(existing) = tasks::get(&self.deps.pool, req.task_id).await? {
+                    if existing.status.is_terminal() {
+                        let event = tasks::last_event(&self.deps.pool, req.task_id).await?;
+                        return self.publish_final(&meta.publisher, &existing, event.as_ref()).await;
+                    }
+                }
+                return Err(match other {
+                    Some(_) => permanent("agent_disabled", format!("agent `{}` is disabled", req.agent)),
+                    None => permanent("unknown_agent", format!("agent `{}` does not exist", req.agent)),
+                });
+            }
         };
         if req.deadline.is_some_and(|d| d <= chrono::Utc::now()) {
             let outcome = Outcome {
@@ -257,12 +275,22 @@ impl AgentExecutor {
             };
             return self.conclude(&meta.publisher, req, &src, outcome).await;
         }
-        let (row, event) = match tasks::start(&self.deps.pool, req, &src).await? {
-            Start::Finished(row) => {
+        // The token is registered before `running` is written: a cancel committed before the
+        // start is seen by the start (the row is final), one committed after it reaches the token.
+        let token = CancellationToken::new();
+        self.running.lock().expect("lock").insert(req.task_id, token.clone());
+        let started = self.writer.start(req, &src).await;
+        let (row, event) = match started {
+            Ok(Start::Started(row, event)) => (row, event),
+            Ok(Start::Finished(row)) => {
+                self.running.lock().expect("lock").remove(&req.task_id);
                 let event = tasks::last_event(&self.deps.pool, row.task_id).await?;
                 return self.publish_final(&meta.publisher, &row, event.as_ref()).await;
             }
-            Start::Started(row, event) => (row, event),
+            Err(e) => {
+                self.running.lock().expect("lock").remove(&req.task_id);
+                return Err(e.into());
+            }
         };
         // `running` is recorded in Postgres; Redis and the event are best effort here (the final
         // state is always published), so an outage cannot make the task run twice.
@@ -271,18 +299,9 @@ impl AgentExecutor {
             tracing::warn!(task_id = %req.task_id, error = %err, "publishing `running` failed");
         }
         let started = Instant::now();
-        let token = CancellationToken::new();
-        self.running.lock().expect("lock").insert(req.task_id, token.clone());
-        // A cancel that landed between `start` and registering the token.
-        let cancelled_already =
-            tasks::get(&self.deps.pool, req.task_id).await?.is_some_and(|t| t.status == TaskStatus::Cancelled);
-        let result = if cancelled_already {
-            None
-        } else {
-            tokio::select! {
-                r = self.deps.executors.execute(&agent, &req.input, self.timeout_for(&agent)) => Some(r),
-                _ = token.cancelled() => None,
-            }
+        let result = tokio::select! {
+            r = self.deps.executors.execute(&agent, &req.input, self.timeout_for(&agent)) => Some(r),
+            _ = token.cancelled() => None,
         };
         self.running.lock().expect("lock").remove(&req.task_id);
         let Some(result) = result else {
@@ -312,7 +331,7 @@ impl AgentExecutor {
                         error: Some(message.clone()),
                         error_class: Some(class.clone()),
                     };
-                    let (row, event) = tasks::finish(&self.deps.pool, req, &src, &retry).await?;
+                    let (row, event) = self.writer.finish(req, &src, &retry).await?;
                     if let Some(ev) = &event {
                         let _ = tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, ev));
                     }

@@ -1,0 +1,100 @@
+//! The group-commit writer against real Postgres (a fresh schema per test): many concurrent
+//! transitions land in few transactions with the per-task semantics of `tasks::start/finish`.
+
+mod common;
+
+use devcycle::db::batch::TaskWriter;
+use devcycle::db::tasks::{self, Outcome, Source, Start};
+use devcycle::domain::{TaskRequest, TaskStatus};
+use serde_json::json;
+
+fn src(offset: i64) -> Source {
+    Source { topic: "t".into(), partition: 0, offset }
+}
+
+fn succeeded(n: i64) -> Outcome {
+    Outcome { status: TaskStatus::Succeeded, output: Some(json!({ "n": n })), error: None, error_class: None }
+}
+
+#[tokio::test]
+async fn concurrent_transitions_keep_per_task_semantics() {
+    let deps = devcycle::app::Deps::connect(common::test_settings()).await.expect("connect");
+    let pool = deps.pool.clone();
+    let writer = TaskWriter::spawn(pool.clone());
+    let reqs: Vec<TaskRequest> = (0..300).map(|i| TaskRequest::new("echo", json!({ "i": i }))).collect();
+
+    let sources: Vec<Source> = (0..300).map(src).collect();
+    // 300 starts at once, each task twice (a redelivery racing the first delivery).
+    let starts = futures::future::join_all(
+        reqs.iter().zip(&sources).flat_map(|(r, s)| [writer.start(r, s), writer.start(r, s)]),
+    )
+    .await;
+    for s in &starts {
+        match s.as_ref().expect("start") {
+            Start::Started(row, event) => {
+                assert_eq!(row.status, TaskStatus::Running);
+                assert_eq!(event.to_status, TaskStatus::Running);
+            }
+            Start::Finished(_) => panic!("nothing is final yet"),
+        }
+    }
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("SELECT attempts FROM tasks ORDER BY attempts").fetch_all(&pool).await.unwrap();
+    assert_eq!(attempts.len(), 300);
+    assert!(attempts.iter().all(|a| *a == 2), "each task started twice: {attempts:?}");
+
+    // Finish them all; then a second, different outcome must change nothing.
+    let outcomes: Vec<Outcome> = (0..300).map(succeeded).collect();
+    let finishes =
+        futures::future::join_all(reqs.iter().zip(&sources).zip(&outcomes).map(|((r, s), o)| writer.finish(r, s, o)))
+            .await;
+    for (i, f) in finishes.into_iter().enumerate() {
+        let (row, event) = f.expect("finish");
+        assert_eq!(row.status, TaskStatus::Succeeded);
+        assert_eq!(row.output, Some(json!({ "n": i })));
+        assert_eq!(event.expect("changed").from_status, Some(TaskStatus::Running));
+    }
+    let failed = Outcome {
+        status: TaskStatus::Failed,
+        output: None,
+        error: Some("late".into()),
+        error_class: Some("late".into()),
+    };
+    let again = futures::future::join_all(reqs.iter().map(|r| writer.finish(r, &sources[0], &failed))).await;
+    for (i, a) in again.into_iter().enumerate() {
+        let (row, event) = a.expect("finish again");
+        assert_eq!((row.status, row.output), (TaskStatus::Succeeded, Some(json!({ "n": i }))));
+        assert!(event.is_none(), "a final task records no new event");
+    }
+    let restart = writer.start(&reqs[0], &src(0)).await.expect("start after finish");
+    assert!(matches!(restart, Start::Finished(row) if row.status == TaskStatus::Succeeded));
+
+    // queued→running twice (running→running), then running→succeeded: 3 events per task.
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM task_events").fetch_one(&pool).await.unwrap();
+    assert_eq!(events, 900);
+    let seq = tasks::events(&pool, reqs[7].task_id).await.unwrap();
+    assert_eq!(seq.last().map(|(_, to, _)| to.as_str()), Some("succeeded"));
+}
+
+#[tokio::test]
+async fn one_bad_row_fails_only_its_own_caller() {
+    let deps = devcycle::app::Deps::connect(common::test_settings()).await.expect("connect");
+    let writer = TaskWriter::spawn(deps.pool.clone());
+    let good: Vec<TaskRequest> = (0..50).map(|i| TaskRequest::new("echo", json!({ "i": i }))).collect();
+    // No such agent: the row breaks the foreign key, in the same batch as the good ones.
+    let bad = TaskRequest::new("no-such-agent", json!({}));
+    let mut all: Vec<&TaskRequest> = good.iter().collect();
+    all.insert(25, &bad);
+    let one = src(1);
+    let out = futures::future::join_all(all.iter().map(|r| writer.start(r, &one))).await;
+    for (r, o) in all.iter().zip(out) {
+        if r.task_id == bad.task_id {
+            assert!(o.is_err(), "the unknown agent's start fails");
+        } else {
+            assert!(matches!(o, Ok(Start::Started(..))), "the others start");
+        }
+    }
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'running'").fetch_one(&deps.pool).await.unwrap();
+    assert_eq!(n, 50);
+}
