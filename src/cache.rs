@@ -1,14 +1,17 @@
-//! Redis: hot task status and cached agent metadata.
+//! Redis: hot task status and cached agent metadata (with a short per-process memo in front,
+//! [`AgentMemo`], so hot paths do not ask Redis for the same agent on every task).
 //!
 //! Invariants: every key starts with the configured prefix (tests get one each) and has a TTL
 //! (task status: `task_status_ttl_secs`; agents: the spec's 30 minutes); Redis is a cache of
 //! Postgres, never the only copy of anything, so a lost key only costs a Postgres read. Every
 //! command is bounded by `timeout_ms` so an unavailable Redis fails fast.
 
+use crate::agent_memo::AgentMemo;
 use crate::domain::{Agent, TaskStatus};
 use crate::settings::RedisSettings;
 use fred::prelude::*;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -22,6 +25,7 @@ pub struct Cache {
     prefix: String,
     status_ttl: i64,
     agent_ttl: i64,
+    memo: Arc<AgentMemo>,
 }
 
 /// The hot status of a task as kept in Redis (all fields optional but `status`).
@@ -46,6 +50,7 @@ impl Cache {
             prefix: s.key_prefix.clone(),
             status_ttl: s.task_status_ttl_secs as i64,
             agent_ttl: s.agent_cache_ttl_secs as i64,
+            memo: Arc::default(),
         })
     }
 
@@ -59,9 +64,8 @@ impl Cache {
     /// Writes the given fields of a task's status hash and refreshes its TTL, in one round trip.
     pub async fn set_status(&self, id: Uuid, fields: Vec<(&str, String)>) -> Result<(), CacheError> {
         let key = self.task_key(id);
-        let map: HashMap<String, String> = fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         let pipe = self.pool.next().pipeline();
-        let _: () = pipe.hset(&key, map).await?;
+        let _: () = pipe.hset(&key, fields).await?;
         let _: () = pipe.expire(&key, self.status_ttl, None).await?;
         let _: Vec<Value> = pipe.all().await?;
         Ok(())
@@ -101,11 +105,19 @@ impl Cache {
     }
 
     pub async fn get_agent(&self, name: &str) -> Result<Option<Agent>, CacheError> {
+        if let Some(a) = self.memo.get(name) {
+            return Ok(Some(a));
+        }
         let v: Option<String> = self.pool.get(self.agent_key(name)).await?;
-        Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
+        let agent: Option<Agent> = v.and_then(|s| serde_json::from_str(&s).ok());
+        if let Some(a) = &agent {
+            self.memo.put(a);
+        }
+        Ok(agent)
     }
 
     pub async fn put_agent(&self, agent: &Agent) -> Result<(), CacheError> {
+        self.memo.put(agent);
         let json = serde_json::to_string(agent).expect("agent serializes");
         let _: () =
             self.pool.set(self.agent_key(&agent.name), json, Some(Expiration::EX(self.agent_ttl)), None, false).await?;
@@ -113,6 +125,7 @@ impl Cache {
     }
 
     pub async fn forget_agent(&self, name: &str) -> Result<(), CacheError> {
+        self.memo.forget(name);
         let _: i64 = self.pool.del(self.agent_key(name)).await?;
         Ok(())
     }

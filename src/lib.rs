@@ -5,6 +5,7 @@
 //! Redis ([`cache`]), and publish TaskResults and TaskEvents. [`app::run`] wires it together;
 //! `main.rs` only parses arguments, loads [`settings`] and starts [`telemetry`].
 
+pub mod agent_memo;
 pub mod app;
 pub mod auth;
 pub mod avro;

@@ -17,6 +17,19 @@ pub struct AgentWrite {
     pub status: AgentStatus,
 }
 
+/// An agent for a hot path: the cache (process memo, then Redis) first, then this table,
+/// caching what it finds. A Redis outage only costs the Postgres read.
+pub async fn load(pool: &PgPool, cache: &crate::cache::Cache, name: &str) -> Result<Option<Agent>, DbError> {
+    if let Ok(Some(a)) = cache.get_agent(name).await {
+        return Ok(Some(a));
+    }
+    let agent = get(pool, name).await?;
+    if let Some(a) = &agent {
+        let _ = cache.put_agent(a).await;
+    }
+    Ok(agent)
+}
+
 fn row_to_agent(r: &PgRow) -> Result<Agent, DbError> {
     let executor: String = r.try_get("executor")?;
     let status: String = r.try_get("status")?;

@@ -17,16 +17,9 @@ const FIELDS: &[&str] = &["name", "executor", "config", "description", "status"]
 const MAX_DESCRIPTION: usize = 2000;
 const MAX_PER_PAGE: i64 = 100;
 
-/// Loads an agent: Redis cache, then Postgres (and caches it).
+/// Loads an agent: process memo, Redis cache, then Postgres (and caches it).
 pub async fn load(ctx: &Ctx, name: &str) -> Result<Option<Agent>, ApiError> {
-    if let Ok(Some(a)) = ctx.deps.cache.get_agent(name).await {
-        return Ok(Some(a));
-    }
-    let agent = repo::get(&ctx.deps.pool, name).await?;
-    if let Some(a) = &agent {
-        let _ = ctx.deps.cache.put_agent(a).await;
-    }
-    Ok(agent)
+    Ok(repo::load(&ctx.deps.pool, &ctx.deps.cache, name).await?)
 }
 
 fn validate_config(executor: ExecutorKind, config: &Value) -> Result<(), ApiError> {

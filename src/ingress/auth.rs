@@ -51,7 +51,8 @@ fn actor(ctx: &Ctx) -> Option<&str> {
     ctx.principal.as_ref().map(|p| p.id.as_str())
 }
 
-/// The principal of a request's `Authorization: Bearer` token.
+/// The principal of a request's `Authorization: Bearer` token, before the revocation check
+/// ([`ensure_not_revoked`]), which callers run alongside their other Redis work.
 pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").trim();
     let token = match value.split_once(' ') {
@@ -74,9 +75,6 @@ pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, A
     }
     let claims = core::verify_access(deps.settings.secret_key.expose(), deps.settings.auth.leeway_secs, token)
         .map_err(|_| ApiError::Unauthorized("invalid or expired token".into()))?;
-    if core::is_denied(&deps.cache, &claims.jti).await? {
-        return Err(ApiError::Unauthorized("token revoked".into()));
-    }
     Ok(Principal {
         id: claims.sub,
         email: Some(claims.email),
@@ -85,6 +83,17 @@ pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, A
         jti: Some(claims.jti),
         exp: Some(claims.exp),
     })
+}
+
+/// Refuses an access token that was revoked (logout, session end); service tokens were
+/// checked against Postgres by [`authenticate`] already.
+pub async fn ensure_not_revoked(ctx: &Ctx, principal: &Principal) -> Result<(), ApiError> {
+    match &principal.jti {
+        Some(jti) if core::is_denied(&ctx.deps.cache, jti).await? => {
+            Err(ApiError::Unauthorized("token revoked".into()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The logged-in user behind the request (not a service token).

@@ -205,8 +205,34 @@ async fn admit(
     }
     let principal = auth::authenticate(ctx, req.headers()).await?;
     span.record("user_id", principal.id.as_str());
+    let permitted = match access {
+        Access::Permission(p) => principal.can(p),
+        _ => true,
+    };
+    // The revocation check and the rate-limit counts go to Redis together (one round trip);
+    // a refused request (revoked, forbidden) is not counted.
+    let counted = permitted && rl.enabled && matches!(class, RateClass::Api | RateClass::Submit);
+    let api_bucket = format!("api:user:{}", principal.id);
+    let submit_bucket = format!("submit:user:{}", principal.id);
+    let cache = &ctx.deps.cache;
+    let (revoked, api, submit) = tokio::join!(
+        auth::ensure_not_revoked(ctx, &principal),
+        async {
+            match counted {
+                true => Some(hit(cache, &api_bucket, rl.api_per_window, rl.window_secs).await),
+                false => None,
+            }
+        },
+        async {
+            match counted && class == RateClass::Submit {
+                true => Some(hit(cache, &submit_bucket, rl.submit_per_window, rl.window_secs).await),
+                false => None,
+            }
+        },
+    );
+    revoked?;
     if let Access::Permission(p) = access {
-        if !principal.can(p) {
+        if !permitted {
             ctx.principal = Some(principal);
             let details =
                 serde_json::json!({"permission": p, "path": req.uri().path(), "method": req.method().as_str()});
@@ -215,13 +241,8 @@ async fn admit(
             return Err(ApiError::Forbidden(format!("permission `{p}` is required")));
         }
     }
-    if rl.enabled && matches!(class, RateClass::Api | RateClass::Submit) {
-        let bucket = format!("api:user:{}", principal.id);
-        count(hit(&ctx.deps.cache, &bucket, rl.api_per_window, rl.window_secs).await?)?;
-        if class == RateClass::Submit {
-            let bucket = format!("submit:user:{}", principal.id);
-            count(hit(&ctx.deps.cache, &bucket, rl.submit_per_window, rl.window_secs).await?)?;
-        }
+    for decision in [api, submit].into_iter().flatten() {
+        count(decision?)?;
     }
     ctx.principal = Some(principal);
     Ok(shown)

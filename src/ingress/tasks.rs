@@ -2,8 +2,9 @@
 //! `GET /v1/tasks/{id}` (status: Redis first, Postgres as the record).
 //!
 //! Invariants: a submission is answered 202 only after Kafka acknowledged the record (acks=all,
-//! idempotent producer); the task reads `queued` from the moment it is answered; nothing is
-//! produced for a request that fails validation.
+//! idempotent producer); the task reads `queued` from the moment it is answered (unless Redis
+//! is down: then from Postgres once it starts); nothing is produced for a request that fails
+//! validation.
 
 use super::body::{json_object, only_keys, opt_str};
 use super::envelope::ok;
@@ -88,16 +89,27 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         crate::avro::EncodeError::Invalid(m) => ApiError::Internal(m),
     })?;
     let submitted_at = request.submitted_at.to_rfc3339();
-    deps.cache.set_queued(request.task_id, &request.agent, &submitted_at, request.submitted_by.as_deref()).await?;
     let key = sub.key.unwrap_or_else(|| request.task_id.to_string());
     let mut headers = vec![("request_id", ctx.request_id.clone().into_bytes())];
     if let Some(t) = &traceparent {
         headers.push(("traceparent", t.clone().into_bytes()));
     }
-    let produced = deps
-        .producer
-        .send(OutRecord { topic: &topic, key: Some(key.as_bytes()), value: Some(&payload), headers, partition: None })
-        .await;
+    // `queued` in Redis and the record in Kafka at once: the status only fills fields a
+    // processor has not written yet (HSETNX), so the order in which they land does not matter.
+    let (queued, produced) = tokio::join!(
+        deps.cache.set_queued(request.task_id, &request.agent, &submitted_at, request.submitted_by.as_deref()),
+        deps.producer.send(OutRecord {
+            topic: &topic,
+            key: Some(key.as_bytes()),
+            value: Some(&payload),
+            headers,
+            partition: None
+        }),
+    );
+    if let Err(e) = &queued {
+        // The task is on its way regardless; its status reads from Postgres once it starts.
+        tracing::warn!(task_id = %request.task_id, error = %e, "recording `queued` in Redis failed");
+    }
     let (partition, offset) = match produced {
         Ok(p) => p,
         Err(e) => {

@@ -3,14 +3,12 @@
 //! Per task: `running` (Postgres + event, then Redis and the events topic), the executor, then
 //! the final status in Postgres (idempotent, keyed by task id), the TaskResult on the results
 //! topic (key: task id), the TaskEvent, and Redis. Returns only when all of that is durable.
-//! Postgres transitions are group-committed across tasks ([`TaskWriter`]); agent definitions
-//! are memoized per process ([`AgentMemo`]).
+//! Postgres transitions are group-committed across tasks ([`TaskWriter`]).
 //!
 //! Invariants: a task already final in Postgres is never run again; its stored result is
 //! re-published unchanged (a crash may have happened between the Postgres write and the
 //! produce), so every finished task is on the results topic and never with a second outcome.
 
-use super::agent_memo::AgentMemo;
 use super::launch_with;
 use crate::app::Deps;
 use crate::avro::DecodeError;
@@ -43,7 +41,6 @@ pub fn launch(
         results_topic: deps.catalog.topic_name(&spec.outputs.results),
         events_topic: deps.catalog.topic_name(&spec.outputs.events),
         writer: TaskWriter::spawn(deps.pool.clone()),
-        agents: AgentMemo::default(),
         deps: deps.clone(),
         spec: spec.clone(),
         running: running.clone(),
@@ -76,7 +73,6 @@ pub struct AgentExecutor {
     events_topic: String,
     running: Running,
     writer: TaskWriter,
-    agents: AgentMemo,
 }
 
 fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
@@ -85,19 +81,7 @@ fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
 
 impl AgentExecutor {
     async fn agent(&self, name: &str) -> Result<Option<Agent>, ProcessError> {
-        if let Some(a) = self.agents.get(name) {
-            return Ok(Some(a));
-        }
-        if let Ok(Some(a)) = self.deps.cache.get_agent(name).await {
-            self.agents.put(&a);
-            return Ok(Some(a));
-        }
-        let agent = crate::db::agents::get(&self.deps.pool, name).await?;
-        if let Some(a) = &agent {
-            let _ = self.deps.cache.put_agent(a).await;
-            self.agents.put(a);
-        }
-        Ok(agent)
+        Ok(crate::db::agents::load(&self.deps.pool, &self.deps.cache, name).await?)
     }
 
     fn result_of(&self, row: &TaskRow) -> TaskResult {

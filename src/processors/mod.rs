@@ -2,7 +2,6 @@
 //! place. Each handler lives in its own file.
 
 mod agent_executor;
-mod agent_memo;
 
 use crate::app::Deps;
 use crate::catalog::ProcessorSpec;

@@ -1,8 +1,9 @@
 //! A per-process memo of agent definitions in front of Redis (and Postgres): one lookup per
-//! agent per [`MEMO_TTL`] instead of one per task.
+//! agent per [`MEMO_TTL`] instead of one per request or task.
 //!
-//! Invariant: an agent change (disable, new config) reaches a running processor within
-//! [`MEMO_TTL`] plus the Redis copy's life (the ingress drops that copy on every change).
+//! Invariant: an agent change made through this process is seen at once (the change forgets
+//! the entry); one made through another process is seen within [`MEMO_TTL`] (that process
+//! drops the Redis copy on every change).
 
 use crate::domain::Agent;
 use std::collections::HashMap;
@@ -22,6 +23,10 @@ impl AgentMemo {
     pub fn get(&self, name: &str) -> Option<Agent> {
         let agents = self.agents.lock().expect("lock");
         agents.get(name).filter(|(_, at)| at.elapsed() < MEMO_TTL).map(|(a, _)| a.clone())
+    }
+
+    pub fn forget(&self, name: &str) {
+        self.agents.lock().expect("lock").remove(name);
     }
 
     pub fn put(&self, agent: &Agent) {
