@@ -168,7 +168,8 @@ impl Progress {
                     Some(t) if t > 0 => (self.done.min(t) * 10) / t,
                     _ => 0,
                 };
-                let crossed = tenth > self.last_tenth;
+                // The last tenth is said by the `done` line.
+                let crossed = tenth > self.last_tenth && self.total.is_some_and(|t| self.done < t);
                 self.last_tenth = self.last_tenth.max(tenth);
                 first || crossed || since.is_none_or(|d| d >= PLAIN_EVERY)
             }
@@ -259,11 +260,11 @@ mod tests {
         p.finish();
         let text = buf.text();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 12, "{text}");
+        assert_eq!(lines.len(), 11, "{text}");
         assert!(lines[0].starts_with("dlq replay: 0/100 dead letters (0%), "), "{text}");
         assert!(lines[1].starts_with("dlq replay: 10/100 dead letters (10%), "), "{text}");
-        assert!(lines[10].starts_with("dlq replay: 100/100 dead letters (100%), "), "{text}");
-        assert!(lines[11].starts_with("dlq replay: 100/100 dead letters, done in "), "{text}");
+        assert!(lines[9].starts_with("dlq replay: 90/100 dead letters (90%), "), "{text}");
+        assert!(lines[10].starts_with("dlq replay: 100/100 dead letters, done in "), "{text}");
         assert!(lines.iter().all(|l| l.contains("/s")), "{text}");
         assert!(!text.contains('\r'));
     }

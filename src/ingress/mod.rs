@@ -189,6 +189,14 @@ fn server_span(deps: &Deps, req: &Request<Incoming>, route: &str, request_id: &s
     span
 }
 
+/// Puts the trace id on the request's log lines (the caller's, or with export on, the server
+/// span's), so logs and traces meet.
+fn record_trace_id(log_span: &tracing::Span, server: &crate::otlp::Span) {
+    if let Some(c) = server.traceparent().as_deref().and_then(crate::otlp::TraceContext::parse) {
+        log_span.record("trace_id", c.trace_id_hex());
+    }
+}
+
 /// Completes a request's server span with the response status (5xx is an error).
 fn end_server_span(mut span: crate::otlp::Span, status: u16, principal: Option<&crate::auth::Principal>) {
     span.set("http.response.status_code", status);
@@ -268,9 +276,11 @@ async fn handle_stream(
         request_id = %request_id,
         method = "POST",
         route = route,
-        user_id = tracing::field::Empty
+        user_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty
     );
     let server = server_span(&deps, &req, route, &request_id);
+    record_trace_id(&span, &server);
     let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None, trace: server.context() };
     // Streams pass the same authentication, permission and rate limits as every route.
     let handler = router::Handler::ProduceRecords(topic.clone());
@@ -299,9 +309,11 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
         request_id = %request_id,
         method = %method,
         route = route,
-        user_id = tracing::field::Empty
+        user_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty
     );
     let server = server_span(&deps, &req, route, &request_id);
+    record_trace_id(&span, &server);
     let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None, trace: server.context() };
     let fut = async {
         let admitted = match &found {

@@ -220,12 +220,16 @@ impl Processor for AgentExecutor {
 
     async fn process(&self, req: &TaskRequest, meta: &RecordMeta) -> Result<(), ProcessError> {
         let span = tracing::info_span!("task", task_id = %req.task_id, agent = %req.agent,
-            request_id = req.request_id.as_deref().unwrap_or(""), attempt = meta.attempt);
+            request_id = req.request_id.as_deref().unwrap_or(""), attempt = meta.attempt,
+            trace_id = tracing::field::Empty);
         // The CONSUMER span of this attempt: its parent is the record's traceparent header (the
         // ingress's produce span), else the TaskRequest's (a producer that sets only the field).
         let parent = meta.header("traceparent").or(req.traceparent.as_deref());
         let mut trace =
             self.deps.tracer.remote(parent).start(format!("process {}", meta.topic), crate::otlp::SpanKind::Consumer);
+        if let Some(c) = trace.traceparent().as_deref().and_then(crate::otlp::TraceContext::parse) {
+            span.record("trace_id", c.trace_id_hex());
+        }
         trace.set("messaging.system", "kafka");
         trace.set("messaging.operation.type", "process");
         trace.set("messaging.destination.name", meta.topic.as_str());
