@@ -181,7 +181,9 @@ async fn one_trace_runs_from_the_http_submit_to_the_processor_execution() {
     assert_eq!(result.traceparent.as_deref(), Some(want.as_str()));
     assert!(headers.contains(&("traceparent".to_string(), want.clone())), "{headers:?}");
 
-    // A request without a traceparent starts a new trace: a root SERVER span.
+    // Probes are not traced; a request without a traceparent starts a new trace: a root SERVER
+    // span. (Spans reach the collector in the order they ended.)
+    assert_eq!(app.get("/health").await.0, 200);
     let (s, _) = app.get(&format!("/v1/tasks/{id}")).await;
     assert_eq!(s, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -191,6 +193,7 @@ async fn one_trace_runs_from_the_http_submit_to_the_processor_execution() {
             assert!(root.get("parentSpanId").is_none(), "{root}");
             assert!(is_hex(root["traceId"].as_str().unwrap(), 32) && root["traceId"] != TRACE_ID, "{root}");
             assert_eq!(attr(&root, "http.response.status_code"), Some(&json!({"intValue": "200"})));
+            assert!(!spans(&received).iter().any(|(_, s)| s["name"] == "GET /health"));
             break;
         }
         assert!(Instant::now() < deadline, "no span for GET /v1/tasks/{{id}}");

@@ -177,8 +177,12 @@ pub struct Ctx {
     pub trace: crate::otlp::Parent,
 }
 
-/// The SERVER span of a request: parent is the caller's `traceparent` (else a new trace).
+/// The SERVER span of a request: parent is the caller's `traceparent` (else a new trace). Probes
+/// and scrapes (every few seconds from Kubernetes and Prometheus) are not traced.
 fn server_span(deps: &Deps, req: &Request<Incoming>, route: &str, request_id: &str) -> crate::otlp::Span {
+    if router::is_probe(req.uri().path()) {
+        return crate::otlp::Span::none();
+    }
     let received = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
     let method = req.method().as_str();
     let mut span = deps.tracer.remote(received).start(format!("{method} {route}"), crate::otlp::SpanKind::Server);
