@@ -52,6 +52,8 @@ pub struct Deps {
     pub producer: Producer,
     pub codec: Codec,
     pub executors: Executors,
+    /// Trace spans (exported over OTLP when `telemetry.otlp_endpoint` is set).
+    pub tracer: crate::otlp::Tracer,
     /// Health of the processors running in this process (for /ready and /startup).
     pub runners: std::sync::Mutex<Vec<(String, Arc<crate::runtime::RunnerHealth>)>>,
 }
@@ -80,6 +82,7 @@ impl Deps {
             Duration::from_millis(settings.schema_registry.timeout_ms),
             &catalog.schemas,
         )?;
+        let tracer = crate::otlp::Tracer::start(&settings.telemetry, settings.environment.as_str());
         Ok(Arc::new(Deps {
             settings,
             catalog,
@@ -88,6 +91,7 @@ impl Deps {
             producer,
             codec,
             executors: Executors::new(),
+            tracer,
             runners: Default::default(),
         }))
     }
@@ -163,6 +167,7 @@ pub async fn run_with(
             }
         }
     }
+    deps.tracer.flush(Duration::from_secs(5)).await;
     deps.producer.flush(Duration::from_secs(10));
     result
 }

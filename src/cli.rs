@@ -9,6 +9,10 @@ pub struct Cli {
     /// Folder with default.toml and <environment>.toml.
     #[arg(long, global = true, env = "DEVCYCLE_CONFIG_DIR", default_value = "config")]
     pub config_dir: PathBuf,
+    /// Progress of long-running commands on stderr: a redrawn line on a terminal (tty),
+    /// periodic lines (plain), or none (off). auto: tty when stderr is a terminal, else plain.
+    #[arg(long, global = true, env = "DEVCYCLE_PROGRESS", value_enum, default_value = "auto")]
+    pub progress: crate::progress::Mode,
     #[command(subcommand)]
     pub command: Command,
 }

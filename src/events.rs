@@ -42,6 +42,10 @@ pub struct AgentLabels {
     pub agent: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub processor: String,
     pub reason: String,
@@ -68,6 +72,7 @@ pub struct Metrics {
     pub pool_connections: Family<PoolLabels, Gauge>,
     pub process_rss_bytes: Gauge,
     pub process_cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub otlp_spans: Family<OutcomeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,6 +109,7 @@ pub fn metrics() -> &'static Metrics {
             pool_connections: Family::default(),
             process_rss_bytes: Gauge::default(),
             process_cpu_seconds: Gauge::default(),
+            otlp_spans: Family::default(),
             registry: Registry::default(),
         };
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -121,6 +127,7 @@ pub fn metrics() -> &'static Metrics {
         r.register("pool_connections", "Postgres and Redis pool connections by state", m.pool_connections.clone());
         r.register("process_resident_memory_bytes", "Resident set size", m.process_rss_bytes.clone());
         r.register("process_cpu_seconds", "User plus system CPU time", m.process_cpu_seconds.clone());
+        r.register("otlp_spans", "Trace spans by export outcome (exported, dropped_*)", m.otlp_spans.clone());
         Metrics { registry: r, ..m }
     })
 }
@@ -290,6 +297,25 @@ impl RecordRetrying<'_> {
             "attempt failed, retrying"
         );
     }
+}
+
+/// Trace spans were exported over OTLP, or dropped (queue full, export failed).
+pub struct SpansExported {
+    pub count: u64,
+    pub outcome: &'static str,
+}
+impl SpansExported {
+    pub fn emit(self) {
+        metrics().otlp_spans.get_or_create(&OutcomeLabels { outcome: self.outcome.into() }).inc_by(self.count);
+        if self.outcome != "exported" {
+            tracing::debug!(spans = self.count, outcome = self.outcome, "trace spans dropped");
+        }
+    }
+}
+
+/// Spans counted with `outcome` so far.
+pub fn otlp_spans(outcome: &str) -> u64 {
+    metrics().otlp_spans.get_or_create(&OutcomeLabels { outcome: outcome.into() }).get()
 }
 
 /// Gauges a processor updates as it runs.

@@ -5,6 +5,7 @@ use clap::Parser;
 use devcycle::app::{self, Mode};
 use devcycle::catalog::Catalog;
 use devcycle::cli::{ApplyAction, Cli, Command, DlqAction, DlqFilter, UsersAction};
+use devcycle::progress::{self, Progress};
 use devcycle::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     devcycle::telemetry::init(&settings);
+    devcycle::progress::set_mode(cli.progress);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(dispatch(cli.command, settings)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -54,13 +56,14 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let pool = devcycle::db::connect(&settings.database).await?;
-            devcycle::db::migrate(&pool).await?;
+            progress::while_running("migrate", devcycle::db::migrate(&pool)).await?;
             println!("migrations applied (schema {})", settings.database.schema);
             Ok(())
         }
         Command::Topics { action: ApplyAction::Apply } => {
             let catalog = Catalog::load(&settings)?;
-            let changes = devcycle::topics::apply(&settings, &catalog).await?;
+            let mut p = Progress::new("topics apply", "topics");
+            let changes = devcycle::topics::apply_with(&settings, &catalog, &mut p).await?;
             if !changes.iter().any(|c| c.is_change()) {
                 println!("topics: no changes");
             }
@@ -71,7 +74,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Schemas { action: ApplyAction::Apply } => {
             let catalog = Catalog::load(&settings)?;
-            let applied = devcycle::registry::apply_all(&settings, &catalog).await.context("schemas apply")?;
+            let mut p = Progress::new("schemas apply", "subjects");
+            let applied =
+                devcycle::registry::apply_all_with(&settings, &catalog, &mut p).await.context("schemas apply")?;
             for r in applied {
                 let what = if r.new_version { "registered" } else { "unchanged" };
                 println!("{} {what} (id {})", r.subject, r.id);
@@ -80,8 +85,12 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Dlq { action } => dlq(action, settings).await,
         Command::Status => {
-            let deps = app::Deps::connect(settings).await?;
-            print!("{}", devcycle::ops::status::status_report(&deps).await);
+            let report = progress::while_running("status", async {
+                let deps = app::Deps::connect(settings).await?;
+                anyhow::Ok(devcycle::ops::status::status_report(&deps).await)
+            })
+            .await?;
+            print!("{report}");
             Ok(())
         }
         Command::Lag { group } => {
@@ -128,10 +137,11 @@ fn filter_of(f: DlqFilter) -> devcycle::ops::dlq::Filter {
 
 async fn dlq(action: DlqAction, settings: Settings) -> anyhow::Result<()> {
     use devcycle::runtime::dlq as h;
-    let deps = app::Deps::connect(settings).await?;
+    let deps = progress::while_running("connecting", app::Deps::connect(settings)).await?;
     match action {
         DlqAction::List(f) => {
-            let letters = devcycle::ops::dlq::list(&deps, &filter_of(f)).await?;
+            let mut p = Progress::new("dlq read", "records");
+            let letters = devcycle::ops::dlq::list_with(&deps, &filter_of(f), &mut p).await?;
             println!("{} dead letter(s)", letters.len());
             for (l, replayed) in letters {
                 let get = |k| l.header(k).unwrap_or_default();
@@ -151,7 +161,8 @@ async fn dlq(action: DlqAction, settings: Settings) -> anyhow::Result<()> {
             }
         }
         DlqAction::Replay { filter, dry_run } => {
-            let done = devcycle::ops::dlq::replay(&deps, &filter_of(filter), dry_run).await?;
+            let mut p = Progress::new(if dry_run { "dlq replay (dry run)" } else { "dlq replay" }, "dead letters");
+            let done = devcycle::ops::dlq::replay_with(&deps, &filter_of(filter), dry_run, &mut p).await?;
             let verb = if dry_run { "would replay" } else { "replayed" };
             println!("{verb} {} dead letter(s)", done.len());
             for l in done {

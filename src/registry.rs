@@ -146,12 +146,25 @@ fn reasons(body: &Value) -> String {
 
 /// Registers the value schema of every declared topic that has one.
 pub async fn apply_all(settings: &Settings, catalog: &Catalog) -> Result<Vec<Registered>, RegistryError> {
+    apply_all_with(settings, catalog, &mut crate::progress::Progress::hidden()).await
+}
+
+/// [`apply_all`], counting subjects on `progress`.
+pub async fn apply_all_with(
+    settings: &Settings,
+    catalog: &Catalog,
+    progress: &mut crate::progress::Progress,
+) -> Result<Vec<Registered>, RegistryError> {
     let client = RegistryClient::new(settings);
     let mut out = Vec::new();
-    for decl in catalog.topics.values() {
+    let with_schema: Vec<_> = catalog.topics.values().filter(|d| d.value_schema.is_some()).collect();
+    progress.start(Some(with_schema.len() as u64));
+    for decl in with_schema {
         let Some(name) = &decl.value_schema else { continue };
         let schema = &catalog.schemas[name];
         out.push(client.apply(&catalog.value_subject(&decl.name), schema, name).await?);
+        progress.inc(1);
     }
+    progress.finish();
     Ok(out)
 }

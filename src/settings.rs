@@ -20,6 +20,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_BOOTSTRAP_SERVERS", "kafka.bootstrap_servers"),
     ("SCHEMA_REGISTRY_URL", "schema_registry.url"),
     ("SECRET_KEY", "secret_key"),
+    // The OpenTelemetry SDK's standard names (DEVCYCLE__TELEMETRY__* still wins).
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "telemetry.otlp_headers"),
+    ("OTEL_SERVICE_NAME", "telemetry.service_name"),
 ];
 
 const DEV_SECRET: &str = "dev-insecure-secret-key-change-me-0000000000";
@@ -107,6 +111,24 @@ pub struct Settings {
     pub paths: PathSettings,
     pub run: RunSettings,
     pub gateway: GatewaySettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Trace export over OTLP/HTTP (JSON); see [`crate::otlp`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's base URL (spans go to `{otlp_endpoint}/v1/traces`); empty = off.
+    pub otlp_endpoint: String,
+    /// Extra request headers, `key=value,key2=value2` (e.g. a collector's API key).
+    pub otlp_headers: Secret,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+    /// Finished spans waiting for export; beyond this they are dropped and counted.
+    pub otlp_queue_size: usize,
+    pub otlp_batch_size: usize,
+    pub otlp_batch_interval_ms: u64,
+    pub otlp_timeout_ms: u64,
 }
 
 /// The HTTP gateway to topics (`POST /v1/topics/{topic}/records`).
@@ -338,6 +360,25 @@ impl Settings {
         if self.redis.pool_size == 0 {
             return Err(invalid("redis.pool_size", "must be positive"));
         }
+        let t = &self.telemetry;
+        let endpoint = t.otlp_endpoint.trim();
+        let off_or_url = endpoint.is_empty() || endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !off_or_url {
+            return Err(invalid("telemetry.otlp_endpoint", "expected empty (off) or an http:// or https:// URL"));
+        }
+        if t.service_name.trim().is_empty() {
+            return Err(invalid("telemetry.service_name", "must not be empty"));
+        }
+        for (key, v) in [
+            ("telemetry.otlp_queue_size", t.otlp_queue_size as u64),
+            ("telemetry.otlp_batch_size", t.otlp_batch_size as u64),
+            ("telemetry.otlp_batch_interval_ms", t.otlp_batch_interval_ms),
+            ("telemetry.otlp_timeout_ms", t.otlp_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
         Ok(())
     }
 
@@ -490,5 +531,26 @@ mod tests {
         assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("postgres://u:[redacted]@h/db"));
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn otlp_export_is_off_by_default_and_set_by_either_name() {
+        let s = Settings::load_with_env(&dir(), &env(&[])).unwrap();
+        assert_eq!(s.telemetry.otlp_endpoint, "");
+        let s = Settings::load_with_env(&dir(), &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318")])).unwrap();
+        assert_eq!(s.telemetry.otlp_endpoint, "http://otel:4318");
+        let s = Settings::load_with_env(
+            &dir(),
+            &env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
+                ("DEVCYCLE__TELEMETRY__OTLP_ENDPOINT", "https://collector:4318"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=t0p-s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.telemetry.otlp_endpoint, "https://collector:4318");
+        assert!(!s.redacted_toml().contains("t0p-s3cret"));
+        let e = Settings::load_with_env(&dir(), &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "otel:4318")])).unwrap_err();
+        assert!(e.to_string().contains("telemetry.otlp_endpoint"), "{e}");
     }
 }

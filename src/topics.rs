@@ -6,6 +6,7 @@
 
 use crate::catalog::{Catalog, TopicDecl};
 use crate::kafka::client_config;
+use crate::progress::Progress;
 use crate::settings::Settings;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
@@ -52,14 +53,26 @@ impl Change {
 
 /// Applies every topic declaration of the catalog; returns the changes made.
 pub async fn apply(settings: &Settings, catalog: &Catalog) -> Result<Vec<Change>, TopicsError> {
+    apply_with(settings, catalog, &mut Progress::hidden()).await
+}
+
+/// [`apply`], counting topics on `progress`.
+pub async fn apply_with(
+    settings: &Settings,
+    catalog: &Catalog,
+    progress: &mut Progress,
+) -> Result<Vec<Change>, TopicsError> {
     let admin: AdminClient<DefaultClientContext> = client_config(&settings.kafka, "admin").create()?;
     let timeout = Duration::from_millis(settings.kafka.request_timeout_ms);
     let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
     let mut changes = Vec::new();
+    progress.start(Some(catalog.topics.len() as u64));
     for decl in catalog.topics.values() {
         let name = catalog.topic_name(&decl.name);
         apply_one(&admin, &opts, timeout, &name, decl, &mut changes).await?;
+        progress.inc(1);
     }
+    progress.finish();
     Ok(changes)
 }
 

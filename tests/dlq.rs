@@ -87,3 +87,75 @@ async fn unknown_agent_from_a_raw_producer_is_dead_lettered() {
     assert_eq!(letters.len(), 1);
     app.stop().await;
 }
+
+/// Runs the `devcycle` binary against the app's namespace, schema and prefix; stdout and stderr
+/// are pipes (not a terminal).
+async fn devcycle_cli(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let s = &app.deps.settings;
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_devcycle"));
+    c.args(args)
+        .current_dir(common::root())
+        .env("ENVIRONMENT", "test")
+        .env("DEVCYCLE__KAFKA__NAMESPACE", &s.kafka.namespace)
+        .env("DEVCYCLE__KAFKA__APPLY_ON_START", "false")
+        .env("DEVCYCLE__DATABASE__SCHEMA", &s.database.schema)
+        .env("DEVCYCLE__DATABASE__MIGRATE_ON_START", "false")
+        .env("DEVCYCLE__REDIS__KEY_PREFIX", &s.redis.key_prefix)
+        .env_remove("DEVCYCLE_PROGRESS")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), c.output()).await.expect("cli in time").unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_shows_progress_on_stderr_when_not_a_terminal() {
+    let app = TestApp::spawn().await;
+    let topic = app.topic("devcycle.task-requests");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let req = devcycle::domain::TaskRequest::new("ghost", json!({"i": i}));
+        let bytes = app.deps.codec.encode_request(&topic, &req).await.unwrap();
+        let key = req.task_id.to_string();
+        let record = devcycle::kafka::OutRecord {
+            topic: &topic,
+            key: Some(key.as_bytes()),
+            value: Some(&bytes),
+            headers: vec![],
+            partition: None,
+        };
+        app.deps.producer.send(record).await.unwrap();
+        ids.push(req.task_id);
+    }
+    for id in &ids {
+        app.wait_status(*id, "dead_lettered", WAIT).await;
+    }
+
+    // Pipes, not a terminal: plain progress lines on stderr; stdout keeps only the report.
+    let (ok, stdout, stderr) = devcycle_cli(&app, &["dlq", "replay", "--class", "unknown_agent"], &[]).await;
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.starts_with("replayed 3 dead letter(s)\n"), "{stdout}");
+    assert!(!stdout.contains("dlq replay:") && !stdout.contains("dlq read:"), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.iter().any(|l| l.starts_with("dlq read: 0/3 records (0%), ")), "{stderr}");
+    assert!(lines.iter().any(|l| l.starts_with("dlq read: 3/3 records, done in ")), "{stderr}");
+    assert!(lines.iter().any(|l| l.starts_with("dlq replay: 0/3 dead letters (0%), ")), "{stderr}");
+    assert!(lines.iter().any(|l| l.starts_with("dlq replay: 1/3 dead letters (33%), ")), "{stderr}");
+    assert!(lines.iter().any(|l| l.starts_with("dlq replay: 3/3 dead letters, done in ")), "{stderr}");
+    assert!(!stderr.contains('\r'), "no terminal redraws in plain mode: {stderr:?}");
+    assert_eq!(dlq::list(&app.deps, &Filter::default()).await.unwrap().iter().filter(|(_, r)| *r).count(), 3);
+
+    // `--progress off` (here through DEVCYCLE_PROGRESS): the same report, no progress.
+    let (ok, stdout, stderr) =
+        devcycle_cli(&app, &["dlq", "replay", "--dry-run"], &[("DEVCYCLE_PROGRESS", "off")]).await;
+    assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.starts_with("would replay "), "{stdout}");
+    assert!(!stderr.contains("dlq "), "{stderr}");
+    app.stop().await;
+}

@@ -173,6 +173,44 @@ pub struct Ctx {
     pub peer: SocketAddr,
     /// The authenticated caller (None on public routes).
     pub principal: Option<crate::auth::Principal>,
+    /// The request's server span, parent of the spans a handler starts (e.g. a produce).
+    pub trace: crate::otlp::Parent,
+}
+
+/// The SERVER span of a request: parent is the caller's `traceparent` (else a new trace). Probes
+/// and scrapes (every few seconds from Kubernetes and Prometheus) are not traced.
+fn server_span(deps: &Deps, req: &Request<Incoming>, route: &str, request_id: &str) -> crate::otlp::Span {
+    if router::is_probe(req.uri().path()) {
+        return crate::otlp::Span::none();
+    }
+    let received = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+    let method = req.method().as_str();
+    let mut span = deps.tracer.remote(received).start(format!("{method} {route}"), crate::otlp::SpanKind::Server);
+    span.set("http.request.method", method);
+    span.set("http.route", route);
+    span.set("url.path", req.uri().path());
+    span.set("devcycle.request_id", request_id);
+    span
+}
+
+/// Puts the trace id on the request's log lines (the caller's, or with export on, the server
+/// span's), so logs and traces meet.
+fn record_trace_id(log_span: &tracing::Span, server: &crate::otlp::Span) {
+    if let Some(c) = server.traceparent().as_deref().and_then(crate::otlp::TraceContext::parse) {
+        log_span.record("trace_id", c.trace_id_hex());
+    }
+}
+
+/// Completes a request's server span with the response status (5xx is an error).
+fn end_server_span(mut span: crate::otlp::Span, status: u16, principal: Option<&crate::auth::Principal>) {
+    span.set("http.response.status_code", status);
+    if let Some(p) = principal {
+        span.set("enduser.id", p.id.as_str());
+    }
+    if status >= 500 {
+        span.error(format!("HTTP {status}"));
+    }
+    span.end();
 }
 
 /// Authenticates, authorizes and rate-limits a request per its route's policy; returns the
@@ -263,9 +301,12 @@ async fn handle_stream(
         request_id = %request_id,
         method = "POST",
         route = route,
-        user_id = tracing::field::Empty
+        user_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty
     );
-    let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None };
+    let server = server_span(&deps, &req, route, &request_id);
+    record_trace_id(&span, &server);
+    let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None, trace: server.context() };
     // Streams pass the same authentication, permission and rate limits as every route.
     let handler = router::Handler::ProduceRecords(topic.clone());
     let mut resp = match admit(&mut ctx, &handler, &req, &span).instrument(span.clone()).await {
@@ -275,6 +316,8 @@ async fn handle_stream(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    // The span ends when the stream is taken; the body goes on streaming.
+    end_server_span(server, resp.status().as_u16(), None);
     let _enter = span.enter();
     HttpRequestCompleted { method: "POST", route, status: resp.status().as_u16(), elapsed: started.elapsed() }.emit();
     resp
@@ -291,9 +334,12 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
         request_id = %request_id,
         method = %method,
         route = route,
-        user_id = tracing::field::Empty
+        user_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty
     );
-    let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None };
+    let server = server_span(&deps, &req, route, &request_id);
+    record_trace_id(&span, &server);
+    let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None, trace: server.context() };
     let fut = async {
         let admitted = match &found {
             Ok(handler) => admit(&mut ctx, handler, &req, &span).await.map(Some),
@@ -331,6 +377,7 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    end_server_span(server, resp.status().as_u16(), ctx.principal.as_ref());
     let _enter = span.enter();
     HttpRequestCompleted { method: method.as_str(), route, status: resp.status().as_u16(), elapsed: started.elapsed() }
         .emit();

@@ -63,7 +63,6 @@ fn validate(map: serde_json::Map<String, Value>) -> Result<Submission, ApiError>
 
 pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let deps = &ctx.deps;
-    let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(String::from);
     let tracestate = req.headers().get("tracestate").and_then(|v| v.to_str().ok()).map(String::from);
     let sub = validate(json_object(req, deps.settings.http.max_body_bytes).await?)?;
     match super::agents::load(ctx, &sub.agent).await? {
@@ -71,6 +70,14 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         Some(_) => return Err(ApiError::validation("agent", format!("agent `{}` is disabled", sub.agent))),
         None => return Err(ApiError::validation("agent", format!("unknown agent `{}`", sub.agent))),
     }
+    let topic = deps.catalog.topic_name(REQUESTS_TOPIC);
+    // The PRODUCER span's context travels in the TaskRequest and the Kafka headers, so the
+    // processor's span hangs under it (with export off: the caller's traceparent, unchanged).
+    let mut produce = ctx.trace.start(format!("send {topic}"), crate::otlp::SpanKind::Producer);
+    produce.set("messaging.system", "kafka");
+    produce.set("messaging.operation.type", "send");
+    produce.set("messaging.destination.name", topic.as_str());
+    let traceparent = produce.traceparent();
     let request = TaskRequest {
         priority: sub.priority,
         submitted_by: ctx.principal.as_ref().map(|p| p.id.clone()),
@@ -80,7 +87,7 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         tracestate,
         ..TaskRequest::new(sub.agent, sub.input)
     };
-    let topic = deps.catalog.topic_name(REQUESTS_TOPIC);
+    produce.set("devcycle.task_id", request.task_id.to_string());
     let retry_after = deps.settings.http.retry_after_secs;
     let payload = deps.codec.encode_request(&topic, &request).await.map_err(|e| match e {
         crate::avro::EncodeError::Unavailable(reason) => {
@@ -113,6 +120,7 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
     let (partition, offset) = match produced {
         Ok(p) => p,
         Err(e) => {
+            produce.error(e.to_string());
             let _ = deps.cache.forget_task(request.task_id).await;
             return Err(match e {
                 ProduceError::Unavailable(k) => {
@@ -122,6 +130,9 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
             });
         }
     };
+    produce.set("messaging.destination.partition.id", partition.to_string());
+    produce.set("messaging.kafka.offset", offset);
+    produce.end();
     let mut resp = ok(
         StatusCode::ACCEPTED,
         json!({

@@ -9,6 +9,7 @@
 
 use crate::app::Deps;
 use crate::kafka::{client_config, OutRecord};
+use crate::progress::Progress;
 use crate::runtime::dlq as h;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -61,6 +62,11 @@ impl Filter {
 
 /// Reads every dead letter currently in the topic (up to the high watermarks).
 pub fn read_all(deps: &Deps) -> Result<Vec<Letter>, DlqError> {
+    read_all_with(deps, &mut Progress::hidden())
+}
+
+/// [`read_all`], counting records read on `progress`.
+pub fn read_all_with(deps: &Deps, progress: &mut Progress) -> Result<Vec<Letter>, DlqError> {
     let topic = deps.catalog.topic_name(DLQ_TOPIC);
     let consumer: BaseConsumer = client_config(&deps.settings.kafka, "dlq-reader")
         .set("group.id", format!("{}devcycle.dlq-reader", deps.settings.kafka.namespace))
@@ -72,10 +78,12 @@ pub fn read_all(deps: &Deps) -> Result<Vec<Letter>, DlqError> {
     let partitions: Vec<i32> =
         md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
     let mut ends = BTreeMap::new();
+    let mut to_read = 0u64;
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         let (low, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
         if high > low {
+            to_read += (high - low) as u64;
             ends.insert(p, high);
             tpl.add_partition_offset(&topic, p, Offset::Offset(low))?;
         }
@@ -85,6 +93,7 @@ pub fn read_all(deps: &Deps) -> Result<Vec<Letter>, DlqError> {
         return Ok(letters);
     }
     consumer.assign(&tpl)?;
+    progress.start(Some(to_read));
     let deadline = std::time::Instant::now() + timeout * 3;
     let mut open = ends.clone();
     while !open.is_empty() && std::time::Instant::now() < deadline {
@@ -101,16 +110,23 @@ pub fn read_all(deps: &Deps) -> Result<Vec<Letter>, DlqError> {
             value: m.payload().map(<[u8]>::to_vec),
             headers,
         });
+        progress.inc(1);
         if open.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
             open.remove(&m.partition());
         }
     }
     letters.sort_by_key(|l| (l.partition, l.offset));
+    progress.finish();
     Ok(letters)
 }
 
 /// Dead letters matching `filter`, with whether each was replayed already.
 pub async fn list(deps: &Deps, filter: &Filter) -> Result<Vec<(Letter, bool)>, DlqError> {
+    list_with(deps, filter, &mut Progress::hidden()).await
+}
+
+/// [`list`], counting records read on `progress`.
+pub async fn list_with(deps: &Deps, filter: &Filter, progress: &mut Progress) -> Result<Vec<(Letter, bool)>, DlqError> {
     let topic = deps.catalog.topic_name(DLQ_TOPIC);
     let replayed: Vec<(i32, i64)> =
         sqlx::query_as("SELECT dlq_partition, dlq_offset FROM dlq_replays WHERE dlq_topic = $1")
@@ -118,7 +134,7 @@ pub async fn list(deps: &Deps, filter: &Filter) -> Result<Vec<(Letter, bool)>, D
             .fetch_all(&deps.pool)
             .await
             .map_err(crate::db::DbError::from)?;
-    let letters = tokio::task::block_in_place(|| read_all(deps))?;
+    let letters = tokio::task::block_in_place(|| read_all_with(deps, progress))?;
     Ok(letters
         .into_iter()
         .filter(|l| filter.matches(l))
@@ -132,15 +148,32 @@ pub async fn list(deps: &Deps, filter: &Filter) -> Result<Vec<(Letter, bool)>, D
 
 /// Re-publishes matching, not yet replayed dead letters to their source topics; returns them.
 pub async fn replay(deps: &Deps, filter: &Filter, dry_run: bool) -> Result<Vec<Letter>, DlqError> {
+    replay_with(deps, filter, dry_run, &mut Progress::hidden()).await
+}
+
+/// [`replay`], counting dead letters replayed on `progress` (and records read, before, on a
+/// sibling `dlq read`).
+pub async fn replay_with(
+    deps: &Deps,
+    filter: &Filter,
+    dry_run: bool,
+    progress: &mut Progress,
+) -> Result<Vec<Letter>, DlqError> {
     let dlq_topic = deps.catalog.topic_name(DLQ_TOPIC);
+    let mut reading = progress.sibling("dlq read", "records");
+    let todo: Vec<(Letter, String)> = list_with(deps, &Filter { limit: None, ..filter.clone() }, &mut reading)
+        .await?
+        .into_iter()
+        .filter(|(_, replayed)| !replayed)
+        .filter_map(|(letter, _)| letter.header(h::H_TOPIC).map(|source| (letter, source)))
+        .take(filter.limit.unwrap_or(usize::MAX))
+        .collect();
     let mut done = Vec::new();
-    for (letter, replayed) in list(deps, &Filter { limit: None, ..filter.clone() }).await? {
-        if replayed || done.len() >= filter.limit.unwrap_or(usize::MAX) {
-            continue;
-        }
-        let Some(source) = letter.header(h::H_TOPIC) else { continue };
+    progress.start(Some(todo.len() as u64));
+    for (letter, source) in todo {
         if dry_run {
             done.push(letter);
+            progress.inc(1);
             continue;
         }
         // A decodable task request that was dead-lettered becomes runnable again.
@@ -189,6 +222,8 @@ pub async fn replay(deps: &Deps, filter: &Filter, dry_run: bool) -> Result<Vec<L
         .await
         .map_err(crate::db::DbError::from)?;
         done.push(letter);
+        progress.inc(1);
     }
+    progress.finish();
     Ok(done)
 }

@@ -217,8 +217,35 @@ impl Processor for AgentExecutor {
 
     async fn process(&self, req: &TaskRequest, meta: &RecordMeta) -> Result<(), ProcessError> {
         let span = tracing::info_span!("task", task_id = %req.task_id, agent = %req.agent,
-            request_id = req.request_id.as_deref().unwrap_or(""), attempt = meta.attempt);
-        self.run_task(req, meta).instrument(span).await
+            request_id = req.request_id.as_deref().unwrap_or(""), attempt = meta.attempt,
+            trace_id = tracing::field::Empty);
+        // The CONSUMER span of this attempt: its parent is the record's traceparent header (the
+        // ingress's produce span), else the TaskRequest's (a producer that sets only the field).
+        let parent = meta.header("traceparent").or(req.traceparent.as_deref());
+        let mut trace =
+            self.deps.tracer.remote(parent).start(format!("process {}", meta.topic), crate::otlp::SpanKind::Consumer);
+        if let Some(c) = trace.traceparent().as_deref().and_then(crate::otlp::TraceContext::parse) {
+            span.record("trace_id", c.trace_id_hex());
+        }
+        trace.set("messaging.system", "kafka");
+        trace.set("messaging.operation.type", "process");
+        trace.set("messaging.destination.name", meta.topic.as_str());
+        trace.set("messaging.destination.partition.id", meta.partition.to_string());
+        trace.set("messaging.kafka.offset", meta.offset);
+        trace.set("messaging.consumer.group.name", self.deps.catalog.group_name(&self.spec.group));
+        trace.set("devcycle.processor", self.spec.name.as_str());
+        trace.set("devcycle.task_id", req.task_id.to_string());
+        trace.set("devcycle.agent", req.agent.as_str());
+        trace.set("devcycle.attempt", meta.attempt);
+        if let Some(r) = &req.request_id {
+            trace.set("devcycle.request_id", r.as_str());
+        }
+        let result = self.run_task(req, meta, &mut trace).instrument(span).await;
+        if let Err(e) = &result {
+            trace.set("error.type", e.class().to_string());
+            trace.error(e.message());
+        }
+        result
     }
 
     async fn dead_lettered(
@@ -232,7 +259,12 @@ impl Processor for AgentExecutor {
 }
 
 impl AgentExecutor {
-    async fn run_task(&self, req: &TaskRequest, meta: &RecordMeta) -> Result<(), ProcessError> {
+    async fn run_task(
+        &self,
+        req: &TaskRequest,
+        meta: &RecordMeta,
+        trace: &mut crate::otlp::Span,
+    ) -> Result<(), ProcessError> {
         let src = source(meta);
         let agent = match self.agent(&req.agent).await? {
             Some(a) if a.status == AgentStatus::Active => a,
@@ -283,10 +315,22 @@ impl AgentExecutor {
             tracing::warn!(task_id = %req.task_id, error = %err, "publishing `running` failed");
         }
         let started = Instant::now();
+        let mut exec = trace.context().start(format!("execute {}", agent.name), crate::otlp::SpanKind::Internal);
+        exec.set("devcycle.agent", agent.name.as_str());
+        exec.set("devcycle.executor", agent.executor.as_str());
         let result = tokio::select! {
             r = self.deps.executors.execute(&agent, &req.input, self.timeout_for(&agent)) => Some(r),
             _ = token.cancelled() => None,
         };
+        match &result {
+            None => exec.set("devcycle.outcome", "cancelled"),
+            Some(Ok(_)) => exec.set("devcycle.outcome", "succeeded"),
+            Some(Err(ExecError::Failed { class, message } | ExecError::Retryable { class, message })) => {
+                exec.set("devcycle.outcome", class.clone());
+                exec.error(message.clone());
+            }
+        }
+        exec.end();
         self.running.lock().expect("lock").remove(&req.task_id);
         let Some(result) = result else {
             // Dropping the execution killed a command's process and aborted HTTP calls.
@@ -324,6 +368,7 @@ impl AgentExecutor {
             }
         };
         TaskExecuted { agent: &agent.name, outcome: outcome.status.as_str(), elapsed: started.elapsed() }.emit();
+        trace.set("devcycle.task.status", outcome.status.as_str());
         self.conclude(&meta.publisher, req, &src, outcome).await
     }
 
