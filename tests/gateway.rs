@@ -139,6 +139,23 @@ async fn invalid_records_get_their_own_lines_and_status() {
     let (s, b) = app.post(RECORDS, &json!({"value": {"agent": "echo"}})).await;
     assert_eq!(s, 422, "{b}");
     assert_eq!(record_count(&app), 2, "nothing written for invalid records");
+
+    // Timestamps the broker would refuse (more than an hour ahead, before 1970), and with them
+    // the rest of their produce batch, are refused for their own record only.
+    let body = json!({"records": [
+        {"value": request_value("echo"), "partition": 1, "timestamp": "7540-02-03T04:56:58Z"},
+        {"value": request_value("echo"), "partition": 1, "timestamp": "0110-06-05T15:52:11Z"},
+        {"value": request_value("echo"), "partition": 1, "timestamp": -1},
+        {"value": request_value("echo"), "partition": 1}]});
+    let (s, b) = app.post(RECORDS, &body).await;
+    assert_eq!(s, 207, "{b}");
+    let lines = b["details"]["records"].as_array().unwrap();
+    for line in &lines[..3] {
+        assert_eq!(line["error_code"], "VALIDATION_ERROR", "{b}");
+        assert!(line["message"].as_str().unwrap().starts_with("timestamp"), "{b}");
+    }
+    assert_written(&lines[3]);
+    assert_eq!(record_count(&app), 3);
     app.stop().await;
 }
 

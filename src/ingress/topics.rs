@@ -10,7 +10,7 @@
 //! bytes/s) refuse a whole request with 429, and pace an ndjson stream line by line (a line
 //! that cannot be paced within `stream_quota_max_wait_ms` gets a `QUOTA_EXCEEDED` line).
 
-use super::body::{json_object, only_keys};
+use super::body::{any_json_object, only_keys};
 use super::envelope::ok;
 use super::{ApiError, Ctx, HttpResponse};
 use crate::auth::ratelimit::{self, Charge, Refused};
@@ -29,6 +29,9 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How far ahead of the broker's clock a record's timestamp may be: Kafka 4 refuses more
+/// (`message.timestamp.after.max.ms`, one hour by default).
+const MAX_FUTURE_TIMESTAMP_MS: i64 = 3_600_000;
 const RECORD_FIELDS: &[&str] = &["key", "value", "headers", "partition", "timestamp"];
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -193,9 +196,7 @@ fn prepare(
     };
     let timestamp = match map.get("timestamp") {
         None | Some(Json::Null) => None,
-        Some(Json::Number(n)) => {
-            Some(n.as_i64().filter(|t| *t >= 0).ok_or_else(|| bad("timestamp: must be epoch milliseconds".into()))?)
-        }
+        Some(Json::Number(n)) => Some(n.as_i64().ok_or_else(|| bad("timestamp: must be epoch milliseconds".into()))?),
         Some(Json::String(s)) => Some(
             chrono::DateTime::parse_from_rfc3339(s)
                 .map_err(|_| bad("timestamp: must be an RFC 3339 timestamp or epoch milliseconds".into()))?
@@ -203,6 +204,12 @@ fn prepare(
         ),
         Some(_) => return Err(bad("timestamp: must be an RFC 3339 timestamp or epoch milliseconds".into())),
     };
+    // The broker refuses a timestamp before the epoch or too far ahead, and with it every other
+    // record of the same produce batch: refuse it here, for this record only.
+    let latest = chrono::Utc::now().timestamp_millis() + MAX_FUTURE_TIMESTAMP_MS;
+    if timestamp.is_some_and(|t| !(0..=latest).contains(&t)) {
+        return Err(bad("timestamp: must be from 1970-01-01T00:00:00Z to one hour from now".into()));
+    }
     let json_value = map.get("value").ok_or_else(|| bad("value: is required".into()))?;
     let value = match (decl.value_format(), schema) {
         (ValueFormat::Avro, Some(schema)) => {
@@ -335,7 +342,7 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
             forwarded.push((h.to_string(), v.into_bytes()));
         }
     }
-    let body = json_object(req, s.gateway.max_body_bytes).await?;
+    let body = any_json_object(req, s.gateway.max_body_bytes).await?;
     let records: Vec<Json> = if body.contains_key("records") {
         only_keys(&body, &["records"])?;
         match body.get("records") {
