@@ -43,6 +43,9 @@ impl ProduceError {
                 | RDKafkaErrorCode::UnknownTopicOrPartition
                 | RDKafkaErrorCode::UnknownTopic
                 | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::MessageBatchTooLarge
                 | RDKafkaErrorCode::TopicAuthorizationFailed,
             ) => ProduceError::Rejected(e),
             _ => ProduceError::Unavailable(e),

@@ -144,6 +144,9 @@ pub struct GatewaySettings {
     /// Per-user produce quotas through the gateway (0 disables).
     pub quota_records_per_sec: u64,
     pub quota_bytes_per_sec: u64,
+    /// How long an ndjson stream may be held back for one line before that line is refused
+    /// (`QUOTA_EXCEEDED`), in milliseconds.
+    pub stream_quota_max_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -55,6 +55,25 @@ async fn bad_input_gets_the_error_envelope_and_never_a_500() {
     let (s, b) = app.get(&format!("/v1/tasks/{}", uuid::Uuid::new_v4())).await;
     assert_error(s, &b, 404, "NOT_FOUND");
 
+    // NUL characters, which PostgreSQL cannot store or compare, are refused up front (found by
+    // schemathesis as 500s): in bodies, queries and agent names.
+    let (s, b) = app.post("/v1/tasks", &json!({"agent": "echo", "input": {"a": ["ok", "x\0"]}})).await;
+    assert_error(s, &b, 422, "VALIDATION_ERROR");
+    assert_eq!(b["details"]["field"], "input.a[1]");
+    let agent = json!({"name": "nul", "executor": "builtin", "config": {"mode": "echo"}, "description": "a\0"});
+    let (s, b) = app.post("/v1/agents", &agent).await;
+    assert_error(s, &b, 422, "VALIDATION_ERROR");
+    let (s, b) = app.post("/v1/auth/login", &json!({"email": "a\0@example.com", "password": "x"})).await;
+    assert_error(s, &b, 422, "VALIDATION_ERROR");
+    for path in ["/v1/agents?q=a%00b", "/v1/audit?action=a%00b", "/v1/audit?actor=%00"] {
+        let (s, b) = app.get(path).await;
+        assert_error(s, &b, 422, "VALIDATION_ERROR");
+    }
+    let (s, b) = app.get("/v1/agents/a%00b").await;
+    assert_error(s, &b, 404, "NOT_FOUND");
+    let (s, _, b) = app.send(app.http.delete(app.url("/v1/agents/a%00b"))).await;
+    assert_error(s, &b, 404, "NOT_FOUND");
+
     // Injection-looking text is just data.
     let sneaky = "x'); DROP TABLE tasks; --";
     let id = app.submit("echo", json!({"text": sneaky})).await;

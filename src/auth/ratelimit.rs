@@ -37,3 +37,96 @@ pub async fn hit_n(cache: &Cache, bucket: &str, n: u64, limit: u64, window_secs:
     let ttl = r.get(1).copied().unwrap_or(window_secs as i64).max(1) as u64;
     Ok(Decision { allowed: n <= limit, limit, remaining: limit.saturating_sub(n), reset_secs: ttl })
 }
+
+/// All-or-nothing over several buckets of one fixed window (milliseconds): each bucket is
+/// charged its amount only if every bucket stays within its limit; with ARGV[2] = 0 nothing is
+/// charged (a look). Returns {1} or {0, index (1-based), used, ms left in the window}.
+const TAKE: &str = r#"
+local window = tonumber(ARGV[1])
+local n = #KEYS
+for i = 1, n do
+  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if used + tonumber(ARGV[2 + i]) > tonumber(ARGV[2 + n + i]) then
+    local left = redis.call('PTTL', KEYS[i])
+    if left < 0 then left = window end
+    return {0, i, used, left}
+  end
+end
+if ARGV[2] == '1' then
+  for i = 1, n do
+    redis.call('INCRBY', KEYS[i], ARGV[2 + i])
+    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], window) end
+  end
+end
+return {1}
+"#;
+
+/// One bucket of a [`take`]: what to charge against which limit.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    pub bucket: String,
+    pub amount: u64,
+    pub limit: u64,
+}
+
+/// Why a [`take`] charged nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// The index of the first bucket that had no room.
+    pub index: usize,
+    pub limit: u64,
+    /// Already used in the current window.
+    pub used: u64,
+    /// What was asked of that bucket.
+    pub amount: u64,
+    /// Milliseconds until the current window ends.
+    pub wait_ms: u64,
+}
+
+impl Refused {
+    /// The amount is more than a whole window allows: waiting never helps.
+    pub fn never_fits(&self) -> bool {
+        self.amount > self.limit
+    }
+
+    /// The same refusal as a rate-limit decision (for 429 headers).
+    pub fn decision(&self) -> Decision {
+        Decision {
+            allowed: false,
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(self.used),
+            reset_secs: self.wait_ms.div_ceil(1000).max(1),
+        }
+    }
+}
+
+/// Charges every bucket of `charges` in the current `window_ms` window, or none of them when one
+/// would go over its limit (so a refused request costs nothing). With `commit = false` it only
+/// looks: whether the amounts would fit now.
+pub async fn take(
+    cache: &Cache,
+    charges: &[Charge],
+    window_ms: u64,
+    commit: bool,
+) -> Result<Result<(), Refused>, CacheError> {
+    if charges.is_empty() {
+        return Ok(Ok(()));
+    }
+    let keys: Vec<String> = charges.iter().map(|c| format!("{}rl:{}", cache.prefix(), c.bucket)).collect();
+    let mut args: Vec<String> = vec![window_ms.to_string(), if commit { "1" } else { "0" }.to_string()];
+    args.extend(charges.iter().map(|c| c.amount.to_string()));
+    args.extend(charges.iter().map(|c| c.limit.to_string()));
+    let r: Vec<i64> = cache.pool().eval(TAKE, keys, args).await?;
+    if r.first() == Some(&1) {
+        return Ok(Ok(()));
+    }
+    let index = (r.get(1).copied().unwrap_or(1).max(1) as usize - 1).min(charges.len() - 1);
+    let c = &charges[index];
+    Ok(Err(Refused {
+        index,
+        limit: c.limit,
+        used: r.get(2).copied().unwrap_or(0).max(0) as u64,
+        amount: c.amount,
+        wait_ms: r.get(3).copied().unwrap_or(window_ms as i64).max(1) as u64,
+    }))
+}

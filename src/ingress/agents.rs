@@ -106,12 +106,19 @@ pub async fn create(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
     Ok(ok(StatusCode::CREATED, agent_json(&agent), "Agent created", &ctx.request_id))
 }
 
+/// A name no agent can have is not looked up (it may hold what PostgreSQL refuses, like NUL).
+fn possible(name: &str) -> Result<(), ApiError> {
+    validate_agent_name(name).map_err(|_| ApiError::NotFound(format!("agent `{}`", name.escape_default())))
+}
+
 pub async fn get(ctx: &Ctx, name: &str) -> Result<HttpResponse, ApiError> {
+    possible(name)?;
     let agent = repo::get(&ctx.deps.pool, name).await?.ok_or_else(|| ApiError::NotFound(format!("agent `{name}`")))?;
     Ok(ok(StatusCode::OK, agent_json(&agent), "Agent", &ctx.request_id))
 }
 
 pub async fn replace(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    possible(name)?;
     let map = json_object(req, ctx.deps.settings.http.max_body_bytes).await?;
     check_body_name(&map, name)?;
     let w = write_from(&map, None)?;
@@ -123,6 +130,7 @@ pub async fn replace(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<Ht
 }
 
 pub async fn patch(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    possible(name)?;
     let map = json_object(req, ctx.deps.settings.http.max_body_bytes).await?;
     check_body_name(&map, name)?;
     let current =
@@ -136,6 +144,7 @@ pub async fn patch(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<Http
 }
 
 pub async fn delete(ctx: &Ctx, name: &str) -> Result<HttpResponse, ApiError> {
+    possible(name)?;
     match repo::delete(&ctx.deps.pool, name).await? {
         DeleteOutcome::Deleted => {
             let _ = ctx.deps.cache.forget_agent(name).await;
@@ -150,10 +159,8 @@ pub async fn delete(ctx: &Ctx, name: &str) -> Result<HttpResponse, ApiError> {
 /// Parses `q`, `page` (from 1) and `per_page` (1..=100) from a query string.
 fn list_params(query: Option<&str>) -> Result<(Option<String>, i64, i64), ApiError> {
     let (mut q, mut page, mut per_page) = (None, 1i64, 20i64);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = url_decode(v);
-        match k {
+    for (k, v) in super::body::query_pairs(query)? {
+        match k.as_str() {
             "q" => q = Some(v).filter(|s| !s.trim().is_empty()),
             "page" => {
                 page = v
@@ -171,10 +178,6 @@ fn list_params(query: Option<&str>) -> Result<(Option<String>, i64, i64), ApiErr
         }
     }
     Ok((q, page, per_page))
-}
-
-fn url_decode(s: &str) -> String {
-    super::router::percent_decode(&s.replace('+', " "))
 }
 
 pub async fn list(ctx: &Ctx, query: Option<&str>) -> Result<HttpResponse, ApiError> {

@@ -356,22 +356,10 @@ pub async fn create_user(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpRespon
     }
 }
 
-fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (super::router::percent_decode(k), super::router::percent_decode(&v.replace('+', " ")))
-        })
-        .collect()
-}
-
 /// `GET /v1/audit?actor=&action=&since=&page=&per_page=` (admin), newest first.
 pub async fn list_audit(ctx: &Ctx, query: Option<&str>) -> Result<HttpResponse, ApiError> {
     let (mut actor_f, mut action, mut since, mut page, mut per_page) = (None, None, None, 1i64, 50i64);
-    for (k, v) in query_pairs(query) {
+    for (k, v) in super::body::query_pairs(query)? {
         match k.as_str() {
             "actor" => actor_f = Some(v),
             "action" => action = Some(v),

@@ -7,8 +7,34 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::Request;
 use serde_json::Value;
 
-/// Reads a JSON object body of at most `limit` bytes.
+/// Reads a JSON object body of at most `limit` bytes whose strings hold no NUL character
+/// (PostgreSQL text and jsonb cannot store one: refused with 422 rather than failing later).
 pub async fn json_object(req: Request<Incoming>, limit: usize) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let map = any_json_object(req, limit).await?;
+    for (k, v) in &map {
+        if let Some(path) = nul_at(k, v) {
+            return Err(ApiError::validation(&path, "must not contain NUL characters (\\u0000)"));
+        }
+    }
+    Ok(map)
+}
+
+/// Where a NUL character is in a key or string of `value` (found under `path`), if anywhere.
+fn nul_at(path: &str, value: &Value) -> Option<String> {
+    if path.contains('\0') {
+        return Some(path.replace('\0', "\\u0000"));
+    }
+    match value {
+        Value::String(s) if s.contains('\0') => Some(path.to_string()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_at(&format!("{path}[{i}]"), v)),
+        Value::Object(map) => map.iter().find_map(|(k, v)| nul_at(&format!("{path}.{k}"), v)),
+        _ => None,
+    }
+}
+
+/// Reads a JSON object body of at most `limit` bytes, any strings allowed (the gateway: record
+/// values go to Kafka only).
+pub async fn any_json_object(req: Request<Incoming>, limit: usize) -> Result<serde_json::Map<String, Value>, ApiError> {
     let ctype = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json")) {
@@ -51,5 +77,39 @@ pub fn opt_str<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Result
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(ApiError::validation(key, "must be a string")),
+    }
+}
+
+/// The decoded `key=value` pairs of a query string (`+` is a space); a NUL character in either
+/// is refused (422), as PostgreSQL cannot compare against one.
+pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |s: &str| super::router::percent_decode(&s.replace('+', " "));
+    let mut out = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (decode(k), decode(v));
+        if k.contains('\0') || v.contains('\0') {
+            return Err(ApiError::validation(&k.replace('\0', "\\u0000"), "must not contain NUL characters (%00)"));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nul_characters_are_found_with_their_path() {
+        assert_eq!(nul_at("input", &json!({"a": [1, "x\0"]})), Some("input.a[1]".into()));
+        assert_eq!(nul_at("input", &json!({"k\0": 1})), Some("input.k\\u0000".into()));
+        assert_eq!(nul_at("input", &json!({"a": ["x", 2, null]})), None);
+        assert!(matches!(query_pairs(Some("q=a%00b")), Err(ApiError::Validation { field, .. }) if field == "q"));
+        assert_eq!(
+            query_pairs(Some("q=a+b&page=2")).unwrap(),
+            vec![("q".into(), "a b".into()), ("page".into(), "2".into())]
+        );
     }
 }

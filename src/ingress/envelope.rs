@@ -44,6 +44,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("rate limit of {} requests exceeded; retry in {} s", .0.limit, .0.reset_secs)]
     RateLimited(crate::auth::ratelimit::Decision),
+    /// A per-user produce quota (`unit` per second) has no room for the request.
+    #[error("produce quota of {} {unit}/s exceeded; retry in {} s", .decision.limit, .decision.reset_secs)]
+    QuotaExceeded { unit: &'static str, decision: crate::auth::ratelimit::Decision },
     #[error("{0} not found")]
     NotFound(String),
     #[error("method {method} not allowed; allowed: {allow}")]
@@ -71,7 +74,7 @@ impl ApiError {
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -88,7 +91,7 @@ impl ApiError {
             ApiError::Validation { .. } => "VALIDATION_ERROR",
             ApiError::Unauthorized(_) => "UNAUTHORIZED",
             ApiError::Forbidden(_) => "FORBIDDEN",
-            ApiError::RateLimited(_) => "RATE_LIMITED",
+            ApiError::RateLimited(_) | ApiError::QuotaExceeded { .. } => "RATE_LIMITED",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
@@ -105,6 +108,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow, .. } => json!({"allow": allow}),
             ApiError::PayloadTooLarge { limit } => json!({"limit_bytes": limit}),
             ApiError::RateLimited(d) => json!({"limit": d.limit, "retry_after_seconds": d.reset_secs}),
+            ApiError::QuotaExceeded { unit, decision: d } => {
+                json!({"limit": d.limit, "unit": format!("{unit}/s"), "retry_after_seconds": d.reset_secs})
+            }
             ApiError::Unavailable { service, retry_after, .. } => {
                 json!({"service": service, "retry_after_seconds": retry_after})
             }
@@ -141,7 +147,7 @@ impl ApiError {
                 r.headers_mut()
                     .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"devcycle\""));
             }
-            ApiError::RateLimited(d) => {
+            ApiError::RateLimited(d) | ApiError::QuotaExceeded { decision: d, .. } => {
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(d.reset_secs));
                 rate_limit_headers(&mut r, d);
             }

@@ -6,11 +6,14 @@
 //! applied here); every record gets its own report line, in request order; the status is 200
 //! only when every record was acknowledged by Kafka (acks=all), 207 when some were, 4xx/503
 //! when none was. An `Idempotency-Key` answer is stored once and replayed byte for byte; a 503
-//! (nothing written) is not stored, so the retry really runs.
+//! (nothing written) is not stored, so the retry really runs. Per-user quotas (records/s,
+//! bytes/s) refuse a whole request with 429, and pace an ndjson stream line by line (a line
+//! that cannot be paced within `stream_quota_max_wait_ms` gets a `QUOTA_EXCEEDED` line).
 
-use super::body::{json_object, only_keys};
+use super::body::{any_json_object, only_keys};
 use super::envelope::ok;
 use super::{ApiError, Ctx, HttpResponse};
+use crate::auth::ratelimit::{self, Charge, Refused};
 use crate::catalog::{TopicDecl, ValueFormat};
 use crate::gateway::{self, LatestSchema, SchemaError};
 use crate::kafka::{Delivered, OutRecord, ProduceError};
@@ -26,6 +29,9 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How far ahead of the broker's clock a record's timestamp may be: Kafka 4 refuses more
+/// (`message.timestamp.after.max.ms`, one hour by default).
+const MAX_FUTURE_TIMESTAMP_MS: i64 = 3_600_000;
 const RECORD_FIELDS: &[&str] = &["key", "value", "headers", "partition", "timestamp"];
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -33,17 +39,26 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line {
     Written(Delivered),
-    Failed { code: &'static str, message: String },
+    /// Not written; `retry_after_ms` when the same record may be sent again after that long
+    /// (a stream's `QUOTA_EXCEEDED` line).
+    Failed {
+        code: &'static str,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
 }
 
 impl Line {
     fn failed(code: &'static str, message: impl Into<String>) -> Line {
-        Line::Failed { code, message: message.into() }
+        Line::Failed { code, message: message.into(), retry_after_ms: None }
     }
     fn to_json(&self) -> Json {
         match self {
             Line::Written(d) => json!({"partition": d.partition, "offset": d.offset, "timestamp": d.timestamp}),
-            Line::Failed { code, message } => json!({"error_code": code, "message": message}),
+            Line::Failed { code, message, retry_after_ms: None } => json!({"error_code": code, "message": message}),
+            Line::Failed { code, message, retry_after_ms: Some(ms) } => {
+                json!({"error_code": code, "message": message, "retry_after_ms": ms})
+            }
         }
     }
 }
@@ -52,6 +67,7 @@ const VALIDATION: &str = "VALIDATION_ERROR";
 const TOO_LARGE: &str = "RECORD_TOO_LARGE";
 const UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
 const REJECTED: &str = "RECORD_REJECTED";
+const QUOTA: &str = "QUOTA_EXCEEDED";
 
 /// The status and error code of a whole answer from its lines.
 pub fn overall(lines: &[Line]) -> (StatusCode, Option<&'static str>) {
@@ -180,9 +196,7 @@ fn prepare(
     };
     let timestamp = match map.get("timestamp") {
         None | Some(Json::Null) => None,
-        Some(Json::Number(n)) => {
-            Some(n.as_i64().filter(|t| *t >= 0).ok_or_else(|| bad("timestamp: must be epoch milliseconds".into()))?)
-        }
+        Some(Json::Number(n)) => Some(n.as_i64().ok_or_else(|| bad("timestamp: must be epoch milliseconds".into()))?),
         Some(Json::String(s)) => Some(
             chrono::DateTime::parse_from_rfc3339(s)
                 .map_err(|_| bad("timestamp: must be an RFC 3339 timestamp or epoch milliseconds".into()))?
@@ -190,6 +204,12 @@ fn prepare(
         ),
         Some(_) => return Err(bad("timestamp: must be an RFC 3339 timestamp or epoch milliseconds".into())),
     };
+    // The broker refuses a timestamp before the epoch or too far ahead, and with it every other
+    // record of the same produce batch: refuse it here, for this record only.
+    let latest = chrono::Utc::now().timestamp_millis() + MAX_FUTURE_TIMESTAMP_MS;
+    if timestamp.is_some_and(|t| !(0..=latest).contains(&t)) {
+        return Err(bad("timestamp: must be from 1970-01-01T00:00:00Z to one hour from now".into()));
+    }
     let json_value = map.get("value").ok_or_else(|| bad("value: is required".into()))?;
     let value = match (decl.value_format(), schema) {
         (ValueFormat::Avro, Some(schema)) => {
@@ -245,22 +265,59 @@ enum Idem {
     Reserved { redis_key: String, hash: String },
 }
 
-/// Per-user produce quotas (records/s and bytes/s), shared by all ingress instances through
-/// Redis; over a quota the whole request is refused with 429 and Retry-After.
-async fn check_quota(ctx: &Ctx, records: usize, bytes: usize) -> Result<(), ApiError> {
-    use crate::auth::ratelimit::hit_n;
-    let g = &ctx.deps.settings.gateway;
-    let Some(user) = ctx.principal.as_ref().map(|p| p.id.clone()) else { return Ok(()) };
-    for (kind, n, limit) in [("records", records, g.quota_records_per_sec), ("bytes", bytes, g.quota_bytes_per_sec)] {
-        if limit == 0 {
-            continue;
-        }
-        let d = hit_n(&ctx.deps.cache, &format!("quota:{kind}:{user}"), n as u64, limit, 1).await?;
-        if !d.allowed {
-            return Err(ApiError::RateLimited(d));
-        }
+/// A caller's produce quotas (records/s and bytes/s; 0 = off), shared by all ingress instances
+/// through Redis in one-second windows. Charges are all or nothing: a refused request or line
+/// costs nothing.
+struct Quota {
+    cache: crate::cache::Cache,
+    user: String,
+    records_per_sec: u64,
+    bytes_per_sec: u64,
+}
+
+impl Quota {
+    const WINDOW_MS: u64 = 1000;
+
+    /// None for an anonymous caller or when both quotas are off.
+    fn of(ctx: &Ctx) -> Option<Quota> {
+        let g = &ctx.deps.settings.gateway;
+        let user = ctx.principal.as_ref()?.id.clone();
+        (g.quota_records_per_sec > 0 || g.quota_bytes_per_sec > 0).then(|| Quota {
+            cache: ctx.deps.cache.clone(),
+            user,
+            records_per_sec: g.quota_records_per_sec,
+            bytes_per_sec: g.quota_bytes_per_sec,
+        })
     }
-    Ok(())
+
+    /// Charges `records` and `bytes` to the current window (`commit`), or only looks whether
+    /// they would fit; a refusal names its unit (`records` or `bytes`).
+    async fn take(
+        &self,
+        records: u64,
+        bytes: u64,
+        commit: bool,
+    ) -> Result<Result<(), (&'static str, Refused)>, crate::cache::CacheError> {
+        let (units, charges): (Vec<&'static str>, Vec<Charge>) =
+            [("records", records, self.records_per_sec), ("bytes", bytes, self.bytes_per_sec)]
+                .into_iter()
+                .filter(|(_, _, limit)| *limit > 0)
+                .map(|(unit, amount, limit)| {
+                    (unit, Charge { bucket: format!("quota:{unit}:{}", self.user), amount, limit })
+                })
+                .unzip();
+        Ok(ratelimit::take(&self.cache, &charges, Self::WINDOW_MS, commit).await?.map_err(|r| (units[r.index], r)))
+    }
+}
+
+/// A non-streaming request is charged whole before anything is produced; over a quota it is
+/// refused with 429 and Retry-After.
+async fn check_quota(ctx: &Ctx, records: usize, bytes: usize) -> Result<(), ApiError> {
+    let Some(quota) = Quota::of(ctx) else { return Ok(()) };
+    match quota.take(records as u64, bytes as u64, true).await? {
+        Ok(()) => Ok(()),
+        Err((unit, r)) => Err(ApiError::QuotaExceeded { unit, decision: r.decision() }),
+    }
 }
 
 pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
@@ -285,7 +342,7 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
             forwarded.push((h.to_string(), v.into_bytes()));
         }
     }
-    let body = json_object(req, s.gateway.max_body_bytes).await?;
+    let body = any_json_object(req, s.gateway.max_body_bytes).await?;
     let records: Vec<Json> = if body.contains_key("records") {
         only_keys(&body, &["records"])?;
         match body.get("records") {
@@ -390,30 +447,14 @@ async fn run(
     forwarded: &[(String, Vec<u8>)],
     is_async: bool,
 ) -> Result<HttpResponse, ApiError> {
-    let deps = &ctx.deps;
-    let s = &deps.settings;
     let schema = value_schema(ctx, decl).await?;
-    let kafka_topic = deps.catalog.topic_name(&decl.name);
+    let kafka_topic = ctx.deps.catalog.topic_name(&decl.name);
     let mut lines: Vec<Option<Line>> = vec![None; records.len()];
     let mut pending = Vec::new();
     for (i, rec) in records.iter().enumerate() {
-        let p = match prepare(rec, decl, schema.as_deref(), forwarded, s.gateway.max_record_bytes) {
-            Ok(p) => p,
-            Err(line) => {
-                lines[i] = Some(line);
-                continue;
-            }
-        };
-        let out = OutRecord {
-            topic: &kafka_topic,
-            key: p.key.as_deref(),
-            value: p.value.as_deref(),
-            headers: p.headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
-            partition: p.partition,
-        };
-        match deps.producer.enqueue(out, p.timestamp) {
+        match enqueue_record(&ctx.deps, &kafka_topic, decl, schema.as_deref(), forwarded, rec) {
             Ok(fut) => pending.push((i, fut)),
-            Err(e) => lines[i] = Some(produce_failure(e)),
+            Err(line) => lines[i] = Some(line),
         }
     }
     if is_async && !pending.is_empty() {
@@ -421,13 +462,36 @@ async fn run(
     }
     let (idx, futs): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
     for (i, r) in idx.into_iter().zip(futures::future::join_all(futs).await) {
-        lines[i] = Some(match r {
-            Ok(d) => Line::Written(d),
-            Err(e) => produce_failure(e),
-        });
+        lines[i] = Some(delivered(r));
     }
     let lines: Vec<Line> = lines.into_iter().map(|l| l.expect("every record has a line")).collect();
     Ok(answer(ctx, &decl.name, &lines))
+}
+
+/// One record of a batch or a stream: validated, encoded and queued in the producer (its
+/// delivery still to come), or the line saying why it was not.
+fn enqueue_record(
+    deps: &crate::app::Deps,
+    kafka_topic: &str,
+    decl: &TopicDecl,
+    schema: Option<&LatestSchema>,
+    forwarded: &[(String, Vec<u8>)],
+    rec: &Json,
+) -> Result<crate::kafka::Pending, Line> {
+    let p = prepare(rec, decl, schema, forwarded, deps.settings.gateway.max_record_bytes)?;
+    let out = OutRecord {
+        topic: kafka_topic,
+        key: p.key.as_deref(),
+        value: p.value.as_deref(),
+        headers: p.headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
+        partition: p.partition,
+    };
+    deps.producer.enqueue(out, p.timestamp).map_err(produce_failure)
+}
+
+/// The line of a record's delivery report.
+fn delivered(r: Result<Delivered, ProduceError>) -> Line {
+    r.map_or_else(produce_failure, Line::Written)
 }
 
 fn produce_failure(e: ProduceError) -> Line {
@@ -492,10 +556,7 @@ async fn receipt(
     tokio::spawn(async move {
         let (idx, futs): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
         for (i, r) in idx.into_iter().zip(futures::future::join_all(futs).await) {
-            lines[i] = Some(match r {
-                Ok(d) => Line::Written(d),
-                Err(e) => produce_failure(e),
-            });
+            lines[i] = Some(delivered(r));
         }
         let done = receipt_json(&task_topic, &lines).to_string();
         let r: Result<(), _> = pool.set(&task_key, done, Some(Expiration::EX(ttl)), None, false).await;
@@ -571,12 +632,16 @@ pub fn ndjson_produce_topic(req: &Request<Incoming>) -> Option<String> {
 }
 
 type LineFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Line> + Send>>;
+type FrameSender = futures::channel::mpsc::Sender<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>;
 
 /// Streaming produce: one JSON record per request line; one report line per record, in
 /// order, each sent as soon as that record is acknowledged, then a final
 /// `{"done": true, "records", "written", "failed"}` line (with `error_code` and `message` when
 /// the stream was cut short). The 200 only means the stream was accepted: the outcome is in
 /// the lines. Idempotency-Key and respond-async do not apply (422).
+///
+/// Quotas: a caller with no room left in the current window is refused with 429 before the
+/// stream starts; then each line is charged as it is taken (see [`stream_task`]).
 pub async fn produce_stream(ctx: Ctx, topic: &str, req: Request<Incoming>) -> StreamResponse {
     use http_body_util::BodyExt;
     let boxed = |r: HttpResponse| r.map(|b| b.boxed_unsync());
@@ -592,6 +657,18 @@ pub async fn produce_stream(ctx: Ctx, topic: &str, req: Request<Incoming>) -> St
         );
         return boxed(e.into_response(&ctx.request_id));
     }
+    let quota = Quota::of(&ctx);
+    if let Some(q) = &quota {
+        // Room for at least one small record now? (A look: nothing is charged.)
+        let refusal = match q.take(1, 1, false).await {
+            Ok(Ok(())) => None,
+            Ok(Err((unit, r))) => Some(ApiError::QuotaExceeded { unit, decision: r.decision() }),
+            Err(e) => Some(ApiError::from(e)),
+        };
+        if let Some(e) = refusal {
+            return boxed(e.into_response(&ctx.request_id));
+        }
+    }
     let schema = match value_schema(&ctx, &decl).await {
         Ok(s) => s,
         Err(e) => return boxed(e.into_response(&ctx.request_id)),
@@ -602,30 +679,100 @@ pub async fn produce_stream(ctx: Ctx, topic: &str, req: Request<Incoming>) -> St
             forwarded.push((h.to_string(), v.into_bytes()));
         }
     }
-    let (tx, rx) = futures::channel::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(64);
-    tokio::spawn(stream_task(ctx.deps.clone(), decl, schema, forwarded, req.into_body(), tx));
+    let (tx, rx) = futures::channel::mpsc::channel(64);
+    let stream = Stream { deps: ctx.deps.clone(), decl, schema, forwarded, quota };
+    tokio::spawn(stream_task(stream, req.into_body(), tx));
     let mut r = Response::new(http_body_util::StreamBody::new(rx).boxed_unsync());
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     r
 }
 
-async fn stream_task(
+/// What every line of one stream is produced with.
+struct Stream {
     deps: Arc<crate::app::Deps>,
     decl: TopicDecl,
     schema: Option<Arc<LatestSchema>>,
     forwarded: Vec<(String, Vec<u8>)>,
-    mut body: Incoming,
-    mut tx: futures::channel::mpsc::Sender<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
-) {
+    quota: Option<Quota>,
+}
+
+/// What the quota says of a stream's next line.
+enum Admission {
+    /// Charged: produce it.
+    Go,
+    /// No room in this window: try again after this long.
+    Wait(Duration),
+    /// Not produced: this is its line.
+    Refuse(Line),
+}
+
+impl Stream {
+    /// Charges one line (one record, its bytes) to the quota. A line waits at most
+    /// `stream_quota_max_wait_ms` in all (`waited` so far); one that would wait longer, or can
+    /// never fit in a window, gets a `QUOTA_EXCEEDED` line instead.
+    async fn admit(&self, line: &[u8], waited: Duration) -> Admission {
+        let Some(quota) = &self.quota else { return Admission::Go };
+        let max_wait = Duration::from_millis(self.deps.settings.gateway.stream_quota_max_wait_ms);
+        match quota.take(1, line.len() as u64, true).await {
+            Ok(Ok(())) => Admission::Go,
+            Ok(Err((unit, r))) if r.never_fits() => Admission::Refuse(Line::failed(
+                QUOTA,
+                format!("the record is {} {unit}; the quota allows {} {unit}/s", r.amount, r.limit),
+            )),
+            Ok(Err((unit, r))) => {
+                let wait = Duration::from_millis(r.wait_ms);
+                if waited + wait <= max_wait {
+                    return Admission::Wait(wait);
+                }
+                Admission::Refuse(Line::Failed {
+                    code: QUOTA,
+                    message: format!(
+                        "produce quota of {} {unit}/s exceeded; waited {} ms, the limit is {} ms",
+                        r.limit,
+                        waited.as_millis(),
+                        max_wait.as_millis()
+                    ),
+                    retry_after_ms: Some(r.wait_ms),
+                })
+            }
+            Err(e) => Admission::Refuse(Line::failed(UNAVAILABLE, format!("quota not checked: {e}"))),
+        }
+    }
+
+    /// The report of one admitted line: its record produced, or why not.
+    fn produce(&self, kafka_topic: &str, line: &[u8]) -> LineFuture {
+        let rec = match serde_json::from_slice::<Json>(line) {
+            Ok(rec) => rec,
+            Err(e) => return Box::pin(futures::future::ready(Line::failed("MALFORMED_JSON", e.to_string()))),
+        };
+        match enqueue_record(&self.deps, kafka_topic, &self.decl, self.schema.as_deref(), &self.forwarded, &rec) {
+            Ok(f) => Box::pin(async move { delivered(f.await) }),
+            Err(l) => Box::pin(futures::future::ready(l)),
+        }
+    }
+}
+
+/// Reads the body line by line and streams the reports. Lines are taken in order: the head line
+/// waits while its quota window is full, and meanwhile the body is not read (TCP backpressure
+/// slows the client) while reports of earlier lines keep flowing. Every counted line gets
+/// exactly one report line.
+async fn stream_task(st: Stream, mut body: Incoming, mut tx: FrameSender) {
     use futures::{SinkExt, StreamExt};
     use http_body_util::BodyExt;
-    let g = &deps.settings.gateway;
-    let kafka_topic = deps.catalog.topic_name(&decl.name);
+    let g = &st.deps.settings.gateway;
+    let kafka_topic = st.deps.catalog.topic_name(&st.decl.name);
     let mut inflight: futures::stream::FuturesOrdered<LineFuture> = Default::default();
+    // Complete lines read from the body and counted, not yet admitted.
+    let mut queued: std::collections::VecDeque<Vec<u8>> = Default::default();
+    // While `paused`, the head line waits for `pause` (it has waited `waited` so far).
+    let pause = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(pause);
+    let (mut paused, mut waited) = (false, Duration::ZERO);
     let (mut buf, mut total, mut count, mut written, mut failed) = (Vec::<u8>::new(), 0usize, 0usize, 0usize, 0usize);
     let mut reading = true;
     let mut abort: Option<(&'static str, String)> = None;
-    let mut take_line = |line: &[u8], inflight: &mut futures::stream::FuturesOrdered<LineFuture>| -> bool {
+    // Queues a line of the body (blank lines are skipped); false past the record limit.
+    let mut take_line = |line: Vec<u8>, queued: &mut std::collections::VecDeque<Vec<u8>>| -> bool {
         if line.iter().all(u8::is_ascii_whitespace) {
             return true;
         }
@@ -633,34 +780,26 @@ async fn stream_task(
         if count > g.max_records_per_request {
             return false;
         }
-        let fut: LineFuture = match serde_json::from_slice::<Json>(line) {
-            Err(e) => Box::pin(futures::future::ready(Line::failed("MALFORMED_JSON", e.to_string()))),
-            Ok(rec) => match prepare(&rec, &decl, schema.as_deref(), &forwarded, g.max_record_bytes) {
-                Err(l) => Box::pin(futures::future::ready(l)),
-                Ok(p) => {
-                    let out = OutRecord {
-                        topic: &kafka_topic,
-                        key: p.key.as_deref(),
-                        value: p.value.as_deref(),
-                        headers: p.headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
-                        partition: p.partition,
-                    };
-                    match deps.producer.enqueue(out, p.timestamp) {
-                        Ok(f) => Box::pin(async move {
-                            match f.await {
-                                Ok(d) => Line::Written(d),
-                                Err(e) => produce_failure(e),
-                            }
-                        }),
-                        Err(e) => Box::pin(futures::future::ready(produce_failure(e))),
-                    }
-                }
-            },
-        };
-        inflight.push_back(fut);
+        queued.push_back(line.trim_ascii_end().to_vec());
         true
     };
     loop {
+        while !paused {
+            let Some(line) = queued.front() else { break };
+            let report = match st.admit(line, waited).await {
+                Admission::Wait(wait) => {
+                    waited += wait;
+                    pause.as_mut().reset(tokio::time::Instant::now() + wait);
+                    paused = true;
+                    break;
+                }
+                Admission::Go => st.produce(&kafka_topic, line),
+                Admission::Refuse(l) => Box::pin(futures::future::ready(l)) as LineFuture,
+            };
+            inflight.push_back(report);
+            queued.pop_front();
+            waited = Duration::ZERO;
+        }
         tokio::select! {
             biased;
             Some(line) = inflight.next(), if !inflight.is_empty() => {
@@ -673,12 +812,12 @@ async fn stream_task(
                     return; // the client went away
                 }
             }
-            frame = body.frame(), if reading && inflight.len() < 1024 => {
+            () = &mut pause, if paused => paused = false,
+            frame = body.frame(), if reading && queued.is_empty() && inflight.len() < 1024 => {
                 match frame {
                     None => {
                         reading = false;
-                        let rest = std::mem::take(&mut buf);
-                        if !take_line(&rest, &mut inflight) {
+                        if !take_line(std::mem::take(&mut buf), &mut queued) {
                             abort = Some(("PAYLOAD_TOO_LARGE", format!("more than {} records", g.max_records_per_request)));
                         }
                     }
@@ -697,7 +836,7 @@ async fn stream_task(
                         buf.extend_from_slice(&data);
                         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                             let line: Vec<u8> = buf.drain(..=pos).collect();
-                            if !take_line(&line, &mut inflight) {
+                            if !take_line(line, &mut queued) {
                                 reading = false;
                                 abort = Some(("PAYLOAD_TOO_LARGE", format!("more than {} records", g.max_records_per_request)));
                                 break;
