@@ -254,7 +254,7 @@ impl HttpRun {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
     pub fn errors_text(&self) -> String {
-        self.error_statuses.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(" ")
+        self.error_statuses.iter().map(|(s, n)| format!(" {s}×{n}")).collect()
     }
 }
 

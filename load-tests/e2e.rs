@@ -173,7 +173,7 @@ pub async fn run(a: Args) {
     let mut expected = ids.lock().unwrap().len();
     let got = collector.wait_for(expected, wait).await;
     println!(
-        "# warm-up: {} submitted ({} errors {}), {got} results after {:.1} s",
+        "# warm-up: {} submitted ({} errors{}), {got} results after {:.1} s",
         warm.requests,
         warm.errors,
         warm.errors_text(),
@@ -206,7 +206,7 @@ pub async fn run(a: Args) {
         let t = Instant::now();
         let got = collector.wait_for(expected, wait).await;
         println!(
-            "# probe: {} conns closed loop for {} s: {submit_rate:.0} submissions/s (P99 {} ms, {} errors {}), {results_rate:.0} results/s → saturated ≈ {saturated:.0}/s; backlog drained in {:.1} s ({got}/{expected} results)",
+            "# probe: {} conns closed loop for {} s: {submit_rate:.0} submissions/s (P99 {} ms, {} errors{}), {results_rate:.0} results/s → saturated ≈ {saturated:.0}/s; backlog drained in {:.1} s ({got}/{expected} results)",
             a.probe_conns,
             a.probe_secs,
             pct(&probe.hist, 0.99),
@@ -252,11 +252,14 @@ pub async fn run(a: Args) {
     }
     let errors: u64 = load.errors.values().sum();
     let health_errors: u64 = health.errors.values().sum();
+    // Error statuses (0 = broken or timed-out exchange).
+    let statuses = |m: &BTreeMap<u16, u64>| m.iter().map(|(s, n)| format!(" {s}×{n}")).collect::<String>();
     println!(
-        "# accepted {} ({achieved:.0}/s), submission errors {errors} {:?}, results missing {missing} (waited {:.1} s after the load; {got}/{expected} results in all); /health errors {health_errors}",
+        "# accepted {} ({achieved:.0}/s), submission errors {errors}{}, results missing {missing} (waited {:.1} s after the load; {got}/{expected} results in all); /health errors {health_errors}{}",
         load.ok,
-        load.errors,
-        drain.as_secs_f64()
+        statuses(&load.errors),
+        drain.as_secs_f64(),
+        statuses(&health.errors),
     );
     println!("# peak RSS of the whole process (ingress + processor + generator + clients) during the open loop: {hwm:.1} MiB (resettable: {peak_resettable})");
     println!();

@@ -182,7 +182,7 @@ async fn single(
                 pct(&r.hist, 1.0),
             );
             if r.errors > 0 {
-                error_notes.push(format!("{name} at {c} conns: {}", r.errors_text()));
+                error_notes.push(format!("{name} at {c} conns:{}", r.errors_text()));
             }
             row.push(r.rps());
         }
@@ -261,7 +261,7 @@ async fn batched(
             pct(&r.hist, 1.0),
         );
         if r.errors > 0 {
-            error_notes.push(format!("devcycle at {c} conns: {}", r.errors_text()));
+            error_notes.push(format!("devcycle at {c} conns:{}", r.errors_text()));
         }
         reset_peak_rss();
         let (ok, errors, rate) = drive_producer(producer, topic, &raw, c, secs, false).await;

@@ -4,7 +4,7 @@
 //! `cargo run --release --example loadgen -- pipeline [--tasks 20000]`
 //! `cargo run --release --example loadgen -- e2e [--secs 20] [--conns 64]`
 //! `cargo run --release --example loadgen -- sleep [--tasks 1200] [--ms 3000]`
-//! `cargo run --release --example loadgen -- scaling [--tasks 5000] [--processors 1,2,4] [--partitions 8]`
+//! `cargo run --release --example loadgen -- scaling [--tasks 20000] [--processors 1,2,4] [--partitions 8]`
 //!
 //! Everything runs in this one process against the real services (`scripts/services env`),
 //! each run in a fresh Kafka namespace, Postgres schema and Redis prefix, like the tests.
@@ -87,7 +87,7 @@ enum Cmd {
     },
     /// Echo tasks through 1, 2, 4 … agent-executor instances (one group) on P partitions.
     Scaling {
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = 20000)]
         tasks: usize,
         /// Comma-separated instance counts, one run each.
         #[arg(long, default_value = "1,2,4", value_delimiter = ',')]
