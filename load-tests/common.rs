@@ -83,8 +83,11 @@ pub fn echo_request() -> TaskRequest {
     r
 }
 
+/// Records as (key, value bytes).
+pub type Records = Vec<(String, Vec<u8>)>;
+
 /// Encodes `reqs` with the codec: (key = task id, Avro bytes).
-pub async fn encode_all(deps: &Deps, topic: &str, reqs: &[TaskRequest]) -> Vec<(String, Vec<u8>)> {
+pub async fn encode_all(deps: &Deps, topic: &str, reqs: &[TaskRequest]) -> Records {
     let mut out = Vec::with_capacity(reqs.len());
     for r in reqs {
         out.push((r.task_id.to_string(), deps.codec.encode_request(topic, r).await.expect("encode")));
@@ -258,6 +261,9 @@ impl HttpRun {
     }
 }
 
+/// Called with a successful response's start instant and body.
+pub type OnOk = Arc<dyn Fn(Instant, &[u8]) + Send + Sync>;
+
 /// `conns` keep-alive connections, connection i sending `requests[i % len]` back to back for
 /// `secs` (closed loop). `on_ok` sees each successful response's start and body (if
 /// `want_body`).
@@ -267,7 +273,7 @@ pub async fn drive_http(
     conns: usize,
     secs: f64,
     want_body: bool,
-    on_ok: Option<Arc<dyn Fn(Instant, &[u8]) + Send + Sync>>,
+    on_ok: Option<OnOk>,
 ) -> HttpRun {
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);

@@ -24,7 +24,7 @@ pub struct Args {
 
 type Ids = Arc<Mutex<Vec<(String, Instant)>>>;
 
-fn collect_ids(ids: &Ids) -> Arc<dyn Fn(Instant, &[u8]) + Send + Sync> {
+fn collect_ids(ids: &Ids) -> OnOk {
     let ids = ids.clone();
     Arc::new(move |t0, body| {
         if let Some(id) = task_id_of(body) {

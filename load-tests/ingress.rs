@@ -55,7 +55,7 @@ async fn spawn_bare(shutdown: CancellationToken) -> SocketAddr {
 async fn drive_producer(
     p: &FutureProducer,
     topic: &str,
-    batches: &[Arc<Vec<(String, Vec<u8>)>>],
+    batches: &[Arc<Records>],
     conc: usize,
     secs: u64,
     fresh_keys: bool,
