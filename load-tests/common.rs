@@ -365,10 +365,17 @@ pub async fn preload(p: &FutureProducer, topic: &str, payloads: &[(String, Vec<u
     payloads.len() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Wall clock, ms since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// One result record as seen by the [`Collector`].
 pub struct Seen {
     pub at: Instant,
-    /// The record's timestamp (ms since the epoch).
+    /// Wall clock when seen (ms since the epoch), to compare with the record's timestamp.
+    pub at_ms: i64,
+    /// The record's timestamp (ms since the epoch; CreateTime = when the processor produced it).
     pub timestamp_ms: i64,
     pub payload: Option<Vec<u8>>,
 }
@@ -414,11 +421,12 @@ impl Collector {
                     };
                     let Ok(m) = m else { continue };
                     let at = Instant::now();
+                    let at_ms = now_ms();
                     records.fetch_add(1, Ordering::Relaxed);
                     let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                     let timestamp_ms = m.timestamp().to_millis().unwrap_or(0);
                     let payload = if keep_payload { m.payload().map(<[u8]>::to_vec) } else { None };
-                    seen.lock().unwrap().entry(key).or_insert(Seen { at, timestamp_ms, payload });
+                    seen.lock().unwrap().entry(key).or_insert(Seen { at, at_ms, timestamp_ms, payload });
                 }
             })
         };

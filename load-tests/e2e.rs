@@ -44,8 +44,9 @@ struct OpenLoop {
     from_send: Option<Histogram<u64>>,
     /// Actual send − scheduled start (how late the generator was).
     lag: Option<Histogram<u64>>,
-    /// (task id, scheduled start, actual send) of each accepted submission.
-    ids: Vec<(String, Instant, Instant)>,
+    /// (task id, scheduled start, actual send, wall clock ms at the 202) of each accepted
+    /// submission.
+    ids: Vec<(String, Instant, Instant, i64)>,
 }
 
 impl OpenLoop {
@@ -93,6 +94,7 @@ async fn open_conn(
         let sent = Instant::now();
         let r = conn.exchange(&request, want_ids, Duration::from_secs(30)).await;
         let done = Instant::now();
+        let done_ms = now_ms();
         match r {
             Ok((status, body)) if is_ok(status) => {
                 out.ok += 1;
@@ -100,7 +102,7 @@ async fn open_conn(
                 record(out.from_send.as_mut().unwrap(), done - sent);
                 record(out.lag.as_mut().unwrap(), sent.saturating_duration_since(scheduled));
                 if let Some(id) = body.as_deref().and_then(task_id_of) {
-                    out.ids.push((id, scheduled, sent));
+                    out.ids.push((id, scheduled, sent, done_ms));
                 }
             }
             Ok((status, _)) => *out.errors.entry(status).or_default() += 1,
@@ -239,13 +241,16 @@ pub async fn run(a: Args) {
     let seen = collector.stop().await;
     let _ = tokio::time::timeout(Duration::from_secs(60), handle).await;
 
-    let (mut e2e, mut e2e_send) = (hist(), hist());
+    let (mut e2e, mut e2e_send, mut processing, mut reader) = (hist(), hist(), hist(), hist());
     let mut missing = 0u64;
-    for (id, scheduled, sent) in &load.ids {
+    let ms = |d: i64| Duration::from_millis(d.max(0) as u64);
+    for (id, scheduled, sent, answered_ms) in &load.ids {
         match seen.get(id) {
             Some(s) => {
                 record(&mut e2e, s.at.saturating_duration_since(*scheduled));
                 record(&mut e2e_send, s.at.saturating_duration_since(*sent));
+                record(&mut processing, ms(s.timestamp_ms - answered_ms));
+                record(&mut reader, ms(s.at_ms - s.timestamp_ms));
             }
             None => missing += 1,
         }
@@ -283,6 +288,8 @@ pub async fn run(a: Args) {
         Some(!e2e.is_empty() && missing == 0 && pct_ms(&e2e, 0.99) < 100.0),
     );
     row("end to end (from actual send)", &e2e_send, missing, "", None);
+    row("  of which: 202 answered → TaskResult produced (record timestamp, ms)", &processing, missing, "", None);
+    row("  of which: TaskResult produced → seen by the reader (ms)", &reader, missing, "", None);
     row(
         "GET /health every 10 ms (from scheduled start)",
         hl,
