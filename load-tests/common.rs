@@ -2,10 +2,13 @@
 //! HTTP/1.1 client, histograms, raw Kafka producers and consumers, and result collection.
 
 use devcycle::app::Deps;
+use devcycle::catalog::Catalog;
 use devcycle::domain::TaskRequest;
 use devcycle::settings::Settings;
 use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -74,6 +77,36 @@ pub async fn bench_token(deps: &Deps) -> String {
             .expect("create the bench user");
     let s = &deps.settings;
     devcycle::auth::issue_access(s.secret_key.expose(), &s.auth, &user.id.to_string(), &user.email, &user.role).0
+}
+
+/// Deletes a run's topics (its namespace's declared topics) and drops its Postgres schema, so
+/// the shared broker does not accumulate bench partitions. `LOADGEN_KEEP=1` keeps them. Redis
+/// keys under the run's prefix are left to expire (status and cache keys have TTLs).
+pub async fn cleanup(s: &Settings, catalog: &Catalog, pool: &sqlx::PgPool) {
+    if std::env::var_os("LOADGEN_KEEP").is_some() {
+        println!("# kept namespace {} and schema {} (LOADGEN_KEEP)", s.kafka.namespace, s.database.schema);
+        return;
+    }
+    let names: Vec<String> = catalog.topics.keys().map(|d| catalog.topic_name(d)).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let admin: Result<AdminClient<DefaultClientContext>, _> =
+        devcycle::kafka::client_config(&s.kafka, "bench-admin").create();
+    let topics = match admin {
+        Ok(a) => a.delete_topics(&refs, &AdminOptions::new()).await.map(|r| r.iter().filter(|x| x.is_ok()).count()),
+        Err(e) => Err(e),
+    };
+    // The schema name is validated by Settings as a plain identifier [A-Za-z0-9_].
+    let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", s.database.schema);
+    let schema = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(pool).await;
+    match (topics, schema) {
+        (Ok(n), Ok(_)) => println!("# cleaned up: {n} topics of {}, schema {}", s.kafka.namespace, s.database.schema),
+        (t, sc) => println!(
+            "# cleanup incomplete ({}): topics {:?}, schema {:?}",
+            s.kafka.namespace,
+            t.err().map(|e| e.to_string()),
+            sc.err().map(|e| e.to_string())
+        ),
+    }
 }
 
 /// An echo TaskRequest like the ingress makes (with a request id).

@@ -298,4 +298,5 @@ pub async fn run(a: Args) {
         Some(!hl.is_empty() && health_errors == 0 && pct_ms(hl, 0.99) < 10.0),
     );
     row("generator lateness (send − scheduled), submissions", load.lag.as_ref().unwrap(), 0, "", None);
+    cleanup(&deps.settings, &deps.catalog, &deps.pool).await;
 }

@@ -129,6 +129,7 @@ pub async fn run(secs: u64, conns: Vec<usize>, batch: Option<usize>) {
     }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
+    cleanup(&deps.settings, &deps.catalog, &deps.pool).await;
 }
 
 #[allow(clippy::too_many_arguments)]

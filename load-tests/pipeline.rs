@@ -93,6 +93,8 @@ pub async fn run(tasks: usize, timeout_secs: u64) {
     );
     println!();
     println!("devcycle/raw ratio: {:.3} (target ≥ 0.3)", dc_rate / raw_rate);
+    cleanup(&deps.settings, &deps.catalog, &deps.pool).await;
+    cleanup(&base, &catalog, &deps.pool).await;
 }
 
 /// Reads `topic` from the beginning until `want` records: (count, min timestamp, max timestamp).

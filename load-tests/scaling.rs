@@ -136,6 +136,7 @@ pub async fn run(tasks: usize, processors: Vec<usize>, partitions: i32, timeout_
         println!(
             "# k={k}: preload {preload_rate:.0} rec/s; {results} distinct results ({records} result records) seen"
         );
+        cleanup(&s, &all[0].catalog, &all[0].pool).await;
         rows.push(Row { k, assignment, results, records, span, rate, ts_rate, hwm });
     }
     let base = rows.iter().find(|r| r.k == 1).or(rows.first()).map(|r| r.rate).unwrap_or(f64::NAN);

@@ -110,4 +110,5 @@ pub async fn run(tasks: usize, ms: u64, timeout_secs: u64) {
         if peak >= 1000 { "met" } else { "**not met**" },
         if hwm < 256.0 { "met" } else { "**not met**" }
     );
+    cleanup(&deps.settings, &deps.catalog, &deps.pool).await;
 }
