@@ -40,11 +40,18 @@ fn assigned(all: &[Arc<Deps>]) -> Vec<usize> {
         .collect()
 }
 
+/// The process-wide `devcycle_retries{processor="agent-executor"}` counter (all instances).
+fn retries() -> u64 {
+    let labels = devcycle::events::ProcessorLabels { processor: "agent-executor".into() };
+    devcycle::events::metrics().retries.get_or_create(&labels).get()
+}
+
 struct Row {
     k: usize,
     assignment: Vec<usize>,
     results: usize,
     records: u64,
+    retried: u64,
     span: f64,
     rate: f64,
     ts_rate: f64,
@@ -113,10 +120,12 @@ pub async fn run(tasks: usize, processors: Vec<usize>, partitions: i32, timeout_
             t.elapsed().as_secs_f64()
         );
 
+        let retries_before = retries();
         reset_peak_rss();
         let preload_rate = preload(&producer, &req_topic, &payloads).await;
         let results = collector.wait_for(tasks, wait).await;
         let (hwm, _) = rss_mib();
+        let retried = retries() - retries_before;
         shutdown.cancel();
         for h in handles {
             let _ = tokio::time::timeout(Duration::from_secs(60), h).await;
@@ -137,19 +146,20 @@ pub async fn run(tasks: usize, processors: Vec<usize>, partitions: i32, timeout_
             "# k={k}: preload {preload_rate:.0} rec/s; {results} distinct results ({records} result records) seen"
         );
         cleanup(&s, &all[0].catalog, &all[0].pool).await;
-        rows.push(Row { k, assignment, results, records, span, rate, ts_rate, hwm });
+        rows.push(Row { k, assignment, results, records, retried, span, rate, ts_rate, hwm });
     }
     let base = rows.iter().find(|r| r.k == 1).or(rows.first()).map(|r| r.rate).unwrap_or(f64::NAN);
     println!();
-    println!("| processors | partitions each | tasks | results | result records | first→last result s | tasks/s (seen) | tasks/s (record timestamps) | vs 1 processor | peak RSS MiB (all instances) |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| processors | partitions each | tasks | results | result records | retried attempts | first→last result s | tasks/s (seen) | tasks/s (record timestamps) | vs 1 processor | peak RSS MiB (all instances) |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:?} | {tasks} | {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.1} |",
+            "| {} | {:?} | {tasks} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.1} |",
             r.k,
             r.assignment,
             r.results,
             r.records,
+            r.retried,
             r.span,
             r.rate,
             r.ts_rate,
