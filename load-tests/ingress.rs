@@ -1,0 +1,285 @@
+//! `ingress`: POST /v1/tasks (or, with `--batch N`, POST /v1/topics/{topic}/records with N
+//! records per request) on an in-process ingress, against a bare hyper server and a raw
+//! librdkafka producer.
+
+use crate::common::*;
+use devcycle::app::{self, Deps, Mode};
+use devcycle::domain::TaskRequest;
+use futures::future::join_all;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const BARE_BODY: &str =
+    r#"{"data":{"task_id":"00000000-0000-0000-0000-000000000000","agent":"echo","status":"queued"}}"#;
+
+/// A bare hyper 1 server answering every request with a fixed 202 JSON body (after reading it).
+async fn spawn_bare(shutdown: CancellationToken) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let resp = hyper::Response::builder()
+                        .status(202)
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(BARE_BODY.as_bytes())))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `conc` senders for `secs`, each sending its own `batches[i]` (key, Avro bytes) records
+/// together and awaiting all their acks before the next round (closed loop, like one HTTP
+/// connection posting a batch). `fresh_keys`: a new UUID key for every record sent (as the
+/// ingress keys each submission by its new task id). Returns (acked, failed, records/s).
+async fn drive_producer(
+    p: &FutureProducer,
+    topic: &str,
+    batches: &[Arc<Records>],
+    conc: usize,
+    secs: u64,
+    fresh_keys: bool,
+) -> (u64, u64, f64) {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let mut workers = tokio::task::JoinSet::new();
+    for i in 0..conc {
+        let (p, topic, batch) = (p.clone(), topic.to_string(), batches[i % batches.len()].clone());
+        workers.spawn(async move {
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let keys: Vec<String> = if fresh_keys {
+                    batch.iter().map(|_| uuid::Uuid::new_v4().to_string()).collect()
+                } else {
+                    batch.iter().map(|(k, _)| k.clone()).collect()
+                };
+                let sends = batch.iter().zip(&keys).map(|((_, value), key)| {
+                    let rec = FutureRecord::to(&topic).key(key.as_bytes()).payload(value.as_slice());
+                    p.send(rec, Duration::from_secs(10))
+                });
+                for r in join_all(sends).await {
+                    match r {
+                        Ok(_) => ok += 1,
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+            (ok, errors)
+        });
+    }
+    let (mut ok, mut errors) = (0, 0);
+    while let Some(j) = workers.join_next().await {
+        let (o, e) = j.expect("sender");
+        ok += o;
+        errors += e;
+    }
+    (ok, errors, ok as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The gateway's JSON for a TaskRequest (the Avro schema's fields; `input` is JSON text).
+fn gateway_record(r: &TaskRequest) -> serde_json::Value {
+    serde_json::json!({
+        "key": r.task_id.to_string(),
+        "value": {
+            "task_id": r.task_id.to_string(),
+            "agent": r.agent,
+            "input": r.input.to_string(),
+            "priority": r.priority,
+            "submitted_at": r.submitted_at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            "request_id": r.request_id,
+        }
+    })
+}
+
+pub async fn run(secs: u64, conns: Vec<usize>, batch: Option<usize>) {
+    let peak_resettable = reset_peak_rss();
+    let deps = connect(bench_settings()).await;
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(app::run_with(deps.clone(), Mode::Ingress, shutdown.clone(), Some(tx)));
+    let dc_addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("ingress bound").unwrap();
+    let token = bench_token(&deps).await;
+    let topic = deps.catalog.topic_name(REQUESTS);
+    let producer = raw_producer(&deps.settings);
+    match batch {
+        None => {
+            single(&deps, dc_addr, &token, &producer, &topic, secs, &conns, peak_resettable, shutdown.clone()).await
+        }
+        Some(n) => batched(&deps, dc_addr, &token, &producer, &topic, secs, &conns, n, peak_resettable).await,
+    }
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
+    cleanup(&deps.settings, &deps.catalog, &deps.pool).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn single(
+    deps: &Deps,
+    dc_addr: SocketAddr,
+    token: &str,
+    producer: &FutureProducer,
+    topic: &str,
+    secs: u64,
+    conns: &[usize],
+    peak_resettable: bool,
+    shutdown: CancellationToken,
+) {
+    let bare_addr = spawn_bare(shutdown).await;
+    let payload = encode_all(deps, topic, &[echo_request()]).await.remove(0).1;
+    let dc_req = [http_request(dc_addr, "POST", "/v1/tasks", Some(token), SUBMIT_BODY)];
+    let bare_req = [http_request(bare_addr, "POST", "/v1/tasks", Some(token), SUBMIT_BODY)];
+    // The raw producer sends the same bytes under a fresh key per record.
+    let raw = vec![Arc::new(vec![(String::new(), payload.clone())])];
+    println!("# ingress: devcycle {dc_addr}, bare hyper {bare_addr}, topic {topic}, {secs} s per run");
+    println!("# Avro TaskRequest payload: {} bytes; peak RSS resettable: {peak_resettable}", payload.len());
+
+    // Warm up every path (connections, schema cache, agent cache, producer metadata).
+    let _ = drive_http(dc_addr, &dc_req, 4, 1.0, false, None).await;
+    let _ = drive_http(bare_addr, &bare_req, 4, 1.0, false, None).await;
+    let _ = drive_producer(producer, topic, &raw, 4, 1, true).await;
+
+    println!();
+    println!(
+        "| target | conns | requests | errors | req/s | P50 ms | P95 ms | P99 ms | P99.9 ms | max ms | peak RSS MiB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut summary = Vec::new();
+    let mut error_notes = Vec::new();
+    for &c in conns {
+        let mut row = Vec::new();
+        for (name, addr, req) in [("devcycle", dc_addr, &dc_req), ("bare-hyper", bare_addr, &bare_req)] {
+            reset_peak_rss();
+            let r = drive_http(addr, req, c, secs as f64, false, None).await;
+            let (hwm, _) = rss_mib();
+            println!(
+                "| {name} | {c} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {hwm:.1} |",
+                r.requests,
+                r.errors,
+                r.rps(),
+                pct(&r.hist, 0.50),
+                pct(&r.hist, 0.95),
+                pct(&r.hist, 0.99),
+                pct(&r.hist, 0.999),
+                pct(&r.hist, 1.0),
+            );
+            if r.errors > 0 {
+                error_notes.push(format!("{name} at {c} conns:{}", r.errors_text()));
+            }
+            row.push(r.rps());
+        }
+        reset_peak_rss();
+        let (ok, errors, rate) = drive_producer(producer, topic, &raw, c, secs, true).await;
+        let (hwm, _) = rss_mib();
+        println!("| raw-producer (acks=all) | {c} in flight | {ok} | {errors} | {rate:.0} | | | | | | {hwm:.1} |");
+        summary.push((c, row[0], row[1], rate));
+    }
+    for n in error_notes {
+        println!("# errors (status×count, 0 = broken exchange): {n}");
+    }
+    println!();
+    println!("| conns | devcycle req/s | bare req/s | devcycle/bare (target ≥ 0.5 at 64) | raw producer rec/s | devcycle/raw producer |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (c, dc, bare, raw) in summary {
+        println!("| {c} | {dc:.0} | {bare:.0} | {:.3} | {raw:.0} | {:.3} |", dc / bare, dc / raw);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn batched(
+    deps: &Deps,
+    dc_addr: SocketAddr,
+    token: &str,
+    producer: &FutureProducer,
+    topic: &str,
+    secs: u64,
+    conns: &[usize],
+    n: usize,
+    peak_resettable: bool,
+) {
+    // One batch of `n` distinct echo TaskRequests per connection, reused for every request of
+    // that connection; the raw producer's sender i sends the same records' Avro bytes.
+    let max_c = conns.iter().copied().max().unwrap_or(1);
+    let mut bodies = Vec::with_capacity(max_c);
+    let mut raw = Vec::with_capacity(max_c);
+    let path = format!("/v1/topics/{REQUESTS}/records");
+    for _ in 0..max_c {
+        let reqs: Vec<TaskRequest> = (0..n).map(|_| echo_request()).collect();
+        let body = serde_json::json!({"records": reqs.iter().map(gateway_record).collect::<Vec<_>>()}).to_string();
+        bodies.push(http_request(dc_addr, "POST", &path, Some(token), &body));
+        raw.push(Arc::new(encode_all(deps, topic, &reqs).await));
+    }
+    let body_len = bodies[0].len();
+    let avro_len = raw[0][0].1.len();
+    println!("# ingress --batch {n}: devcycle {dc_addr} POST {path}, topic {topic}, {secs} s per run");
+    println!(
+        "# request ≈ {body_len} bytes ({n} records); Avro TaskRequest ≈ {avro_len} bytes; peak RSS resettable: {peak_resettable}"
+    );
+
+    let _ = drive_http(dc_addr, &bodies, 4, 1.0, false, None).await;
+    let _ = drive_producer(producer, topic, &raw, 4, 1, false).await;
+
+    println!();
+    println!(
+        "| target | conns | requests | records | errors | records/s | P50 ms | P95 ms | P99 ms | P99.9 ms | max ms | peak RSS MiB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut summary = Vec::new();
+    let mut error_notes = Vec::new();
+    for &c in conns {
+        reset_peak_rss();
+        let r = drive_http(dc_addr, &bodies, c, secs as f64, false, None).await;
+        let (hwm, _) = rss_mib();
+        let records = r.requests * n as u64;
+        let dc_rate = records as f64 / r.elapsed.as_secs_f64();
+        println!(
+            "| devcycle gateway | {c} | {} | {records} | {} | {dc_rate:.0} | {} | {} | {} | {} | {} | {hwm:.1} |",
+            r.requests,
+            r.errors,
+            pct(&r.hist, 0.50),
+            pct(&r.hist, 0.95),
+            pct(&r.hist, 0.99),
+            pct(&r.hist, 0.999),
+            pct(&r.hist, 1.0),
+        );
+        if r.errors > 0 {
+            error_notes.push(format!("devcycle at {c} conns:{}", r.errors_text()));
+        }
+        reset_peak_rss();
+        let (ok, errors, rate) = drive_producer(producer, topic, &raw, c, secs, false).await;
+        let (hwm, _) = rss_mib();
+        println!(
+            "| raw-producer (acks=all) | {c}×{n} in flight | {} | {ok} | {errors} | {rate:.0} | | | | | | {hwm:.1} |",
+            ok / n as u64
+        );
+        summary.push((c, dc_rate, rate));
+    }
+    for e in error_notes {
+        println!("# errors (status×count, 0 = broken exchange): {e}");
+    }
+    println!();
+    println!("| conns | devcycle records/s | raw producer records/s | devcycle/raw (target ≥ 0.7) |");
+    println!("|---:|---:|---:|---:|");
+    for (c, dc, raw) in summary {
+        println!("| {c} | {dc:.0} | {raw:.0} | {:.3} |", dc / raw);
+    }
+}
