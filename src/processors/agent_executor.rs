@@ -309,19 +309,26 @@ impl AgentExecutor {
             }
         };
         // `running` is recorded in Postgres; Redis and the event are best effort here (the final
-        // state is always published), so an outage cannot make the task run twice.
-        let (c, e) = tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, &event));
-        if let Err(err) = c.and(e) {
-            tracing::warn!(task_id = %req.task_id, error = %err, "publishing `running` failed");
-        }
+        // state is always published), so an outage cannot make the task run twice. They are
+        // announced while the agent runs and awaited before anything final is written, so
+        // neither can land after the final state (the event is queued to Kafka first).
+        let announce = async {
+            let (c, e) = tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, &event));
+            if let Err(err) = c.and(e) {
+                tracing::warn!(task_id = %req.task_id, error = %err, "publishing `running` failed");
+            }
+        };
         let started = Instant::now();
         let mut exec = trace.context().start(format!("execute {}", agent.name), crate::otlp::SpanKind::Internal);
         exec.set("devcycle.agent", agent.name.as_str());
         exec.set("devcycle.executor", agent.executor.as_str());
-        let result = tokio::select! {
-            r = self.deps.executors.execute(&agent, &req.input, self.timeout_for(&agent)) => Some(r),
-            _ = token.cancelled() => None,
+        let run = async {
+            tokio::select! {
+                r = self.deps.executors.execute(&agent, &req.input, self.timeout_for(&agent)) => Some(r),
+                _ = token.cancelled() => None,
+            }
         };
+        let ((), result) = tokio::join!(announce, run);
         match &result {
             None => exec.set("devcycle.outcome", "cancelled"),
             Some(Ok(_)) => exec.set("devcycle.outcome", "succeeded"),
