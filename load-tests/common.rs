@@ -98,6 +98,12 @@ pub async fn cleanup(s: &Settings, catalog: &Catalog, pool: &sqlx::PgPool) {
     // The schema name is validated by Settings as a plain identifier [A-Za-z0-9_].
     let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", s.database.schema);
     let schema = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(pool).await;
+    // Redis keys too: left to expire they pile up across runs, and the RDB snapshots the
+    // spec's `save` rules take then cost the machine a core during later runs.
+    match drop_keys(s).await {
+        Ok(n) => println!("# cleaned up: {n} Redis keys under {}", s.redis.key_prefix),
+        Err(e) => println!("# Redis keys under {} not removed: {e}", s.redis.key_prefix),
+    }
     match (topics, schema) {
         (Ok(n), Ok(_)) => println!("# cleaned up: {n} topics of {}, schema {}", s.kafka.namespace, s.database.schema),
         (t, sc) => println!(
@@ -107,6 +113,22 @@ pub async fn cleanup(s: &Settings, catalog: &Catalog, pool: &sqlx::PgPool) {
             sc.err().map(|e| e.to_string())
         ),
     }
+}
+
+/// Removes every Redis key under the run's prefix (SCAN + UNLINK).
+async fn drop_keys(s: &Settings) -> Result<usize, String> {
+    use futures::TryStreamExt;
+    let cache = devcycle::cache::Cache::connect(&s.redis).await.map_err(|e| e.to_string())?;
+    let client = cache.pool().next();
+    let keys: Vec<fred::types::Key> = client
+        .scan_buffered(format!("{}*", s.redis.key_prefix), Some(1000), None)
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    for chunk in keys.chunks(1000) {
+        let _: i64 = fred::prelude::KeysInterface::unlink(client, chunk.to_vec()).await.map_err(|e| e.to_string())?;
+    }
+    Ok(keys.len())
 }
 
 /// An echo TaskRequest like the ingress makes (with a request id).

@@ -15,6 +15,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Sets the field/value pairs ARGV[2..] on hash KEYS[1] and its TTL to ARGV[1] seconds.
+const SET_FIELDS: &str = r#"
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// Like [`SET_FIELDS`] but only fills fields not set yet (HSETNX), so a later writer's values win
+/// whatever order the writes land in.
+const SET_ABSENT_FIELDS: &str = r#"
+for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"#;
+
 #[derive(Debug, thiserror::Error)]
 #[error("redis unavailable: {0}")]
 pub struct CacheError(#[from] fred::error::Error);
@@ -63,12 +78,7 @@ impl Cache {
 
     /// Writes the given fields of a task's status hash and refreshes its TTL, in one round trip.
     pub async fn set_status(&self, id: Uuid, fields: Vec<(&str, String)>) -> Result<(), CacheError> {
-        let key = self.task_key(id);
-        let pipe = self.pool.next().pipeline();
-        let _: () = pipe.hset(&key, fields).await?;
-        let _: () = pipe.expire(&key, self.status_ttl, None).await?;
-        let _: Vec<Value> = pipe.all().await?;
-        Ok(())
+        self.write_fields(SET_FIELDS, id, fields).await
     }
 
     /// Marks a newly submitted task `queued`, unless a processor already wrote a status.
@@ -79,17 +89,27 @@ impl Cache {
         submitted_at: &str,
         submitted_by: Option<&str>,
     ) -> Result<(), CacheError> {
-        let key = self.task_key(id);
-        let pipe = self.pool.next().pipeline();
+        let mut fields = vec![
+            ("status", TaskStatus::Queued.as_str().to_string()),
+            ("agent", agent.to_string()),
+            ("created_at", submitted_at.to_string()),
+            ("attempts", "0".to_string()),
+        ];
         if let Some(by) = submitted_by {
-            let _: () = pipe.hsetnx(&key, "submitted_by", by).await?;
+            fields.push(("submitted_by", by.to_string()));
         }
-        let _: () = pipe.hsetnx(&key, "status", TaskStatus::Queued.as_str()).await?;
-        let _: () = pipe.hsetnx(&key, "agent", agent).await?;
-        let _: () = pipe.hsetnx(&key, "created_at", submitted_at).await?;
-        let _: () = pipe.hsetnx(&key, "attempts", "0").await?;
-        let _: () = pipe.expire(&key, self.status_ttl, None).await?;
-        let _: Vec<Value> = pipe.all().await?;
+        self.write_fields(SET_ABSENT_FIELDS, id, fields).await
+    }
+
+    /// Runs one of the field scripts on a task's hash: one command, one round trip.
+    async fn write_fields(&self, script: &str, id: Uuid, fields: Vec<(&str, String)>) -> Result<(), CacheError> {
+        let mut args = Vec::with_capacity(1 + fields.len() * 2);
+        args.push(self.status_ttl.to_string());
+        for (k, v) in fields {
+            args.push(k.to_string());
+            args.push(v);
+        }
+        let _: i64 = self.pool.eval(script, vec![self.task_key(id)], args).await?;
         Ok(())
     }
 

@@ -197,7 +197,7 @@ pub async fn verify_any_async(hashes: Vec<String>, password: &str) -> bool {
 
 // --- Access-token deny-list (Redis) ---
 
-fn deny_key(cache: &Cache, jti: &str) -> String {
+pub fn deny_key(cache: &Cache, jti: &str) -> String {
     format!("{}auth:deny:{jti}", cache.prefix())
 }
 

@@ -38,6 +38,61 @@ pub async fn hit_n(cache: &Cache, bucket: &str, n: u64, limit: u64, window_secs:
     Ok(Decision { allowed: n <= limit, limit, remaining: limit.saturating_sub(n), reset_secs: ttl })
 }
 
+/// Refuses at once when a guard key exists (ARGV[2] = '1': KEYS[1] is that guard, e.g. a revoked
+/// token), else counts one hit in each bucket (the remaining KEYS) like [`SCRIPT`]. Returns {-1}
+/// (guarded) or {n1, ttl1, n2, ttl2, ...}.
+const GUARDED_HITS: &str = r#"
+local first = 1
+if ARGV[2] == '1' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
+  first = 2
+end
+local out = {}
+for i = first, #KEYS do
+  local n = redis.call('INCRBY', KEYS[i], 1)
+  local ttl = redis.call('TTL', KEYS[i])
+  if n == 1 or ttl < 0 then
+    redis.call('EXPIRE', KEYS[i], ARGV[1])
+    ttl = tonumber(ARGV[1])
+  end
+  out[#out + 1] = n
+  out[#out + 1] = ttl
+end
+return out
+"#;
+
+/// One round trip for a request's admission: `None` when `guard` (a full key) exists, else one
+/// hit counted in each `(bucket, limit)` and its decision, in order.
+pub async fn guarded_hits(
+    cache: &Cache,
+    guard: Option<String>,
+    buckets: &[(String, u64)],
+    window_secs: u64,
+) -> Result<Option<Vec<Decision>>, CacheError> {
+    if guard.is_none() && buckets.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let guarded = guard.is_some();
+    let mut keys: Vec<String> = guard.into_iter().collect();
+    keys.extend(buckets.iter().map(|(b, _)| format!("{}rl:{b}", cache.prefix())));
+    let args = vec![window_secs.to_string(), if guarded { "1" } else { "0" }.to_string()];
+    let r: Vec<i64> = cache.pool().eval(GUARDED_HITS, keys, args).await?;
+    if r.first() == Some(&-1) {
+        return Ok(None);
+    }
+    Ok(Some(
+        buckets
+            .iter()
+            .enumerate()
+            .map(|(i, (_, limit))| {
+                let n = r.get(2 * i).copied().unwrap_or(0).max(0) as u64;
+                let ttl = r.get(2 * i + 1).copied().unwrap_or(window_secs as i64).max(1) as u64;
+                Decision { allowed: n <= *limit, limit: *limit, remaining: limit.saturating_sub(n), reset_secs: ttl }
+            })
+            .collect(),
+    ))
+}
+
 /// All-or-nothing over several buckets of one fixed window (milliseconds): each bucket is
 /// charged its amount only if every bucket stays within its limit; with ARGV[2] = 0 nothing is
 /// charged (a look). Returns {1} or {0, index (1-based), used, ms left in the window}.

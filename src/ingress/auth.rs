@@ -52,7 +52,7 @@ fn actor(ctx: &Ctx) -> Option<&str> {
 }
 
 /// The principal of a request's `Authorization: Bearer` token, before the revocation check
-/// ([`ensure_not_revoked`]), which callers run alongside their other Redis work.
+/// (the deny-list key of its `jti`), which the caller makes together with its rate-limit counts.
 pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").trim();
     let token = match value.split_once(' ') {
@@ -83,17 +83,6 @@ pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, A
         jti: Some(claims.jti),
         exp: Some(claims.exp),
     })
-}
-
-/// Refuses an access token that was revoked (logout, session end); service tokens were
-/// checked against Postgres by [`authenticate`] already.
-pub async fn ensure_not_revoked(ctx: &Ctx, principal: &Principal) -> Result<(), ApiError> {
-    match &principal.jti {
-        Some(jti) if core::is_denied(&ctx.deps.cache, jti).await? => {
-            Err(ApiError::Unauthorized("token revoked".into()))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// The logged-in user behind the request (not a service token).

@@ -221,7 +221,7 @@ async fn admit(
     req: &Request<Incoming>,
     span: &tracing::Span,
 ) -> Result<Option<crate::auth::ratelimit::Decision>, ApiError> {
-    use crate::auth::ratelimit::{hit, Decision};
+    use crate::auth::ratelimit::{guarded_hits, hit, Decision};
     let (access, class) = handler.policy();
     let rl = ctx.deps.settings.rate_limits.clone();
     let mut shown: Option<Decision> = None;
@@ -247,28 +247,20 @@ async fn admit(
         Access::Permission(p) => principal.can(p),
         _ => true,
     };
-    // The revocation check and the rate-limit counts go to Redis together (one round trip);
-    // a refused request (revoked, forbidden) is not counted.
+    // The revocation check and the rate-limit counts are one Redis script (one round trip); a
+    // revoked token is refused before anything is counted, and a forbidden request is not counted.
     let counted = permitted && rl.enabled && matches!(class, RateClass::Api | RateClass::Submit);
-    let api_bucket = format!("api:user:{}", principal.id);
-    let submit_bucket = format!("submit:user:{}", principal.id);
-    let cache = &ctx.deps.cache;
-    let (revoked, api, submit) = tokio::join!(
-        auth::ensure_not_revoked(ctx, &principal),
-        async {
-            match counted {
-                true => Some(hit(cache, &api_bucket, rl.api_per_window, rl.window_secs).await),
-                false => None,
-            }
-        },
-        async {
-            match counted && class == RateClass::Submit {
-                true => Some(hit(cache, &submit_bucket, rl.submit_per_window, rl.window_secs).await),
-                false => None,
-            }
-        },
-    );
-    revoked?;
+    let mut buckets = Vec::new();
+    if counted {
+        buckets.push((format!("api:user:{}", principal.id), rl.api_per_window));
+        if class == RateClass::Submit {
+            buckets.push((format!("submit:user:{}", principal.id), rl.submit_per_window));
+        }
+    }
+    let guard = principal.jti.as_deref().map(|jti| crate::auth::deny_key(&ctx.deps.cache, jti));
+    let decisions = guarded_hits(&ctx.deps.cache, guard, &buckets, rl.window_secs)
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("token revoked".into()))?;
     if let Access::Permission(p) = access {
         if !permitted {
             ctx.principal = Some(principal);
@@ -279,8 +271,8 @@ async fn admit(
             return Err(ApiError::Forbidden(format!("permission `{p}` is required")));
         }
     }
-    for decision in [api, submit].into_iter().flatten() {
-        count(decision?)?;
+    for decision in decisions {
+        count(decision)?;
     }
     ctx.principal = Some(principal);
     Ok(shown)
