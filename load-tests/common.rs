@@ -37,21 +37,9 @@ pub fn root() -> PathBuf {
 /// Rate limits and gateway quotas stay enabled (their Redis round trips are part of the cost)
 /// but are raised so high that a benchmark never reaches them.
 pub fn bench_settings() -> Settings {
-    let mut env: BTreeMap<String, String> = std::env::vars().collect();
-    env.insert("ENVIRONMENT".into(), "test".into());
-    let mut s = Settings::load_with_env(&root().join("config"), &env).expect("settings");
-    let id = Uuid::new_v4().simple().to_string();
-    let short = &id[..12];
-    s.http.port = 0;
-    s.metrics.port = 0;
-    s.kafka.namespace = format!("bench{short}.");
-    s.database.schema = format!("bench_{short}");
-    s.redis.key_prefix = format!("bench{short}:");
+    let mut s = Settings::isolated(&root(), "bench").expect("settings");
     s.database.max_connections = std::env::var("LOADGEN_PG_POOL").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     s.redis.pool_size = 4;
-    s.paths.topics = root().join("topics");
-    s.paths.schemas = root().join("schemas");
-    s.paths.processors = root().join("processors");
     const NEVER: u64 = 1 << 40;
     s.rate_limits.api_per_window = NEVER;
     s.rate_limits.submit_per_window = NEVER;
@@ -449,12 +437,8 @@ impl Collector {
     /// Starts reading every partition of `topic` (which must exist). `keep_payload` keeps each
     /// first record's value (to decode it later).
     pub async fn start(s: &Settings, topic: &str, keep_payload: bool) -> Collector {
-        let c: StreamConsumer = devcycle::kafka::client_config(&s.kafka, "bench-collector")
-            .set("group.id", format!("{}collector-{}", s.kafka.namespace, Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .expect("collector consumer");
+        let c: StreamConsumer =
+            devcycle::kafka::reader_config(&s.kafka, "collector").create().expect("collector consumer");
         let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
         let parts = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
         assert!(parts > 0, "topic {topic} has no partitions");

@@ -11,7 +11,6 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 pub async fn run(tasks: usize, timeout_secs: u64) {
     let peak_resettable = reset_peak_rss();
@@ -99,13 +98,7 @@ pub async fn run(tasks: usize, timeout_secs: u64) {
 
 /// Reads `topic` from the beginning until `want` records: (count, min timestamp, max timestamp).
 pub async fn read_timestamps(s: &Settings, topic: &str, want: usize) -> (usize, i64, i64) {
-    let c: StreamConsumer = devcycle::kafka::client_config(&s.kafka, "bench-reader")
-        .set("group.id", format!("{}reader-{}", s.kafka.namespace, Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
+    let c: StreamConsumer = devcycle::kafka::reader_config(&s.kafka, "reader").create().unwrap();
     c.subscribe(&[topic]).unwrap();
     let (mut n, mut lo, mut hi) = (0usize, i64::MAX, i64::MIN);
     while n < want {

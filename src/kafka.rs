@@ -24,6 +24,17 @@ pub fn client_config(k: &KafkaSettings, client_suffix: &str) -> ClientConfig {
     c
 }
 
+/// A reader outside any real consumer group (tests, benchmarks, checks): read_committed, from
+/// the earliest offset, never committing, in a throwaway group `<namespace><name>-<uuid>`.
+pub fn reader_config(k: &KafkaSettings, name: &str) -> ClientConfig {
+    let mut c = client_config(k, name);
+    c.set("group.id", format!("{}{name}-{}", k.namespace, uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    c
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     /// Kafka did not take the record in time, or is down: the caller may retry later.

@@ -208,11 +208,6 @@ pub async fn deny_jti(cache: &Cache, jti: &str, exp: i64) -> Result<(), CacheErr
     Ok(())
 }
 
-pub async fn is_denied(cache: &Cache, jti: &str) -> Result<bool, CacheError> {
-    let n: i64 = cache.pool().exists(deny_key(cache, jti)).await?;
-    Ok(n > 0)
-}
-
 // --- TOTP (RFC 6238: HMAC-SHA1, 30 s steps, 6 digits) ---
 
 const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";

@@ -195,6 +195,28 @@ fn server_span(deps: &Deps, req: &Request<Incoming>, route: &str, request_id: &s
 
 /// Puts the trace id on the request's log lines (the caller's, or with export on, the server
 /// span's), so logs and traces meet.
+/// What every request starts with: its log span, its server span (OTLP) and its context.
+fn begin(
+    deps: Arc<Deps>,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    route: &str,
+    request_id: &str,
+) -> (tracing::Span, crate::otlp::Span, Ctx) {
+    let span = tracing::info_span!(
+        "http",
+        request_id = %request_id,
+        method = %req.method(),
+        route = route,
+        user_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty
+    );
+    let server = server_span(&deps, req, route, request_id);
+    record_trace_id(&span, &server);
+    let ctx = Ctx { deps, request_id: request_id.to_string(), peer, principal: None, trace: server.context() };
+    (span, server, ctx)
+}
+
 fn record_trace_id(log_span: &tracing::Span, server: &crate::otlp::Span) {
     if let Some(c) = server.traceparent().as_deref().and_then(crate::otlp::TraceContext::parse) {
         log_span.record("trace_id", c.trace_id_hex());
@@ -288,17 +310,7 @@ async fn handle_stream(
     let started = Instant::now();
     let request_id = request_id(&req);
     let route = "/v1/topics/{topic}/records";
-    let span = tracing::info_span!(
-        "http",
-        request_id = %request_id,
-        method = "POST",
-        route = route,
-        user_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty
-    );
-    let server = server_span(&deps, &req, route, &request_id);
-    record_trace_id(&span, &server);
-    let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None, trace: server.context() };
+    let (span, server, mut ctx) = begin(deps, &req, peer, route, &request_id);
     // Streams pass the same authentication, permission and rate limits as every route.
     let handler = router::Handler::ProduceRecords(topic.clone());
     let mut resp = match admit(&mut ctx, &handler, &req, &span).instrument(span.clone()).await {
@@ -321,17 +333,7 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
     let method = req.method().clone();
     let timeout = Duration::from_millis(deps.settings.http.request_timeout_ms);
     let (route, found) = router::route(req.method(), req.uri().path());
-    let span = tracing::info_span!(
-        "http",
-        request_id = %request_id,
-        method = %method,
-        route = route,
-        user_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty
-    );
-    let server = server_span(&deps, &req, route, &request_id);
-    record_trace_id(&span, &server);
-    let mut ctx = Ctx { deps, request_id: request_id.clone(), peer, principal: None, trace: server.context() };
+    let (span, server, mut ctx) = begin(deps, &req, peer, route, &request_id);
     let fut = async {
         let admitted = match &found {
             Ok(handler) => admit(&mut ctx, handler, &req, &span).await.map(Some),

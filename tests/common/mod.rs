@@ -10,7 +10,6 @@ use devcycle::settings::Settings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,20 +24,7 @@ pub fn root() -> PathBuf {
 /// Test settings: `config/` with ENVIRONMENT=test and the service URLs from the environment,
 /// isolated by a fresh namespace.
 pub fn test_settings() -> Settings {
-    let mut env: BTreeMap<String, String> = std::env::vars().collect();
-    env.insert("ENVIRONMENT".into(), "test".into());
-    let mut s = Settings::load_with_env(&root().join("config"), &env).expect("test settings");
-    let id = Uuid::new_v4().simple().to_string();
-    let short = &id[..12];
-    s.http.port = 0;
-    s.metrics.port = 0;
-    s.kafka.namespace = format!("t{short}.");
-    s.database.schema = format!("t_{short}");
-    s.redis.key_prefix = format!("t{short}:");
-    s.paths.topics = root().join("topics");
-    s.paths.schemas = root().join("schemas");
-    s.paths.processors = root().join("processors");
-    s
+    Settings::isolated(&root(), "t").expect("test settings")
 }
 
 /// The password of every user the helpers create (meets the policy).
@@ -209,13 +195,7 @@ impl TestApp {
 /// A read_committed consumer of `topic` from the beginning, in a group of its own within the
 /// settings' namespace.
 pub fn reader(settings: &Settings, topic: &str) -> StreamConsumer {
-    let c: StreamConsumer = devcycle::kafka::client_config(&settings.kafka, "test-reader")
-        .set("group.id", format!("{}reader-{}", settings.kafka.namespace, Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
+    let c: StreamConsumer = devcycle::kafka::reader_config(&settings.kafka, "reader").create().unwrap();
     c.subscribe(&[topic]).unwrap();
     c
 }
