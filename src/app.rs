@@ -139,18 +139,24 @@ pub async fn run_with(
         let fut = launch(deps.clone(), spec, health, shutdown.clone());
         tasks.spawn(async move { fut.await.map_err(|e| StartError::Processor(name, e)) });
     }
-    let server = match mode {
-        Mode::Process(_) => ingress::Server::bind_probes(deps.clone()).await?,
-        _ => ingress::Server::bind(deps.clone()).await?,
+    // Probes and /metrics run on their own thread in every mode (see ingress::probes); the
+    // ingress serves them on its API port as well.
+    let api = match mode {
+        Mode::Process(_) => None,
+        _ => Some(ingress::Server::bind(deps.clone()).await?),
     };
+    let probe_stop = shutdown.child_token();
+    let probes = ingress::Probes::spawn(deps.clone(), probe_stop.clone())?;
     if let Some(tx) = bound {
-        let _ = tx.send(server.local_addr());
+        let _ = tx.send(api.as_ref().map_or(probes.local_addr(), |s| s.local_addr()));
     }
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        server.serve(token).await;
-        Ok(())
-    });
+    if let Some(server) = api {
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            server.serve(token).await;
+            Ok(())
+        });
+    }
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
         match joined {
@@ -167,6 +173,8 @@ pub async fn run_with(
             }
         }
     }
+    probe_stop.cancel();
+    probes.join().await;
     deps.tracer.flush(Duration::from_secs(5)).await;
     deps.producer.flush(Duration::from_secs(10));
     result

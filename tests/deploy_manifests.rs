@@ -112,12 +112,12 @@ fn config_port(section: &str) -> u64 {
     u64::try_from(port).unwrap_or_else(|_| panic!("{section}.port is positive"))
 }
 
-/// Where the ingress serves its probes and /metrics.
+/// Where the ingress serves its API (and, besides metrics.port, its probes).
 fn http_port() -> u64 {
     config_port("http")
 }
 
-/// Where `devcycle process` serves its probes and /metrics.
+/// Where every process serves its probes and /metrics from their own thread.
 fn metrics_port() -> u64 {
     let port = config_port("metrics");
     assert_ne!(port, 0, "metrics.port 0 (a free port) cannot be probed; config/default.toml must fix it");
@@ -330,11 +330,8 @@ fn check_deployment(doc: &Value, env_sources: &BTreeSet<String>) -> Vec<String> 
                 continue;
             }
         };
-        // The port the container serves its probes (and /metrics) on.
-        let (port_key, port) = match &command {
-            Command::Ingress => ("http.port", http_port()),
-            _ => ("metrics.port", metrics_port()),
-        };
+        // Every process serves its probes (and /metrics) on metrics.port.
+        let (port_key, port) = ("metrics.port", metrics_port());
         match &command {
             Command::Ingress => {
                 check_probes(c, port_key, port, &mut errors);
@@ -377,10 +374,21 @@ fn check_deployment(doc: &Value, env_sources: &BTreeSet<String>) -> Vec<String> 
                 errors.push(format!("{name}: pod annotation {key} {got:?}, want {want} ({port_key})"));
             }
         }
-        for p in seq(c, "ports") {
-            let got = at(p, "containerPort").and_then(Value::as_u64);
-            if got != Some(port) {
+        // Declared ports: the probe port, and the API port on the ingress; nothing else.
+        let wanted: Vec<u64> = match &command {
+            Command::Ingress => vec![http_port(), port],
+            _ => vec![port],
+        };
+        let declared: Vec<Option<u64>> =
+            seq(c, "ports").iter().map(|p| at(p, "containerPort").and_then(Value::as_u64)).collect();
+        for got in &declared {
+            if !got.is_some_and(|g| wanted.contains(&g)) {
                 errors.push(format!("{name}/{cname}: containerPort {got:?}, {port_key} {port}"));
+            }
+        }
+        for want in &wanted {
+            if !declared.contains(&Some(*want)) {
+                errors.push(format!("{name}/{cname}: no containerPort {want}"));
             }
         }
         if at(c, "securityContext.readOnlyRootFilesystem").and_then(Value::as_bool) != Some(true) {

@@ -11,11 +11,13 @@ mod body;
 mod envelope;
 mod health;
 mod openapi;
+mod probes;
 mod router;
 mod tasks;
 mod topics;
 
 pub use envelope::{ApiError, HttpResponse};
+pub use probes::Probes;
 pub use router::{Access, RateClass};
 
 use crate::app::Deps;
@@ -73,15 +75,6 @@ impl Server {
         let listener = TcpListener::bind(&addr).await?;
         tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "ingress listening");
         Ok(Server { deps, listener, tls, probes_only: false })
-    }
-
-    /// The probes and metrics of a processor process, on `metrics.host:metrics.port` (plain
-    /// HTTP: scraped inside the cluster).
-    pub async fn bind_probes(deps: Arc<Deps>) -> std::io::Result<Server> {
-        let addr = format!("{}:{}", deps.settings.metrics.host, deps.settings.metrics.port);
-        let listener = TcpListener::bind(&addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, "probes and metrics listening");
-        Ok(Server { deps, listener, tls: None, probes_only: true })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
