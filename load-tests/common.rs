@@ -495,3 +495,59 @@ impl Collector {
         Arc::try_unwrap(self.seen).ok().map(|m| m.into_inner().unwrap()).unwrap_or_default()
     }
 }
+
+/// Sums and counts of the agent-executor's step timings and of the task writer's batches, from
+/// this process's metrics (every processor of a run shares them).
+#[derive(Default)]
+pub struct Stages(HashMap<String, (f64, f64)>);
+
+const STAGE_SERIES: [(&str, &str); 6] = [
+    ("start", "devcycle_task_stage_duration_seconds{stage=\"start\"}"),
+    ("announce", "devcycle_task_stage_duration_seconds{stage=\"announce\"}"),
+    ("finish", "devcycle_task_stage_duration_seconds{stage=\"finish\"}"),
+    ("publish", "devcycle_task_stage_duration_seconds{stage=\"publish\"}"),
+    ("batch size", "devcycle_task_writer_batch_size"),
+    ("batch time", "devcycle_task_writer_batch_duration_seconds"),
+];
+
+impl Stages {
+    pub fn take() -> Stages {
+        let text = devcycle::events::encode();
+        let value = |series: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        let mut m = HashMap::new();
+        for (name, series) in STAGE_SERIES {
+            let (base, labels) = series.split_at(series.find('{').unwrap_or(series.len()));
+            m.insert(
+                name.to_string(),
+                (value(&format!("{base}_sum{labels}")), value(&format!("{base}_count{labels}"))),
+            );
+        }
+        Stages(m)
+    }
+
+    /// Means between `before` and now: where a task's time went.
+    pub fn since(before: &Stages) -> String {
+        let now = Stages::take();
+        let mean = |name: &str| {
+            let (s1, c1) = now.0.get(name).copied().unwrap_or_default();
+            let (s0, c0) = before.0.get(name).copied().unwrap_or_default();
+            ((c1 - c0) > 0.0).then(|| ((s1 - s0) / (c1 - c0), c1 - c0))
+        };
+        let mut parts = Vec::new();
+        for stage in ["start", "announce", "finish", "publish"] {
+            if let Some((m, n)) = mean(stage) {
+                parts.push(format!("{stage} {:.1} ms (n={n})", m * 1000.0));
+            }
+        }
+        if let (Some((size, n)), Some((time, _))) = (mean("batch size"), mean("batch time")) {
+            parts.push(format!("{n} group commits of {size:.1} transitions, {:.1} ms each", time * 1000.0));
+        }
+        format!("# mean time per agent-executor step: {}", parts.join("; "))
+    }
+}

@@ -1,6 +1,8 @@
 //! `e2e`: DevCycle in `Mode::All` (ingress + agent-executor in one process). A short
 //! closed-loop probe finds the saturated rate (submissions answered and results seen), then an
 //! open-loop load at a fraction of it measures submission, end-to-end and /health latency.
+//! /health is sampled like a kubelet would (a client of its own, here a thread with its own
+//! runtime) on the probe port (`metrics.port`) and, for comparison, on the API port.
 
 use crate::common::*;
 use devcycle::app::{self, Mode};
@@ -155,7 +157,12 @@ fn row(name: &str, h: &Histogram<u64>, errors: u64, target: &str, met: Option<bo
 
 pub async fn run(a: Args) {
     let peak_resettable = reset_peak_rss();
-    let deps = connect(bench_settings()).await;
+    let mut settings = bench_settings();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    settings.metrics.port = free.local_addr().expect("bound").port();
+    drop(free);
+    let probe_addr: SocketAddr = ([127, 0, 0, 1], settings.metrics.port).into();
+    let deps = connect(settings).await;
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let handle = tokio::spawn(app::run_with(deps.clone(), Mode::All, shutdown.clone(), Some(tx)));
@@ -221,17 +228,29 @@ pub async fn run(a: Args) {
     // Open loop at `fraction` of saturation, with /health sampled on its own connection.
     let rate = a.rate.unwrap_or(saturated * a.fraction).max(1.0);
     println!(
-        "# open loop: {rate:.0} submissions/s ({}), {} conns (one request every {:.1} ms each), {} s; GET /health every 10 ms on a separate connection",
+        "# open loop: {rate:.0} submissions/s ({}), {} conns (one request every {:.1} ms each), {} s; GET /health every 10 ms on the probe port {probe_addr} and on the API port, each from a thread of its own",
         if a.rate.is_some() { "--rate".to_string() } else { format!("{} × saturated", a.fraction) },
         a.conns,
         a.conns as f64 / rate * 1000.0,
         a.secs
     );
     reset_peak_rss();
-    let health_task = tokio::spawn(open_loop(addr, health, 100.0, 1, a.secs, false));
+    let stages = Stages::take();
+    let secs = a.secs;
+    let sampler = |at: SocketAddr, req: Arc<Vec<u8>>| {
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(open_loop(at, req, 100.0, 1, secs, false))
+        })
+    };
+    let health_probe_task = sampler(probe_addr, http_request(probe_addr, "GET", "/health", None, ""));
+    let health_api_task = sampler(addr, health);
     let load = open_loop(addr, submit, rate, a.conns, a.secs, true).await;
-    let health = health_task.await.expect("health sampler");
+    let health = tokio::task::spawn_blocking(move || health_probe_task.join()).await.unwrap().expect("health sampler");
+    let health_api =
+        tokio::task::spawn_blocking(move || health_api_task.join()).await.unwrap().expect("health sampler (API port)");
     let (hwm, _) = rss_mib();
+    let stage_line = Stages::since(&stages);
     let achieved = load.ok as f64 / a.secs as f64;
     expected += load.ids.len();
     let t = Instant::now();
@@ -257,6 +276,7 @@ pub async fn run(a: Args) {
     }
     let errors: u64 = load.errors.values().sum();
     let health_errors: u64 = health.errors.values().sum();
+    let health_api_errors: u64 = health_api.errors.values().sum();
     // Error statuses (0 = broken or timed-out exchange).
     let statuses = |m: &BTreeMap<u16, u64>| m.iter().map(|(s, n)| format!(" {s}×{n}")).collect::<String>();
     println!(
@@ -291,12 +311,20 @@ pub async fn run(a: Args) {
     row("  of which: 202 answered → TaskResult produced (record timestamp, ms)", &processing, missing, "", None);
     row("  of which: TaskResult produced → seen by the reader (ms)", &reader, missing, "", None);
     row(
-        "GET /health every 10 ms (from scheduled start)",
+        "GET /health every 10 ms on the probe port (from scheduled start)",
         hl,
         health_errors,
         "P99 < 10 ms",
         Some(!hl.is_empty() && health_errors == 0 && pct_ms(hl, 0.99) < 10.0),
     );
+    row(
+        "  the same on the API port (for comparison)",
+        health_api.from_schedule.as_ref().unwrap(),
+        health_api_errors,
+        "",
+        None,
+    );
     row("generator lateness (send − scheduled), submissions", load.lag.as_ref().unwrap(), 0, "", None);
+    println!("{stage_line} (open loop only)");
     cleanup(&deps.settings, &deps.catalog, &deps.pool).await;
 }

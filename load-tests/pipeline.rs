@@ -29,6 +29,7 @@ pub async fn run(tasks: usize, timeout_secs: u64) {
 
     // DevCycle: one agent-executor process part.
     reset_peak_rss();
+    let stages = Stages::take();
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let handle =
@@ -92,6 +93,7 @@ pub async fn run(tasks: usize, timeout_secs: u64) {
     );
     println!();
     println!("devcycle/raw ratio: {:.3} (target ≥ 0.3)", dc_rate / raw_rate);
+    println!("{}", Stages::since(&stages));
     cleanup(&deps.settings, &deps.catalog, &deps.pool).await;
     cleanup(&base, &catalog, &deps.pool).await;
 }

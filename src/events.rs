@@ -42,6 +42,10 @@ pub struct AgentLabels {
     pub agent: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
 }
@@ -73,6 +77,9 @@ pub struct Metrics {
     pub process_rss_bytes: Gauge,
     pub process_cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub otlp_spans: Family<OutcomeLabels, Counter>,
+    pub task_stage_duration: Family<StageLabels, Histogram, fn() -> Histogram>,
+    pub task_batch_size: Histogram,
+    pub task_batch_duration: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +117,9 @@ pub fn metrics() -> &'static Metrics {
             process_rss_bytes: Gauge::default(),
             process_cpu_seconds: Gauge::default(),
             otlp_spans: Family::default(),
+            task_stage_duration: Family::new_with_constructor(latency),
+            task_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            task_batch_duration: latency(),
             registry: Registry::default(),
         };
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -128,6 +138,17 @@ pub fn metrics() -> &'static Metrics {
         r.register("process_resident_memory_bytes", "Resident set size", m.process_rss_bytes.clone());
         r.register("process_cpu_seconds", "User plus system CPU time", m.process_cpu_seconds.clone());
         r.register("otlp_spans", "Trace spans by export outcome (exported, dropped_*)", m.otlp_spans.clone());
+        r.register(
+            "task_stage_duration_seconds",
+            "Time a task spends in each step of the agent-executor (start, announce, finish, publish)",
+            m.task_stage_duration.clone(),
+        );
+        r.register("task_writer_batch_size", "Task transitions per group commit", m.task_batch_size.clone());
+        r.register(
+            "task_writer_batch_duration_seconds",
+            "Time of one group commit of task transitions",
+            m.task_batch_duration.clone(),
+        );
         Metrics { registry: r, ..m }
     })
 }
@@ -327,6 +348,35 @@ pub fn processor_gauges(processor: &str) -> (Gauge, Gauge, Counter) {
         m.paused.get_or_create(&l).clone(),
         m.records_consumed.get_or_create(&l).clone(),
     )
+}
+
+/// One step of a task in the agent-executor took `elapsed` (stages: `start`, `announce`,
+/// `finish`, `publish`; metrics only, no log line: there are several per task).
+pub struct TaskStage {
+    pub stage: &'static str,
+    pub elapsed: Duration,
+}
+impl TaskStage {
+    pub fn emit(self) {
+        metrics()
+            .task_stage_duration
+            .get_or_create(&StageLabels { stage: self.stage.into() })
+            .observe(self.elapsed.as_secs_f64());
+    }
+}
+
+/// The task writer committed a batch of `jobs` transitions in `elapsed`.
+pub struct TaskBatchWritten {
+    pub jobs: usize,
+    pub elapsed: Duration,
+}
+impl TaskBatchWritten {
+    pub fn emit(self) {
+        let m = metrics();
+        m.task_batch_size.observe(self.jobs as f64);
+        m.task_batch_duration.observe(self.elapsed.as_secs_f64());
+        tracing::debug!(jobs = self.jobs, duration_ms = self.elapsed.as_secs_f64() * 1000.0, "task batch written");
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,15 @@ fn succeeded(n: i64) -> Outcome {
     Outcome { status: TaskStatus::Succeeded, output: Some(json!({ "n": n })), error: None, error_class: None }
 }
 
+/// Group commits so far in this process (`devcycle_task_writer_batch_size_count`).
+fn batch_count() -> f64 {
+    let text = devcycle::events::encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix("devcycle_task_writer_batch_size_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::test]
 async fn concurrent_transitions_keep_per_task_semantics() {
     let deps = devcycle::app::Deps::connect(common::test_settings()).await.expect("connect");
@@ -25,6 +34,7 @@ async fn concurrent_transitions_keep_per_task_semantics() {
 
     let sources: Vec<Source> = (0..300).map(src).collect();
     // 300 starts at once, each task twice (a redelivery racing the first delivery).
+    let commits_before = batch_count();
     let starts = futures::future::join_all(
         reqs.iter().zip(&sources).flat_map(|(r, s)| [writer.start(r, s), writer.start(r, s)]),
     )
@@ -38,6 +48,9 @@ async fn concurrent_transitions_keep_per_task_semantics() {
             Start::Finished(_) => panic!("nothing is final yet"),
         }
     }
+    // Group commit: 600 transitions in far fewer calls (this binary's other tests add a few).
+    let commits = batch_count() - commits_before;
+    assert!((1.0..=100.0).contains(&commits), "600 starts took {commits} group commits");
     let attempts: Vec<i32> =
         sqlx::query_scalar("SELECT attempts FROM tasks ORDER BY attempts").fetch_all(&pool).await.unwrap();
     assert_eq!(attempts.len(), 300);
@@ -48,11 +61,24 @@ async fn concurrent_transitions_keep_per_task_semantics() {
     let finishes =
         futures::future::join_all(reqs.iter().zip(&sources).zip(&outcomes).map(|((r, s), o)| writer.finish(r, s, o)))
             .await;
+    let mut published = Vec::new();
     for (i, f) in finishes.into_iter().enumerate() {
         let (row, event) = f.expect("finish");
         assert_eq!(row.status, TaskStatus::Succeeded);
         assert_eq!(row.output, Some(json!({ "n": i })));
-        assert_eq!(event.expect("changed").from_status, Some(TaskStatus::Running));
+        let event = event.expect("changed");
+        assert_eq!(event.from_status, Some(TaskStatus::Running));
+        published.push(event);
+    }
+    // The events answered (and published by the processor) are the ones stored.
+    for e in published.iter().take(20) {
+        let (task, from, to, attempt): (uuid::Uuid, Option<String>, String, i32) =
+            sqlx::query_as("SELECT task_id, from_status, to_status, attempt FROM task_events WHERE event_id = $1")
+                .bind(e.event_id)
+                .fetch_one(&pool)
+                .await
+                .expect("the answered event is stored");
+        assert_eq!((task, from.as_deref(), to.as_str(), attempt), (e.task_id, Some("running"), "succeeded", 2));
     }
     let failed = Outcome {
         status: TaskStatus::Failed,

@@ -1,8 +1,9 @@
 //! Group commit for task transitions. The `start` and `finish` of many concurrent tasks go
 //! through one bounded channel to a few writer loops; each loop takes what is waiting (up to
-//! [`MAX_BATCH`]) and applies it in one transaction with multi-row statements, then answers
-//! every caller. Under load a task's transition costs a share of one commit instead of a
-//! commit and half a dozen round trips of its own.
+//! [`MAX_BATCH`]) and applies it with one call of the `apply_task_transitions` function
+//! (migrations/20261126000004): one round trip, one transaction. Then it answers every caller.
+//! Under load a task's transition costs a share of one commit and one round trip instead of
+//! a commit and half a dozen round trips of its own.
 //!
 //! Invariants: per task, the same semantics as [`tasks::start`] and [`tasks::finish`] (a
 //! terminal row is never changed; a change and its event commit together); a caller is
@@ -13,7 +14,7 @@
 use super::tasks::{self, Outcome, Source, Start, TaskRow};
 use super::DbError;
 use crate::domain::{TaskEvent, TaskRequest, TaskStatus};
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -87,6 +88,13 @@ impl TaskWriter {
     }
 }
 
+fn finish(j: &Job) -> Option<&Outcome> {
+    match &j.op {
+        Op::Finish(o) => Some(o),
+        Op::Start => None,
+    }
+}
+
 fn closed() -> DbError {
     DbError::Unavailable(sqlx::Error::PoolClosed)
 }
@@ -118,7 +126,10 @@ async fn writer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
 }
 
 async fn run_round(pool: &PgPool, jobs: Vec<Job>) {
-    match apply(pool, &jobs).await {
+    let started = std::time::Instant::now();
+    let applied = apply(pool, &jobs).await;
+    crate::events::TaskBatchWritten { jobs: jobs.len(), elapsed: started.elapsed() }.emit();
+    match applied {
         Ok(mut replies) => {
             for job in jobs {
                 let reply = replies.remove(&job.req.task_id).ok_or_else(|| {
@@ -149,72 +160,92 @@ async fn run_round(pool: &PgPool, jobs: Vec<Job>) {
     }
 }
 
-/// Applies one round (distinct task ids) in one transaction.
+/// Applies one round (distinct task ids) in one call of `apply_task_transitions` (migrations):
+/// one round trip and one implicit transaction for the whole batch.
 async fn apply(pool: &PgPool, jobs: &[Job]) -> Result<HashMap<Uuid, Reply>, DbError> {
-    let mut ids: Vec<Uuid> = jobs.iter().map(|j| j.req.task_id).collect();
-    ids.sort();
-    let mut tx = pool.begin().await?;
-    let prior: HashMap<Uuid, String> = sqlx::query_as::<_, (Uuid, String)>(
-        "SELECT task_id, status FROM tasks WHERE task_id = ANY($1) ORDER BY task_id FOR UPDATE",
+    let refs: Vec<&Job> = jobs.iter().collect();
+    let c = RequestColumns::of(&refs);
+    let is_start: Vec<bool> = jobs.iter().map(|j| matches!(j.op, Op::Start)).collect();
+    // Finish columns (ignored for starts, whose status is `running`).
+    let status: Vec<&str> = jobs.iter().map(|j| finish(j).map_or("running", |o| o.status.as_str())).collect();
+    let finished: Vec<bool> = jobs.iter().map(|j| finish(j).is_some_and(|o| o.status.is_terminal())).collect();
+    let output: Vec<Option<serde_json::Value>> =
+        jobs.iter().map(|j| finish(j).and_then(|o| o.output.clone())).collect();
+    let error: Vec<Option<String>> = jobs.iter().map(|j| finish(j).and_then(|o| o.error.clone())).collect();
+    let class: Vec<Option<String>> = jobs.iter().map(|j| finish(j).and_then(|o| o.error_class.clone())).collect();
+    // The event of each job, should its row change: its id and time are chosen here so the
+    // published event equals the stored one.
+    let event_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
+    let at = chrono::Utc::now();
+    let rows = sqlx::query(
+        "SELECT * FROM apply_task_transitions($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+         $16, $17, $18, $19, $20)",
     )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-    let starts: Vec<&Job> = jobs.iter().filter(|j| matches!(j.op, Op::Start)).collect();
-    let finishes: Vec<&Job> = jobs.iter().filter(|j| matches!(j.op, Op::Finish(_))).collect();
-    let mut changed: HashMap<Uuid, TaskRow> = HashMap::new();
-    if !starts.is_empty() {
-        changed.extend(upsert_starts(&mut tx, &starts).await?.into_iter().map(|r| (r.task_id, r)));
-    }
-    if !finishes.is_empty() {
-        changed.extend(upsert_finishes(&mut tx, &finishes).await?.into_iter().map(|r| (r.task_id, r)));
-    }
-    // Rows the guard left alone are final already: read them as they are.
-    let unchanged: Vec<Uuid> = ids.iter().filter(|id| !changed.contains_key(id)).copied().collect();
-    let mut current: HashMap<Uuid, TaskRow> = HashMap::new();
-    if !unchanged.is_empty() {
-        current = tasks::get_many(&mut *tx, &unchanged).await?.into_iter().map(|r| (r.task_id, r)).collect();
+    .bind(c.id)
+    .bind(is_start)
+    .bind(c.agent)
+    .bind(c.priority)
+    .bind(c.input)
+    .bind(c.submitted_by)
+    .bind(c.request_id)
+    .bind(c.traceparent)
+    .bind(c.deadline)
+    .bind(c.created_at)
+    .bind(c.topic)
+    .bind(c.partition)
+    .bind(c.offset)
+    .bind(status)
+    .bind(finished)
+    .bind(output)
+    .bind(error)
+    .bind(class)
+    .bind(&event_ids)
+    .bind(vec![at; jobs.len()])
+    .fetch_all(pool)
+    .await?;
+    let mut current: HashMap<Uuid, (bool, Option<TaskStatus>, TaskRow)> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let changed: bool = r.try_get("changed")?;
+        let prior: Option<String> = r.try_get("prior_status")?;
+        let row = tasks::row_to_task(r)?;
+        current.insert(row.task_id, (changed, prior.and_then(|s| s.parse().ok()), row));
     }
     let mut replies = HashMap::with_capacity(jobs.len());
-    let mut events = Vec::new();
-    for job in jobs {
+    for (job, event_id) in jobs.iter().zip(event_ids) {
         let id = job.req.task_id;
-        let from: Option<TaskStatus> = prior.get(&id).and_then(|s| s.parse().ok());
-        let reply = match (&job.op, changed.remove(&id)) {
-            (Op::Start, Some(row)) => {
-                let event = event_for(&row, from.or(Some(TaskStatus::Queued)), None);
-                events.push(event.clone());
-                Reply::Started(Start::Started(row, event))
+        let (changed, from, row) = current
+            .remove(&id)
+            .ok_or_else(|| DbError::Other(sqlx::Error::Protocol("task missing from its batch's answer".into())))?;
+        // The same `from` and message the function stored.
+        let event = |from: Option<TaskStatus>, message: Option<String>| TaskEvent {
+            event_id,
+            task_id: id,
+            agent: row.agent.clone(),
+            from_status: from,
+            to_status: row.status,
+            attempt: row.attempts,
+            message,
+            at,
+            request_id: row.request_id.clone(),
+        };
+        let reply = match (&job.op, changed) {
+            (Op::Start, true) => {
+                let e = event(from.or(Some(TaskStatus::Queued)), None);
+                Reply::Started(Start::Started(row, e))
             }
-            (Op::Finish(o), Some(row)) => {
-                let event = event_for(&row, from, o.error.clone());
-                events.push(event.clone());
-                Reply::Finished(row, Some(event))
+            (Op::Finish(o), true) => {
+                let e = event(from, o.error.clone());
+                Reply::Finished(row, Some(e))
             }
-            (op, None) => {
-                let row = current.remove(&id).ok_or_else(|| {
-                    DbError::Other(sqlx::Error::Protocol("task vanished during a batched write".into()))
-                })?;
-                match op {
-                    Op::Start => Reply::Started(Start::Finished(row)),
-                    Op::Finish(_) => Reply::Finished(row, None),
-                }
-            }
+            (Op::Start, false) => Reply::Started(Start::Finished(row)),
+            (Op::Finish(_), false) => Reply::Finished(row, None),
         };
         replies.insert(id, reply);
     }
-    tasks::insert_events(&mut tx, &events).await?;
-    tx.commit().await?;
     Ok(replies)
 }
 
-fn event_for(row: &TaskRow, from: Option<TaskStatus>, message: Option<String>) -> TaskEvent {
-    TaskEvent::new(row.task_id, &row.agent, from, row.status, row.attempts, message, row.request_id.clone())
-}
-
-/// Per-column arrays of the request fields both upserts take.
+/// Per-column arrays of the request fields of a batch.
 struct RequestColumns {
     id: Vec<Uuid>,
     agent: Vec<String>,
@@ -249,84 +280,14 @@ impl RequestColumns {
     }
 }
 
-/// The UNNEST arguments $1..$12 for [`RequestColumns`], aliased for the statements below.
-const REQUEST_UNNEST: &str = "UNNEST($1::uuid[], $2::text[], $3::int4[], $4::jsonb[], $5::text[], $6::text[], \
-    $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::int4[], $12::int8[]) \
-    AS t(id, agent, priority, input, submitted_by, request_id, traceparent, deadline, created_at, topic, part, off)";
+#[cfg(test)]
+mod tests {
+    use crate::domain::TaskStatus;
 
-async fn upsert_starts(tx: &mut Transaction<'_, Postgres>, jobs: &[&Job]) -> Result<Vec<TaskRow>, DbError> {
-    let c = RequestColumns::of(jobs);
-    let sql = format!(
-        "INSERT INTO tasks (task_id, agent, status, attempts, priority, input, submitted_by, request_id,
-                            traceparent, deadline, created_at, started_at, source_topic, source_partition, source_offset)
-         SELECT t.id, t.agent, 'running', 1, t.priority, t.input, t.submitted_by, t.request_id, t.traceparent,
-                t.deadline, t.created_at, now(), t.topic, t.part, t.off
-         FROM {REQUEST_UNNEST}
-         ON CONFLICT (task_id) DO UPDATE SET status = 'running', attempts = tasks.attempts + 1, started_at = now(),
-             updated_at = now(), source_topic = EXCLUDED.source_topic,
-             source_partition = EXCLUDED.source_partition, source_offset = EXCLUDED.source_offset
-           WHERE tasks.status NOT IN {}
-         RETURNING {}",
-        TaskStatus::TERMINAL_SQL,
-        tasks::COLUMNS
-    );
-    let rows = bind_request(sqlx::query(AssertSqlSafe(sql)), c).fetch_all(&mut **tx).await?;
-    rows.iter().map(tasks::row_to_task).collect()
-}
-
-async fn upsert_finishes(tx: &mut Transaction<'_, Postgres>, jobs: &[&Job]) -> Result<Vec<TaskRow>, DbError> {
-    let outcome = |j: &&Job| match &j.op {
-        Op::Finish(o) => o.clone(),
-        Op::Start => unreachable!("only finishes here"),
-    };
-    let outcomes: Vec<Outcome> = jobs.iter().map(outcome).collect();
-    let status: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
-    let finished: Vec<bool> = outcomes.iter().map(|o| o.status.is_terminal()).collect();
-    let output: Vec<Option<serde_json::Value>> = outcomes.iter().map(|o| o.output.clone()).collect();
-    let error: Vec<Option<String>> = outcomes.iter().map(|o| o.error.clone()).collect();
-    let class: Vec<Option<String>> = outcomes.iter().map(|o| o.error_class.clone()).collect();
-    let sql = format!(
-        "INSERT INTO tasks (task_id, agent, status, attempts, priority, input, output, error, error_class,
-                            submitted_by, request_id, traceparent, deadline, created_at, finished_at,
-                            source_topic, source_partition, source_offset)
-         SELECT t.id, t.agent, o.status, 0, t.priority, t.input, o.output, o.error, o.error_class, t.submitted_by,
-                t.request_id, t.traceparent, t.deadline, t.created_at, CASE WHEN o.finished THEN now() END,
-                t.topic, t.part, t.off
-         FROM {REQUEST_UNNEST}
-         JOIN UNNEST($1::uuid[], $13::text[], $14::bool[], $15::jsonb[], $16::text[], $17::text[])
-              AS o(id, status, finished, output, error, error_class) USING (id)
-         ON CONFLICT (task_id) DO UPDATE SET status = EXCLUDED.status, output = EXCLUDED.output,
-             error = EXCLUDED.error, error_class = EXCLUDED.error_class, finished_at = EXCLUDED.finished_at,
-             updated_at = now()
-           WHERE tasks.status NOT IN {}
-         RETURNING {}",
-        TaskStatus::TERMINAL_SQL,
-        tasks::COLUMNS
-    );
-    let rows = bind_request(sqlx::query(AssertSqlSafe(sql)), RequestColumns::of(jobs))
-        .bind(status)
-        .bind(finished)
-        .bind(output)
-        .bind(error)
-        .bind(class)
-        .fetch_all(&mut **tx)
-        .await?;
-    rows.iter().map(tasks::row_to_task).collect()
-}
-
-type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
-fn bind_request(q: Query<'_>, c: RequestColumns) -> Query<'_> {
-    q.bind(c.id)
-        .bind(c.agent)
-        .bind(c.priority)
-        .bind(c.input)
-        .bind(c.submitted_by)
-        .bind(c.request_id)
-        .bind(c.traceparent)
-        .bind(c.deadline)
-        .bind(c.created_at)
-        .bind(c.topic)
-        .bind(c.partition)
-        .bind(c.offset)
+    #[test]
+    fn the_transition_function_knows_the_same_final_statuses() {
+        let sql = include_str!("../../migrations/20261126000004_task_transitions.sql");
+        let guard = format!("tasks.status NOT IN {}", TaskStatus::TERMINAL_SQL);
+        assert_eq!(sql.matches(&guard).count(), 2, "both upserts guard with TERMINAL_SQL: {guard}");
+    }
 }

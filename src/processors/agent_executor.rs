@@ -17,7 +17,7 @@ use crate::catalog::ProcessorSpec;
 use crate::db::batch::TaskWriter;
 use crate::db::tasks::{self, Outcome, Source, Start, TaskRow};
 use crate::domain::{Agent, AgentStatus, TaskEvent, TaskRequest, TaskResult, TaskStatus};
-use crate::events::TaskExecuted;
+use crate::events::{TaskExecuted, TaskStage};
 use crate::executors::ExecError;
 use crate::kafka::OutRecord;
 use crate::runtime::{ProcessError, Processor, Publisher, RecordMeta, RunnerError, RunnerHealth};
@@ -188,19 +188,27 @@ impl AgentExecutor {
         src: &Source,
         outcome: Outcome,
     ) -> Result<(), ProcessError> {
-        let (row, event) = self.writer.finish(req, src, &outcome).await?;
+        let (row, event) = timed("finish", self.writer.finish(req, src, &outcome)).await?;
         let event = match event {
             Some(e) => Some(e),
             // Already final: re-publish what was recorded, unchanged.
             None => tasks::last_event(&self.deps.pool, row.task_id).await?,
         };
-        self.publish_final(p, &row, event.as_ref()).await
+        timed("publish", self.publish_final(p, &row, event.as_ref())).await
     }
 
     fn timeout_for(&self, agent: &Agent) -> Duration {
         let ms = agent.config.get("timeout_ms").and_then(|v| v.as_u64()).unwrap_or(self.spec.timeouts.task_ms);
         Duration::from_millis(ms.min(self.spec.timeouts.task_ms))
     }
+}
+
+/// Runs one step of a task, recording its time ([`TaskStage`]).
+async fn timed<T>(stage: &'static str, step: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = step.await;
+    TaskStage { stage, elapsed: started.elapsed() }.emit();
+    out
 }
 
 fn source(meta: &RecordMeta) -> Source {
@@ -295,7 +303,7 @@ impl AgentExecutor {
         // start is seen by the start (the row is final), one committed after it reaches the token.
         let token = CancellationToken::new();
         self.running.lock().expect("lock").insert(req.task_id, token.clone());
-        let started = self.writer.start(req, &src).await;
+        let started = timed("start", self.writer.start(req, &src)).await;
         let (row, event) = match started {
             Ok(Start::Started(row, event)) => (row, event),
             Ok(Start::Finished(row)) => {
@@ -313,7 +321,10 @@ impl AgentExecutor {
         // announced while the agent runs and awaited before anything final is written, so
         // neither can land after the final state (the event is queued to Kafka first).
         let announce = async {
-            let (c, e) = tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, &event));
+            let (c, e) = timed("announce", async {
+                tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, &event))
+            })
+            .await;
             if let Err(err) = c.and(e) {
                 tracing::warn!(task_id = %req.task_id, error = %err, "publishing `running` failed");
             }
