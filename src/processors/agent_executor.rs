@@ -1,8 +1,9 @@
 //! agent-executor: runs each TaskRequest on its agent's executor and records the outcome.
 //!
-//! Per task: `running` (Postgres + event, then Redis and the events topic), the executor, then
-//! the final status in Postgres (idempotent, keyed by task id), the TaskResult on the results
-//! topic (key: task id), the TaskEvent, and Redis. Returns only when all of that is durable.
+//! Per task: `running` (Postgres + event, then Redis and the events topic while the agent runs),
+//! the executor, then the final status in Postgres (idempotent, keyed by task id), and once
+//! `running` is out, the TaskResult on the results topic (key: task id), the TaskEvent, and
+//! Redis. Returns only when all of that is durable.
 //! Postgres transitions are group-committed across tasks ([`TaskWriter`]).
 //!
 //! Invariants: a task already final in Postgres is never run again; its stored result is
@@ -188,19 +189,38 @@ impl AgentExecutor {
         src: &Source,
         outcome: Outcome,
     ) -> Result<(), ProcessError> {
-        let (row, event) = timed("finish", self.writer.finish(req, src, &outcome)).await?;
+        let (row, event) = self.record(req, src, &outcome).await?;
+        timed("publish", self.publish_final(p, &row, event.as_ref())).await
+    }
+
+    /// Writes an outcome to Postgres: the row as it now reads and the event to publish (the
+    /// recorded last one when the task was already final: re-published unchanged).
+    async fn record(
+        &self,
+        req: &TaskRequest,
+        src: &Source,
+        outcome: &Outcome,
+    ) -> Result<(TaskRow, Option<TaskEvent>), ProcessError> {
+        let (row, event) = timed("finish", self.writer.finish(req, src, outcome)).await?;
         let event = match event {
             Some(e) => Some(e),
-            // Already final: re-publish what was recorded, unchanged.
             None => tasks::last_event(&self.deps.pool, row.task_id).await?,
         };
-        timed("publish", self.publish_final(p, &row, event.as_ref())).await
+        Ok((row, event))
     }
 
     fn timeout_for(&self, agent: &Agent) -> Duration {
         let ms = agent.config.get("timeout_ms").and_then(|v| v.as_u64()).unwrap_or(self.spec.timeouts.task_ms);
         Duration::from_millis(ms.min(self.spec.timeouts.task_ms))
     }
+}
+
+/// What is left to do once the agent is done and its outcome is written.
+enum Next {
+    /// Publish the final state.
+    Final { status: TaskStatus, recorded: Result<(TaskRow, Option<TaskEvent>), ProcessError> },
+    /// Announce `retrying` (when recorded) and hand the record back to the runner to retry.
+    Retry { recorded: Option<Result<(TaskRow, Option<TaskEvent>), crate::db::DbError>>, class: String, message: String },
 }
 
 /// Runs one step of a task, recording its time ([`TaskStage`]).
@@ -339,55 +359,69 @@ impl AgentExecutor {
                 _ = token.cancelled() => None,
             }
         };
-        let ((), result) = tokio::join!(announce, run);
-        match &result {
-            None => exec.set("devcycle.outcome", "cancelled"),
-            Some(Ok(_)) => exec.set("devcycle.outcome", "succeeded"),
-            Some(Err(ExecError::Failed { class, message } | ExecError::Retryable { class, message })) => {
-                exec.set("devcycle.outcome", class.clone());
-                exec.error(message.clone());
+        // The outcome is written to Postgres as soon as the agent is done, while `running` may
+        // still be on its way to Redis and Kafka; it is published only after that.
+        let work = async {
+            let result = run.await;
+            match &result {
+                None => exec.set("devcycle.outcome", "cancelled"),
+                Some(Ok(_)) => exec.set("devcycle.outcome", "succeeded"),
+                Some(Err(ExecError::Failed { class, message } | ExecError::Retryable { class, message })) => {
+                    exec.set("devcycle.outcome", class.clone());
+                    exec.error(message.clone());
+                }
             }
-        }
-        exec.end();
-        self.running.lock().expect("lock").remove(&req.task_id);
-        let Some(result) = result else {
-            // Dropping the execution killed a command's process and aborted HTTP calls.
-            TaskExecuted { agent: &agent.name, outcome: "cancelled", elapsed: started.elapsed() }.emit();
-            let outcome = Outcome {
-                status: TaskStatus::Cancelled,
-                output: None,
-                error: Some("cancelled while running".into()),
-                error_class: Some("cancelled".into()),
-            };
-            return self.conclude(&meta.publisher, req, &src, outcome).await;
-        };
-        let outcome = match result {
-            Ok(output) => {
-                Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, error_class: None }
-            }
-            Err(ExecError::Failed { class, message }) => {
-                Outcome { status: TaskStatus::Failed, output: None, error: Some(message), error_class: Some(class) }
-            }
-            Err(ExecError::Retryable { class, message }) => {
-                TaskExecuted { agent: &agent.name, outcome: "retryable_error", elapsed: started.elapsed() }.emit();
-                if meta.attempt < self.spec.retry.max_attempts {
-                    let retry = Outcome {
+            exec.end();
+            self.running.lock().expect("lock").remove(&req.task_id);
+            let outcome = match result {
+                // Dropping the execution killed a command's process and aborted HTTP calls.
+                None => Outcome {
+                    status: TaskStatus::Cancelled,
+                    output: None,
+                    error: Some("cancelled while running".into()),
+                    error_class: Some("cancelled".into()),
+                },
+                Some(Ok(output)) => {
+                    Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, error_class: None }
+                }
+                Some(Err(ExecError::Failed { class, message })) => {
+                    Outcome { status: TaskStatus::Failed, output: None, error: Some(message), error_class: Some(class) }
+                }
+                Some(Err(ExecError::Retryable { class, message })) => {
+                    TaskExecuted { agent: &agent.name, outcome: "retryable_error", elapsed: started.elapsed() }.emit();
+                    let retrying = (meta.attempt < self.spec.retry.max_attempts).then(|| Outcome {
                         status: TaskStatus::Retrying,
                         output: None,
                         error: Some(message.clone()),
                         error_class: Some(class.clone()),
+                    });
+                    let recorded = match &retrying {
+                        Some(o) => Some(timed("finish", self.writer.finish(req, &src, o)).await),
+                        None => None,
                     };
-                    let (row, event) = self.writer.finish(req, &src, &retry).await?;
-                    if let Some(ev) = &event {
-                        let _ = tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, ev));
+                    return Next::Retry { recorded, class, message };
+                }
+            };
+            TaskExecuted { agent: &agent.name, outcome: outcome.status.as_str(), elapsed: started.elapsed() }.emit();
+            let recorded = self.record(req, &src, &outcome).await;
+            Next::Final { status: outcome.status, recorded }
+        };
+        let ((), next) = tokio::join!(announce, work);
+        match next {
+            Next::Final { status, recorded } => {
+                trace.set("devcycle.task.status", status.as_str());
+                let (row, event) = recorded?;
+                timed("publish", self.publish_final(&meta.publisher, &row, event.as_ref())).await
+            }
+            Next::Retry { recorded, class, message } => {
+                if let Some(recorded) = recorded {
+                    if let (row, Some(ev)) = recorded? {
+                        let _ = tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, &ev));
                     }
                 }
-                return Err(ProcessError::Retryable { class, message });
+                Err(ProcessError::Retryable { class, message })
             }
-        };
-        TaskExecuted { agent: &agent.name, outcome: outcome.status.as_str(), elapsed: started.elapsed() }.emit();
-        trace.set("devcycle.task.status", outcome.status.as_str());
-        self.conclude(&meta.publisher, req, &src, outcome).await
+        }
     }
 
     async fn record_dead_letter(
