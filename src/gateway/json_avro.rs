@@ -14,13 +14,22 @@ use chrono::{DateTime, NaiveDate};
 use serde_json::Value as Json;
 use std::collections::HashMap;
 
-type Names<'s> = HashMap<Name, &'s Schema>;
+pub type Names<'s> = HashMap<Name, &'s Schema>;
+
+/// The named types of `schema` (what its references resolve to).
+pub fn names_of(schema: &Schema) -> Result<Names<'_>, String> {
+    let resolved = ResolvedSchema::try_from(schema).map_err(|e| format!("schema: {e}"))?;
+    Ok(resolved.get_names().iter().map(|(k, v)| (k.clone(), *v)).collect())
+}
 
 /// Converts `json` to an Avro value of `schema`; the error names the path (`value.a.b`).
 pub fn json_to_avro(schema: &Schema, json: &Json) -> Result<Value, String> {
-    let resolved = ResolvedSchema::try_from(schema).map_err(|e| format!("schema: {e}"))?;
-    let names: Names<'_> = resolved.get_names().iter().map(|(k, v)| (k.clone(), *v)).collect();
-    convert(schema, json, &names, "value")
+    convert(schema, json, &names_of(schema)?, "value")
+}
+
+/// [`json_to_avro`] with the schema's names already resolved ([`names_of`]).
+pub fn json_to_avro_with(schema: &Schema, names: &Names<'_>, json: &Json) -> Result<Value, String> {
+    convert(schema, json, names, "value")
 }
 
 fn fail(path: &str, want: &str, got: &Json) -> String {

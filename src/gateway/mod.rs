@@ -8,7 +8,7 @@
 
 mod json_avro;
 
-pub use json_avro::json_to_avro;
+pub use json_avro::{json_to_avro, json_to_avro_with, names_of, Names};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
@@ -100,12 +100,41 @@ pub async fn latest_schema(
 
 /// Encodes `value` with `schema` in the Confluent wire format: magic byte 0, the 4-byte
 /// big-endian schema id, the Avro binary body.
-#[allow(deprecated)] // to_avro_datum is the plain datum writer
 pub fn encode_wire(schema: &LatestSchema, value: Value) -> Result<Vec<u8>, String> {
-    let body = apache_avro::to_avro_datum(&schema.schema, value).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(0);
-    out.extend_from_slice(&schema.id.to_be_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    RecordEncoder::new(schema)?.encode(value)
+}
+
+/// Encodes many values of one schema: the schema's named types are resolved once, not for
+/// every record (resolving them was most of the cost of a small record).
+pub struct RecordEncoder<'s> {
+    latest: &'s LatestSchema,
+    names: Names<'s>,
+    writer: apache_avro::writer::datum::GenericDatumWriter<'s>,
+}
+
+impl<'s> RecordEncoder<'s> {
+    pub fn new(latest: &'s LatestSchema) -> Result<RecordEncoder<'s>, String> {
+        let resolved =
+            apache_avro::schema::ResolvedSchema::try_from(&latest.schema).map_err(|e| format!("schema: {e}"))?;
+        let names = names_of(&latest.schema)?;
+        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&latest.schema)
+            .resolved_schemata(resolved)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(RecordEncoder { latest, names, writer })
+    }
+
+    /// A JSON value converted to the schema ([`json_to_avro`]).
+    pub fn convert(&self, json: &serde_json::Value) -> Result<Value, String> {
+        json_to_avro_with(&self.latest.schema, &self.names, json)
+    }
+
+    /// `value` in the Confluent wire format (validated against the schema).
+    pub fn encode(&self, value: Value) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(64);
+        out.push(0);
+        out.extend_from_slice(&self.latest.id.to_be_bytes());
+        self.writer.write_value(&mut out, value).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
 }

@@ -15,7 +15,7 @@ use super::envelope::ok;
 use super::{ApiError, Ctx, HttpResponse};
 use crate::auth::ratelimit::{self, Charge, Refused};
 use crate::catalog::{TopicDecl, ValueFormat};
-use crate::gateway::{self, LatestSchema, SchemaError};
+use crate::gateway::{self, LatestSchema, RecordEncoder, SchemaError};
 use crate::kafka::{Delivered, OutRecord, ProduceError};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -156,10 +156,16 @@ struct Prepared {
     timestamp: Option<i64>,
 }
 
+/// The encoder of a topic's value schema (none for binary topics). A schema the registry
+/// serves but that cannot be resolved is the registry's fault: 502.
+fn encoder_for(schema: Option<&LatestSchema>) -> Result<Option<RecordEncoder<'_>>, ApiError> {
+    schema.map(RecordEncoder::new).transpose().map_err(ApiError::Internal)
+}
+
 fn prepare(
     rec: &Json,
     decl: &TopicDecl,
-    schema: Option<&LatestSchema>,
+    schema: Option<&RecordEncoder<'_>>,
     forwarded: &[(String, Vec<u8>)],
     max_record_bytes: usize,
 ) -> Result<Prepared, Line> {
@@ -212,9 +218,9 @@ fn prepare(
     }
     let json_value = map.get("value").ok_or_else(|| bad("value: is required".into()))?;
     let value = match (decl.value_format(), schema) {
-        (ValueFormat::Avro, Some(schema)) => {
-            let v = gateway::json_to_avro(&schema.schema, json_value).map_err(bad)?;
-            Some(gateway::encode_wire(schema, v).map_err(|m| bad(format!("value: {m}")))?)
+        (ValueFormat::Avro, Some(encoder)) => {
+            let v = encoder.convert(json_value).map_err(bad)?;
+            Some(encoder.encode(v).map_err(|m| bad(format!("value: {m}")))?)
         }
         (ValueFormat::Avro, None) => return Err(Line::failed(REJECTED, "topic has no value schema")),
         (ValueFormat::Binary, _) => match json_value {
@@ -448,11 +454,12 @@ async fn run(
     is_async: bool,
 ) -> Result<HttpResponse, ApiError> {
     let schema = value_schema(ctx, decl).await?;
+    let encoder = encoder_for(schema.as_deref())?;
     let kafka_topic = ctx.deps.catalog.topic_name(&decl.name);
     let mut lines: Vec<Option<Line>> = vec![None; records.len()];
     let mut pending = Vec::new();
     for (i, rec) in records.iter().enumerate() {
-        match enqueue_record(&ctx.deps, &kafka_topic, decl, schema.as_deref(), forwarded, rec) {
+        match enqueue_record(&ctx.deps, &kafka_topic, decl, encoder.as_ref(), forwarded, rec) {
             Ok(fut) => pending.push((i, fut)),
             Err(line) => lines[i] = Some(line),
         }
@@ -474,7 +481,7 @@ fn enqueue_record(
     deps: &crate::app::Deps,
     kafka_topic: &str,
     decl: &TopicDecl,
-    schema: Option<&LatestSchema>,
+    schema: Option<&RecordEncoder<'_>>,
     forwarded: &[(String, Vec<u8>)],
     rec: &Json,
 ) -> Result<crate::kafka::Pending, Line> {
@@ -745,7 +752,12 @@ impl Stream {
             Ok(rec) => rec,
             Err(e) => return Box::pin(futures::future::ready(Line::failed("MALFORMED_JSON", e.to_string()))),
         };
-        match enqueue_record(&self.deps, kafka_topic, &self.decl, self.schema.as_deref(), &self.forwarded, &rec) {
+        // A stream's lines arrive one by one: each is encoded on its own.
+        let encoder = match encoder_for(self.schema.as_deref()) {
+            Ok(e) => e,
+            Err(e) => return Box::pin(futures::future::ready(Line::failed(REJECTED, e.to_string()))),
+        };
+        match enqueue_record(&self.deps, kafka_topic, &self.decl, encoder.as_ref(), &self.forwarded, &rec) {
             Ok(f) => Box::pin(async move { delivered(f.await) }),
             Err(l) => Box::pin(futures::future::ready(l)),
         }
