@@ -10,6 +10,8 @@
 //! re-published unchanged (a crash may have happened between the Postgres write and the
 //! produce), so every finished task is on the results topic and never with a second outcome.
 
+mod publish;
+
 use super::launch_with;
 use crate::app::Deps;
 use crate::avro::DecodeError;
@@ -17,10 +19,9 @@ use crate::cache::Cache;
 use crate::catalog::ProcessorSpec;
 use crate::db::batch::TaskWriter;
 use crate::db::tasks::{self, Outcome, Source, Start, TaskRow};
-use crate::domain::{Agent, AgentStatus, TaskEvent, TaskRequest, TaskResult, TaskStatus};
+use crate::domain::{Agent, AgentStatus, TaskEvent, TaskRequest, TaskStatus};
 use crate::events::{TaskExecuted, TaskStage};
 use crate::executors::ExecError;
-use crate::kafka::OutRecord;
 use crate::runtime::{ProcessError, Processor, Publisher, RecordMeta, RunnerError, RunnerHealth};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -83,102 +84,6 @@ fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
 impl AgentExecutor {
     async fn agent(&self, name: &str) -> Result<Option<Agent>, ProcessError> {
         Ok(crate::db::agents::load(&self.deps.pool, &self.deps.cache, name).await?)
-    }
-
-    fn result_of(&self, row: &TaskRow) -> TaskResult {
-        TaskResult {
-            task_id: row.task_id,
-            agent: row.agent.clone(),
-            status: row.status,
-            output: row.output.clone(),
-            error: row.error.clone(),
-            error_class: row.error_class.clone(),
-            attempts: row.attempts,
-            started_at: row.started_at,
-            finished_at: row.finished_at.unwrap_or(row.updated_at),
-            request_id: row.request_id.clone(),
-            traceparent: row.traceparent.clone(),
-            processor: self.spec.name.clone(),
-            source_topic: row.source_topic.clone(),
-            source_partition: row.source_partition,
-            source_offset: row.source_offset,
-        }
-    }
-
-    fn trace_headers(req_id: &Option<String>, traceparent: &Option<String>) -> Vec<(&'static str, Vec<u8>)> {
-        let mut h = Vec::new();
-        if let Some(r) = req_id {
-            h.push(("request_id", r.clone().into_bytes()));
-        }
-        if let Some(t) = traceparent {
-            h.push(("traceparent", t.clone().into_bytes()));
-        }
-        h
-    }
-
-    async fn publish_result(&self, p: &Publisher, row: &TaskRow) -> Result<(), ProcessError> {
-        let result = self.result_of(row);
-        let bytes = self.deps.codec.encode_result(&self.results_topic, &result).await?;
-        let key = row.task_id.to_string();
-        p.publish(OutRecord {
-            topic: &self.results_topic,
-            key: Some(key.as_bytes()),
-            value: Some(&bytes),
-            headers: Self::trace_headers(&row.request_id, &row.traceparent),
-            partition: None,
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn publish_event(&self, p: &Publisher, event: &TaskEvent) -> Result<(), ProcessError> {
-        let bytes = self.deps.codec.encode_event(&self.events_topic, event).await?;
-        let key = event.task_id.to_string();
-        p.publish(OutRecord {
-            topic: &self.events_topic,
-            key: Some(key.as_bytes()),
-            value: Some(&bytes),
-            headers: Self::trace_headers(&event.request_id, &None),
-            partition: None,
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn cache_row(&self, row: &TaskRow) -> Result<(), ProcessError> {
-        let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
-        let mut fields = vec![
-            ("status", row.status.as_str().to_string()),
-            ("agent", row.agent.clone()),
-            ("attempts", row.attempts.to_string()),
-            ("created_at", row.created_at.to_rfc3339()),
-            ("started_at", ts(row.started_at)),
-            ("finished_at", ts(row.finished_at)),
-            ("updated_at", row.updated_at.to_rfc3339()),
-        ];
-        if let Some(o) = &row.output {
-            fields.push(("output", o.to_string()));
-        }
-        if let Some(e) = &row.error {
-            fields.push(("error", e.clone()));
-        }
-        if let Some(c) = &row.error_class {
-            fields.push(("error_class", c.clone()));
-        }
-        self.deps.cache.set_status(row.task_id, fields).await?;
-        Ok(())
-    }
-
-    /// Publishes the final state of a task (result, event, Redis) concurrently.
-    async fn publish_final(&self, p: &Publisher, row: &TaskRow, event: Option<&TaskEvent>) -> Result<(), ProcessError> {
-        let event_fut = async {
-            match event {
-                Some(e) => self.publish_event(p, e).await,
-                None => Ok(()),
-            }
-        };
-        let (r, e, c) = tokio::join!(self.publish_result(p, row), event_fut, self.cache_row(row));
-        r.and(e).and(c)
     }
 
     /// Writes an outcome (Postgres first) and publishes it.
