@@ -88,6 +88,35 @@ async fn unknown_agent_from_a_raw_producer_is_dead_lettered() {
     app.stop().await;
 }
 
+/// Postgres cannot store a NUL character in jsonb; the HTTP ingress refuses one with 400, but a
+/// producer writing straight to the topic can send it. That task is dead-lettered with the
+/// reason, and the record behind it on the same partition still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_character_in_a_raw_task_input_is_dead_lettered_and_the_partition_flows() {
+    let app = TestApp::spawn().await;
+    let topic = app.topic("devcycle.task-requests");
+    let bad = devcycle::domain::TaskRequest::new("echo", json!({"prompt": "a\u{0}b"}));
+    let good = devcycle::domain::TaskRequest::new("echo", json!({"prompt": "fine"}));
+    for req in [&bad, &good] {
+        let bytes = app.deps.codec.encode_request(&topic, req).await.unwrap();
+        let key = req.task_id.to_string();
+        let record = devcycle::kafka::OutRecord {
+            topic: &topic,
+            key: Some(key.as_bytes()),
+            value: Some(&bytes),
+            headers: vec![],
+            partition: Some(0),
+        };
+        app.deps.producer.send(record).await.unwrap();
+    }
+    app.wait_status(good.task_id, "succeeded", WAIT).await;
+    let dead = app.wait_status(bad.task_id, "dead_lettered", WAIT).await;
+    assert!(!dead["error"].as_str().unwrap_or("").is_empty(), "the reason is recorded: {dead}");
+    let letters = dlq::list(&app.deps, &Filter::default()).await.unwrap();
+    assert_eq!(letters.len(), 1, "only the NUL task is dead-lettered");
+    app.stop().await;
+}
+
 /// Runs the `devcycle` binary against the app's namespace, schema and prefix; stdout and stderr
 /// are pipes (not a terminal).
 async fn devcycle_cli(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
