@@ -47,6 +47,8 @@ pub struct RunnerHealth {
     pub in_flight: AtomicUsize,
     /// Set while a dependency is unavailable (records are waiting on it).
     pub degraded: AtomicBool,
+    /// Set while records wait for Kafka to take their outputs; cleared when one succeeds.
+    pub kafka_waiting: AtomicBool,
     pub started: AtomicBool,
 }
 
@@ -181,6 +183,9 @@ pub async fn run_processor<P: Processor>(
     let stall_after = Duration::from_millis(kafka.session_timeout_ms * 6);
     let mut last_progress = std::time::Instant::now();
     let mut trouble_since: Option<std::time::Instant> = None;
+    // A producer that never reconnects after a broker restart (seen with librdkafka 2.12: every
+    // produce times out while the consumer works again) stalls every record; exit for a restart.
+    let mut last_done = std::time::Instant::now();
 
     loop {
         while let Some((_, work)) = scheduler.start_next() {
@@ -205,6 +210,10 @@ pub async fn run_processor<P: Processor>(
                     tracing::error!(processor = %spec.name, "consumer stalled after Kafka errors; exiting for a restart");
                     return Err(RunnerError::Stalled(stall_after));
                 }
+                if health.kafka_waiting.load(AtomicOrdering::Relaxed) && last_done.elapsed() > stall_after {
+                    tracing::error!(processor = %spec.name, "outputs stalled: Kafka refused them and no record finished; exiting for a restart");
+                    return Err(RunnerError::Stalled(stall_after));
+                }
             }
             _ = txn_tick.tick(), if txn.is_some() => {
                 if let Some(t) = txn.as_mut() {
@@ -213,6 +222,7 @@ pub async fn run_processor<P: Processor>(
             }
             Some(done) = done_rx.recv() => {
                 last_progress = std::time::Instant::now();
+                last_done = last_progress;
                 complete(&consumer, &mut offsets, &mut scheduler, &spec, done, txn.as_mut());
             }
             msg = consumer.recv() => {
@@ -486,6 +496,7 @@ async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage, pub
         let err = match shared.processor.process(&input, &meta).await {
             Ok(()) => {
                 shared.health.degraded.store(false, AtomicOrdering::Relaxed);
+                shared.health.kafka_waiting.store(false, AtomicOrdering::Relaxed);
                 return;
             }
             Err(e) => e,
@@ -525,6 +536,9 @@ async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage, pub
 
 async fn wait_unavailable<P: Processor>(shared: &Shared<P>, dependency: &str, message: &str, waits: u32) {
     shared.health.degraded.store(true, AtomicOrdering::Relaxed);
+    if dependency == "kafka" {
+        shared.health.kafka_waiting.store(true, AtomicOrdering::Relaxed);
+    }
     let pause = Duration::from_millis((100u64 << waits.min(5)).min(3000));
     if waits == 1 || waits.is_multiple_of(10) {
         tracing::warn!(processor = %shared.spec.name, dependency, error = message, waits, "dependency unavailable; waiting");
