@@ -62,13 +62,21 @@ enum RebalanceEvent {
 struct RunnerContext {
     events: Mutex<Vec<RebalanceEvent>>,
     paused: AtomicBool,
+    /// Set by librdkafka's global errors (e.g. every broker down), which need not surface as a
+    /// consumer error; the stall watchdog counts them as trouble.
+    trouble: AtomicBool,
 }
 
 fn tps(list: &TopicPartitionList) -> Vec<Tp> {
     list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
 }
 
-impl ClientContext for RunnerContext {}
+impl ClientContext for RunnerContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.trouble.store(true, AtomicOrdering::SeqCst);
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
 impl ConsumerContext for RunnerContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
@@ -135,7 +143,11 @@ pub async fn run_processor<P: Processor>(
     shutdown: CancellationToken,
 ) -> Result<(), RunnerError> {
     let RunnerConfig { spec, input_topic, group, dead_letter_topic } = config;
-    let context = RunnerContext { events: Mutex::new(Vec::new()), paused: AtomicBool::new(false) };
+    let context = RunnerContext {
+        events: Mutex::new(Vec::new()),
+        paused: AtomicBool::new(false),
+        trouble: AtomicBool::new(false),
+    };
     let consumer: StreamConsumer<RunnerContext> = client_config(kafka, &spec.name)
         .set("group.id", &group)
         // Exactly-once commits offsets inside transactions; at-least-once lets librdkafka
@@ -206,6 +218,9 @@ pub async fn run_processor<P: Processor>(
             _ = shutdown.cancelled() => break,
             _ = lag_tick.tick() => {
                 record_lag(&consumer, &offsets, &group_label);
+                if consumer.context().trouble.swap(false, AtomicOrdering::SeqCst) {
+                    trouble_since.get_or_insert_with(std::time::Instant::now);
+                }
                 if trouble_since.is_some_and(|t| t.elapsed() > stall_after) && last_progress.elapsed() > stall_after {
                     tracing::error!(processor = %spec.name, "consumer stalled after Kafka errors; exiting for a restart");
                     return Err(RunnerError::Stalled(stall_after));
