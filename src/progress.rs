@@ -249,16 +249,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn plain_mode_prints_start_each_tenth_and_done() {
+    /// What a command counting `n` items one by one shows in `mode`.
+    fn shown(label: &str, unit: &'static str, mode: Mode, n: u64) -> String {
         let buf = Buf::default();
-        let mut p = Progress::to_writer("dlq replay", "dead letters", Mode::Plain, Box::new(buf.clone()));
-        p.start(Some(100));
-        for _ in 0..100 {
+        let mut p = Progress::to_writer(label, unit, mode, Box::new(buf.clone()));
+        p.start(Some(n));
+        for _ in 0..n {
             p.inc(1);
         }
         p.finish();
-        let text = buf.text();
+        buf.text()
+    }
+
+    #[test]
+    fn plain_mode_prints_start_each_tenth_and_done() {
+        let text = shown("dlq replay", "dead letters", Mode::Plain, 100);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 11, "{text}");
         assert!(lines[0].starts_with("dlq replay: 0/100 dead letters (0%), "), "{text}");
@@ -271,14 +276,7 @@ mod tests {
 
     #[test]
     fn tty_mode_redraws_one_line() {
-        let buf = Buf::default();
-        let mut p = Progress::to_writer("topics apply", "topics", Mode::Tty, Box::new(buf.clone()));
-        p.start(Some(3));
-        for _ in 0..3 {
-            p.inc(1);
-        }
-        p.finish();
-        let text = buf.text();
+        let text = shown("topics apply", "topics", Mode::Tty, 3);
         assert_eq!(text.matches('\n').count(), 1, "{text:?}");
         assert!(text.starts_with("\r\x1b[2Ktopics apply: 0/3 topics (0%)"), "{text:?}");
         assert!(

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 pub type Names<'s> = HashMap<Name, &'s Schema>;
 
 /// The named types of `schema` (what its references resolve to).
-pub fn names_of(schema: &Schema) -> Result<Names<'_>, String> {
+fn names_of(schema: &Schema) -> Result<Names<'_>, String> {
     let resolved = ResolvedSchema::try_from(schema).map_err(|e| format!("schema: {e}"))?;
     Ok(resolved.get_names().iter().map(|(k, v)| (k.clone(), *v)).collect())
 }

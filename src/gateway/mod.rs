@@ -1,6 +1,6 @@
 //! The HTTP gateway to topics, transport-free parts: JSON values converted to Avro with a
 //! topic's registered schema ([`json_to_avro`]), the registry's latest schemas cached per
-//! subject ([`latest_schema`]), and the Confluent wire format ([`encode_wire`]).
+//! subject ([`latest_schema`]), and the Confluent wire format ([`RecordEncoder`]).
 //!
 //! Invariants: a value is encoded only after it converted cleanly against the subject's latest
 //! registered schema, and always with that schema's registry id, so consumers decode it with
@@ -8,7 +8,7 @@
 
 mod json_avro;
 
-pub use json_avro::{json_to_avro, json_to_avro_with, names_of, Names};
+pub use json_avro::{json_to_avro, json_to_avro_with, Names};
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
@@ -98,12 +98,6 @@ pub async fn latest_schema(
     Ok(latest)
 }
 
-/// Encodes `value` with `schema` in the Confluent wire format: magic byte 0, the 4-byte
-/// big-endian schema id, the Avro binary body.
-pub fn encode_wire(schema: &LatestSchema, value: Value) -> Result<Vec<u8>, String> {
-    RecordEncoder::new(schema)?.encode(value)
-}
-
 /// Encodes many values of one schema: the schema's named types are resolved once, not for
 /// every record (resolving them was most of the cost of a small record).
 pub struct RecordEncoder<'s> {
@@ -116,7 +110,7 @@ impl<'s> RecordEncoder<'s> {
     pub fn new(latest: &'s LatestSchema) -> Result<RecordEncoder<'s>, String> {
         let resolved =
             apache_avro::schema::ResolvedSchema::try_from(&latest.schema).map_err(|e| format!("schema: {e}"))?;
-        let names = names_of(&latest.schema)?;
+        let names = resolved.get_names().clone();
         let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&latest.schema)
             .resolved_schemata(resolved)
             .build()
@@ -129,7 +123,8 @@ impl<'s> RecordEncoder<'s> {
         json_to_avro_with(&self.latest.schema, &self.names, json)
     }
 
-    /// `value` in the Confluent wire format (validated against the schema).
+    /// `value` in the Confluent wire format (validated against the schema): magic byte 0, the
+    /// 4-byte big-endian schema id, the Avro binary body.
     pub fn encode(&self, value: Value) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(64);
         out.push(0);
