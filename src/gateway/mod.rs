@@ -8,9 +8,8 @@
 
 mod json_avro;
 
-pub use json_avro::{json_to_avro, json_to_avro_with, Names};
+pub use json_avro::{json_to_avro, names_of, write_json, Names};
 
-use apache_avro::types::Value;
 use apache_avro::Schema;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -103,33 +102,20 @@ pub async fn latest_schema(
 pub struct RecordEncoder<'s> {
     latest: &'s LatestSchema,
     names: Names<'s>,
-    writer: apache_avro::writer::datum::GenericDatumWriter<'s>,
 }
 
 impl<'s> RecordEncoder<'s> {
     pub fn new(latest: &'s LatestSchema) -> Result<RecordEncoder<'s>, String> {
-        let resolved =
-            apache_avro::schema::ResolvedSchema::try_from(&latest.schema).map_err(|e| format!("schema: {e}"))?;
-        let names = resolved.get_names().clone();
-        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&latest.schema)
-            .resolved_schemata(resolved)
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(RecordEncoder { latest, names, writer })
+        Ok(RecordEncoder { latest, names: names_of(&latest.schema)? })
     }
 
-    /// A JSON value converted to the schema ([`json_to_avro`]).
-    pub fn convert(&self, json: &serde_json::Value) -> Result<Value, String> {
-        json_to_avro_with(&self.latest.schema, &self.names, json)
-    }
-
-    /// `value` in the Confluent wire format (validated against the schema): magic byte 0, the
+    /// A JSON value ([`json_to_avro`]'s rules) in the Confluent wire format: magic byte 0, the
     /// 4-byte big-endian schema id, the Avro binary body.
-    pub fn encode(&self, value: Value) -> Result<Vec<u8>, String> {
-        let mut out = Vec::with_capacity(64);
+    pub fn encode(&self, json: &serde_json::Value) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(128);
         out.push(0);
         out.extend_from_slice(&self.latest.id.to_be_bytes());
-        self.writer.write_value(&mut out, value).map_err(|e| e.to_string())?;
+        write_json(&self.latest.schema, &self.names, json, &mut out)?;
         Ok(out)
     }
 }

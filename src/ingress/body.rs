@@ -10,7 +10,7 @@ use serde_json::Value;
 /// Reads a JSON object body of at most `limit` bytes whose strings hold no NUL character
 /// (PostgreSQL text and jsonb cannot store one: refused with 422 rather than failing later).
 pub async fn json_object(req: Request<Incoming>, limit: usize) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let map = any_json_object(req, limit).await?;
+    let (map, _) = any_json_object(req, limit).await?;
     for (k, v) in &map {
         if let Some(path) = nul_at(k, v) {
             return Err(ApiError::validation(&path, "must not contain NUL characters (\\u0000)"));
@@ -33,8 +33,11 @@ fn nul_at(path: &str, value: &Value) -> Option<String> {
 }
 
 /// Reads a JSON object body of at most `limit` bytes, any strings allowed (the gateway: record
-/// values go to Kafka only).
-pub async fn any_json_object(req: Request<Incoming>, limit: usize) -> Result<serde_json::Map<String, Value>, ApiError> {
+/// values go to Kafka only); with the body's length in bytes.
+pub async fn any_json_object(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(serde_json::Map<String, Value>, usize), ApiError> {
     let ctype = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json")) {
@@ -58,7 +61,7 @@ pub async fn any_json_object(req: Request<Incoming>, limit: usize) -> Result<ser
         .to_bytes();
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     match value {
-        Value::Object(map) => Ok(map),
+        Value::Object(map) => Ok((map, bytes.len())),
         _ => Err(ApiError::validation("body", "must be a JSON object")),
     }
 }

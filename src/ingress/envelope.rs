@@ -16,8 +16,8 @@ fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
-fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).expect("a response body serializes"))));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
@@ -25,10 +25,20 @@ fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
 
 /// A success envelope.
 pub fn ok(status: StatusCode, data: Value, message: &str, request_id: &str) -> HttpResponse {
-    json_response(
-        status,
-        &json!({"success": true, "data": data, "message": message, "timestamp": now(), "request_id": request_id}),
-    )
+    ok_with(status, &data, message, request_id)
+}
+
+/// A success envelope around any serializable `data`, written without building a JSON tree.
+pub fn ok_with<T: serde::Serialize>(status: StatusCode, data: &T, message: &str, request_id: &str) -> HttpResponse {
+    #[derive(serde::Serialize)]
+    struct Success<'a, T> {
+        success: bool,
+        data: &'a T,
+        message: &'a str,
+        timestamp: String,
+        request_id: &'a str,
+    }
+    json_response(status, &Success { success: true, data, message, timestamp: now(), request_id })
 }
 
 /// Every way a request can fail, with its status and error code.

@@ -11,7 +11,7 @@
 //! that cannot be paced within `stream_quota_max_wait_ms` gets a `QUOTA_EXCEEDED` line).
 
 use super::body::{any_json_object, only_keys};
-use super::envelope::ok;
+use super::envelope::{ok, ok_with};
 use super::{ApiError, Ctx, HttpResponse};
 use crate::auth::ratelimit::{self, Charge, Refused};
 use crate::catalog::{TopicDecl, ValueFormat};
@@ -53,14 +53,43 @@ impl Line {
         Line::Failed { code, message: message.into(), retry_after_ms: None }
     }
     fn to_json(&self) -> Json {
+        serde_json::to_value(self).expect("a line serializes")
+    }
+}
+
+/// A line as its answer shows it: `{partition, offset, timestamp}` or `{error_code, message}`
+/// (and `retry_after_ms` when set).
+impl serde::Serialize for Line {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
         match self {
-            Line::Written(d) => json!({"partition": d.partition, "offset": d.offset, "timestamp": d.timestamp}),
-            Line::Failed { code, message, retry_after_ms: None } => json!({"error_code": code, "message": message}),
-            Line::Failed { code, message, retry_after_ms: Some(ms) } => {
-                json!({"error_code": code, "message": message, "retry_after_ms": ms})
+            Line::Written(d) => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("partition", &d.partition)?;
+                m.serialize_entry("offset", &d.offset)?;
+                m.serialize_entry("timestamp", &d.timestamp)?;
+                m.end()
+            }
+            Line::Failed { code, message, retry_after_ms } => {
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("error_code", code)?;
+                m.serialize_entry("message", message)?;
+                if let Some(ms) = retry_after_ms {
+                    m.serialize_entry("retry_after_ms", ms)?;
+                }
+                m.end()
             }
         }
     }
+}
+
+/// The `data` of a produce answer.
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    topic: &'a str,
+    written: usize,
+    failed: usize,
+    records: &'a [Line],
 }
 
 const VALIDATION: &str = "VALIDATION_ERROR";
@@ -218,10 +247,7 @@ fn prepare(
     }
     let json_value = map.get("value").ok_or_else(|| bad("value: is required".into()))?;
     let value = match (decl.value_format(), schema) {
-        (ValueFormat::Avro, Some(encoder)) => {
-            let v = encoder.convert(json_value).map_err(bad)?;
-            Some(encoder.encode(v).map_err(|m| bad(format!("value: {m}")))?)
-        }
+        (ValueFormat::Avro, Some(encoder)) => Some(encoder.encode(json_value).map_err(bad)?),
         (ValueFormat::Avro, None) => return Err(Line::failed(REJECTED, "topic has no value schema")),
         (ValueFormat::Binary, _) => match json_value {
             Json::Null => None,
@@ -348,15 +374,20 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
             forwarded.push((h.to_string(), v.into_bytes()));
         }
     }
-    let body = any_json_object(req, s.gateway.max_body_bytes).await?;
+    let (mut body, body_bytes) = any_json_object(req, s.gateway.max_body_bytes).await?;
+    // The idempotency hash covers the whole body (and the respond-async preference).
+    let body_hash = idem_header.as_ref().map(|_| {
+        let canonical = serde_json::to_vec(&body).expect("a JSON map serializes");
+        format!("{}:{}", if is_async { "async" } else { "sync" }, hex(&Sha256::digest(&canonical)))
+    });
     let records: Vec<Json> = if body.contains_key("records") {
         only_keys(&body, &["records"])?;
-        match body.get("records") {
-            Some(Json::Array(a)) => a.clone(),
+        match body.remove("records") {
+            Some(Json::Array(a)) => a,
             _ => return Err(ApiError::validation("records", "must be an array of records")),
         }
     } else {
-        vec![Json::Object(body.clone())]
+        vec![Json::Object(body)]
     };
     if records.is_empty() {
         return Err(ApiError::validation("records", "must hold at least one record"));
@@ -372,15 +403,12 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
         ));
     }
 
-    let bytes: usize = records.iter().map(|r| r.to_string().len()).sum();
-    check_quota(ctx, records.len(), bytes).await?;
+    // The bytes charged are the request body's (what the caller sent).
+    check_quota(ctx, records.len(), body_bytes).await?;
 
     // Idempotency: replay a stored answer, refuse a reused key with another body, or reserve.
     let mut idem = Idem::None;
-    if let Some(k) = &idem_header {
-        let canonical = Json::Object(body).to_string();
-        let hash =
-            format!("{}:{}", if is_async { "async" } else { "sync" }, hex(&Sha256::digest(canonical.as_bytes())));
+    if let (Some(k), Some(hash)) = (&idem_header, body_hash) {
         let redis_key = idem_key(ctx, topic, k);
         let pool = ctx.deps.cache.pool();
         let pending = json!({"hash": hash, "state": "pending"}).to_string();
@@ -510,12 +538,12 @@ fn produce_failure(e: ProduceError) -> Line {
 
 fn answer(ctx: &Ctx, topic: &str, lines: &[Line]) -> HttpResponse {
     let written = lines.iter().filter(|l| matches!(l, Line::Written(_))).count();
-    let data = json!({"topic": topic, "written": written, "failed": lines.len() - written,
-                      "records": lines.iter().map(Line::to_json).collect::<Vec<_>>()});
+    let data = Answer { topic, written, failed: lines.len() - written, records: lines };
     match overall(lines) {
-        (status, None) => ok(status, data, &format!("{written} records written"), &ctx.request_id),
+        (status, None) => ok_with(status, &data, &format!("{written} records written"), &ctx.request_id),
         (status, Some(code)) => {
             let message = format!("{written} of {} records written", lines.len());
+            let data = serde_json::to_value(&data).expect("an answer serializes");
             let mut r = error_envelope(status, code, &message, data, &ctx.request_id);
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(ctx.deps.settings.http.retry_after_secs));
