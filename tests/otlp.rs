@@ -202,3 +202,69 @@ async fn one_trace_runs_from_the_http_submit_to_the_processor_execution() {
     assert!(devcycle::events::otlp_spans("exported") >= 5);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_batch_is_one_producer_span_whose_context_its_records_carry() {
+    use rdkafka::message::Message;
+    let (endpoint, received) = collector().await;
+    let app = TestApp::spawn_with(|s| {
+        s.telemetry.otlp_endpoint = endpoint.clone();
+        s.telemetry.otlp_batch_interval_ms = 100;
+    })
+    .await;
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    let ids = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
+    let records: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            json!({"key": id.to_string(), "value": {"task_id": id.to_string(), "agent": "echo", "input": "{}",
+                                                     "submitted_at": 1}})
+        })
+        .collect();
+    let req = app
+        .http
+        .post(app.url("/v1/topics/devcycle.task-requests/records"))
+        .header("traceparent", &traceparent)
+        .header("tracestate", "vendor=1")
+        .json(&json!({"records": records}));
+    let (status, _, body) = app.send(req).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The SERVER span, one PRODUCER span for the request, and the processor's two CONSUMER spans.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let of_trace = loop {
+        let found: Vec<Value> =
+            spans(&received).into_iter().map(|(_, s)| s).filter(|s| s["traceId"] == TRACE_ID).collect();
+        let count = |kind: i64| found.iter().filter(|s| s["kind"] == kind).count();
+        if count(2) == 1 && count(4) == 1 && count(5) == 2 {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "spans of the trace: {found:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let of_kind = |kind: i64| of_trace.iter().filter(move |s| s["kind"] == kind);
+    let server = of_kind(2).next().unwrap();
+    let producer = of_kind(4).next().unwrap();
+    assert_eq!(server["parentSpanId"], CALLER_SPAN, "{server}");
+    assert_eq!(producer["parentSpanId"], server["spanId"], "{producer}");
+    let topic = app.topic("devcycle.task-requests");
+    assert_eq!(producer["name"], format!("send {topic}"));
+    assert_eq!(attr(producer, "messaging.batch.message_count"), Some(&json!({"intValue": "2"})));
+    for consumer in of_kind(5) {
+        assert_eq!(consumer["parentSpanId"], producer["spanId"], "{consumer}");
+    }
+
+    // Each record carries the produce span's context (not the caller's) and the caller's tracestate.
+    let want = format!("00-{TRACE_ID}-{}-01", producer["spanId"].as_str().unwrap());
+    let consumer = app.consumer(&topic);
+    let mut seen = 0;
+    while seen < ids.len() {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("record").unwrap();
+        let headers = common::header_pairs(&m);
+        assert!(headers.contains(&("traceparent".to_string(), want.clone())), "{headers:?}");
+        assert!(headers.contains(&("tracestate".to_string(), "vendor=1".to_string())), "{headers:?}");
+        assert!(m.key().is_some());
+        seen += 1;
+    }
+    app.stop().await;
+}

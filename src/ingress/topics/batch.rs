@@ -1,0 +1,226 @@
+//! `POST /v1/topics/{topic}/records` with a JSON body: one record or `{records: [...]}`,
+//! produced together and answered once every record has its report (or at once with a receipt,
+//! `Prefer: respond-async`).
+//!
+//! Invariants: a request is charged to the caller's quotas whole, before anything is produced;
+//! an `Idempotency-Key` reserves its key before producing and stores the answer once (a 503, with
+//! nothing written, is not stored, so the retry runs); a key reused with another body is refused.
+
+use super::quota::check_quota;
+use super::receipts::receipt;
+use super::{
+    declared, delivered, encoder_for, end_producer_span, enqueue_record, error_envelope, header, overall,
+    producer_span, raw_response, value_schema, wants_async, Line,
+};
+use crate::catalog::TopicDecl;
+use crate::ingress::body::{any_json_object, only_keys};
+use crate::ingress::envelope::ok_with;
+use crate::ingress::{ApiError, Ctx, HttpResponse};
+use crate::otlp::Span;
+use fred::prelude::*;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::{Request, StatusCode};
+use serde_json::{json, Value as Json};
+use sha2::{Digest, Sha256};
+
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The `data` of a produce answer.
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    topic: &'a str,
+    written: usize,
+    failed: usize,
+    records: &'a [Line],
+}
+
+/// The Redis answer stored for an idempotency key.
+fn idem_key(ctx: &Ctx, topic: &str, key: &str) -> String {
+    format!("{}gateway:idem:{topic}:{key}", ctx.deps.cache.prefix())
+}
+
+enum Idem {
+    /// No key: nothing to store.
+    None,
+    /// Reserved: store the answer under this Redis key.
+    Reserved { redis_key: String, hash: String },
+}
+
+pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let decl = match declared(ctx, topic)? {
+        Ok(d) => d,
+        Err(forbidden) => return Ok(forbidden),
+    };
+    let s = &ctx.deps.settings;
+    let idem_header = header(&req, "idempotency-key");
+    if let Some(k) = &idem_header {
+        if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || !k.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ApiError::validation(
+                "Idempotency-Key",
+                format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+            ));
+        }
+    }
+    let is_async = wants_async(&req);
+    let (span, forwarded) = producer_span(ctx, &req, decl);
+    let (mut body, body_bytes) = any_json_object(req, s.gateway.max_body_bytes).await?;
+    // The idempotency hash covers the whole body (and the respond-async preference).
+    let body_hash = idem_header.as_ref().map(|_| {
+        let canonical = serde_json::to_vec(&body).expect("a JSON map serializes");
+        format!("{}:{}", if is_async { "async" } else { "sync" }, hex(&Sha256::digest(&canonical)))
+    });
+    let records: Vec<Json> = if body.contains_key("records") {
+        only_keys(&body, &["records"])?;
+        match body.remove("records") {
+            Some(Json::Array(a)) => a,
+            _ => return Err(ApiError::validation("records", "must be an array of records")),
+        }
+    } else {
+        vec![Json::Object(body)]
+    };
+    if records.is_empty() {
+        return Err(ApiError::validation("records", "must hold at least one record"));
+    }
+    let max = s.gateway.max_records_per_request;
+    if records.len() > max {
+        return Ok(error_envelope(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            &format!("{} records in one request; the limit is {max}", records.len()),
+            json!({"max_records_per_request": max, "records": records.len()}),
+            &ctx.request_id,
+        ));
+    }
+
+    // The bytes charged are the request body's (what the caller sent).
+    check_quota(ctx, records.len(), body_bytes).await?;
+
+    // Idempotency: replay a stored answer, refuse a reused key with another body, or reserve.
+    let mut idem = Idem::None;
+    if let (Some(k), Some(hash)) = (&idem_header, body_hash) {
+        let redis_key = idem_key(ctx, topic, k);
+        let pool = ctx.deps.cache.pool();
+        let pending = json!({"hash": hash, "state": "pending"}).to_string();
+        let reserve_secs = (s.http.request_timeout_ms / 1000 + 5) as i64;
+        let set: Option<String> = pool
+            .set(&redis_key, pending, Some(Expiration::EX(reserve_secs)), Some(SetOptions::NX), false)
+            .await
+            .map_err(|e| ApiError::Unavailable {
+                service: "redis",
+                reason: e.to_string(),
+                retry_after: s.http.retry_after_secs,
+            })?;
+        if set.is_none() {
+            let stored: Option<String> = pool.get(&redis_key).await.map_err(|e| ApiError::Unavailable {
+                service: "redis",
+                reason: e.to_string(),
+                retry_after: s.http.retry_after_secs,
+            })?;
+            let stored: Json = stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Null);
+            if stored["hash"].as_str() != Some(hash.as_str()) {
+                return Err(ApiError::validation(
+                    "Idempotency-Key",
+                    "was already used with a different request body (or respond-async preference)",
+                ));
+            }
+            if stored["state"] == "pending" {
+                return Err(ApiError::Conflict("a request with this Idempotency-Key is still in progress".into()));
+            }
+            let status = stored["status"].as_u64().and_then(|c| StatusCode::from_u16(c as u16).ok());
+            let body = stored["body"].as_str();
+            return match (status, body) {
+                (Some(status), Some(body)) => {
+                    let mut r = raw_response(status, body.to_string());
+                    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    Ok(r)
+                }
+                _ => Err(ApiError::Internal(format!("unreadable idempotency record {redis_key}"))),
+            };
+        }
+        idem = Idem::Reserved { redis_key, hash };
+    }
+
+    let result = run(ctx, decl, &records, &forwarded, is_async, span).await;
+    let ttl = s.gateway.idempotency_ttl_secs as i64;
+    if let Idem::Reserved { redis_key, hash } = idem {
+        let pool = ctx.deps.cache.pool();
+        match &result {
+            // Nothing was written: let the retry run for real.
+            Ok(r) if r.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                let body =
+                    http_body_util::BodyExt::collect(r.body().clone()).await.map(|c| c.to_bytes()).unwrap_or_default();
+                let stored = json!({"hash": hash, "state": "done", "status": r.status().as_u16(),
+                                    "body": String::from_utf8_lossy(&body)});
+                let _: Result<(), _> =
+                    pool.set(&redis_key, stored.to_string(), Some(Expiration::EX(ttl)), None, false).await;
+            }
+            _ => {
+                let _: Result<i64, _> = pool.del(&redis_key).await;
+            }
+        }
+    }
+    result
+}
+
+/// Validates, encodes and produces the records; the answer (sync) or the receipt (async).
+async fn run(
+    ctx: &Ctx,
+    decl: &TopicDecl,
+    records: &[Json],
+    forwarded: &[(String, Vec<u8>)],
+    is_async: bool,
+    mut span: Span,
+) -> Result<HttpResponse, ApiError> {
+    let schema = match value_schema(ctx, decl).await {
+        Ok(s) => s,
+        Err(e) => {
+            span.error(e.to_string());
+            return Err(e);
+        }
+    };
+    let encoder = encoder_for(schema.as_deref())?;
+    let kafka_topic = ctx.deps.catalog.topic_name(&decl.name);
+    let mut lines: Vec<Option<Line>> = vec![None; records.len()];
+    let mut pending = Vec::new();
+    for (i, rec) in records.iter().enumerate() {
+        match enqueue_record(&ctx.deps, &kafka_topic, decl, encoder.as_ref(), forwarded, rec) {
+            Ok(fut) => pending.push((i, fut)),
+            Err(line) => lines[i] = Some(line),
+        }
+    }
+    if is_async && !pending.is_empty() {
+        // The span covers the queueing; the deliveries are the receipt's.
+        end_producer_span(span, pending.len(), lines.iter().flatten().count());
+        return Ok(receipt(ctx, decl, lines, pending).await);
+    }
+    let (idx, futs): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+    for (i, r) in idx.into_iter().zip(futures::future::join_all(futs).await) {
+        lines[i] = Some(delivered(r));
+    }
+    let lines: Vec<Line> = lines.into_iter().map(|l| l.expect("every record has a line")).collect();
+    let written = lines.iter().filter(|l| matches!(l, Line::Written(_))).count();
+    end_producer_span(span, written, lines.len() - written);
+    Ok(answer(ctx, &decl.name, &lines))
+}
+
+fn answer(ctx: &Ctx, topic: &str, lines: &[Line]) -> HttpResponse {
+    let written = lines.iter().filter(|l| matches!(l, Line::Written(_))).count();
+    let data = Answer { topic, written, failed: lines.len() - written, records: lines };
+    match overall(lines) {
+        (status, None) => ok_with(status, &data, &format!("{written} records written"), &ctx.request_id),
+        (status, Some(code)) => {
+            let message = format!("{written} of {} records written", lines.len());
+            let data = serde_json::to_value(&data).expect("an answer serializes");
+            let mut r = error_envelope(status, code, &message, data, &ctx.request_id);
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(ctx.deps.settings.http.retry_after_secs));
+            }
+            r
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,384 @@
+//! The HTTP gateway to topics: `POST /v1/topics/{topic}/records` (one record or
+//! `{records: [...]}`, [`batch`]; an `application/x-ndjson` stream, [`stream`]),
+//! `GET /v1/topics` (producible topics and their schemas) and `GET /v1/receipts/{id}`
+//! (delivery results of a `Prefer: respond-async` request, [`receipts`]). This module holds what
+//! every form shares: the topic check, one record's validation and encoding, and report lines.
+//!
+//! Invariants: only declared topics with `ingress_produce = true` are written (namespace
+//! applied here); every record gets its own report line, in request order; the status is 200
+//! only when every record was acknowledged by Kafka (acks=all), 207 when some were, 4xx/503
+//! when none was. An `Idempotency-Key` answer is stored once and replayed byte for byte; a 503
+//! (nothing written) is not stored, so the retry really runs. Per-user quotas (records/s,
+//! bytes/s, [`quota`]) refuse a whole request with 429, and pace an ndjson stream line by line
+//! (a line that cannot be paced within `stream_quota_max_wait_ms` gets a `QUOTA_EXCEEDED` line).
+
+mod batch;
+mod quota;
+mod receipts;
+mod stream;
+
+pub use batch::produce;
+pub use receipts::get_receipt;
+pub use stream::{ndjson_produce_topic, produce_stream, StreamResponse};
+
+use super::envelope::ok;
+use super::{ApiError, Ctx, HttpResponse};
+use crate::catalog::{TopicDecl, ValueFormat};
+use crate::gateway::{self, LatestSchema, RecordEncoder, SchemaError};
+use crate::kafka::{Delivered, OutRecord, ProduceError};
+use crate::otlp::{Span, SpanKind};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Map, Value as Json};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How far ahead of the broker's clock a record's timestamp may be: Kafka 4 refuses more
+/// (`message.timestamp.after.max.ms`, one hour by default).
+const MAX_FUTURE_TIMESTAMP_MS: i64 = 3_600_000;
+
+const RECORD_FIELDS: &[&str] = &["key", "value", "headers", "partition", "timestamp"];
+
+/// The outcome of one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    Written(Delivered),
+    /// Not written; `retry_after_ms` when the same record may be sent again after that long
+    /// (a stream's `QUOTA_EXCEEDED` line).
+    Failed {
+        code: &'static str,
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl Line {
+    fn failed(code: &'static str, message: impl Into<String>) -> Line {
+        Line::Failed { code, message: message.into(), retry_after_ms: None }
+    }
+    fn to_json(&self) -> Json {
+        serde_json::to_value(self).expect("a line serializes")
+    }
+}
+
+/// A line as its answer shows it: `{partition, offset, timestamp}` or `{error_code, message}`
+/// (and `retry_after_ms` when set).
+impl serde::Serialize for Line {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Line::Written(d) => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("partition", &d.partition)?;
+                m.serialize_entry("offset", &d.offset)?;
+                m.serialize_entry("timestamp", &d.timestamp)?;
+                m.end()
+            }
+            Line::Failed { code, message, retry_after_ms } => {
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("error_code", code)?;
+                m.serialize_entry("message", message)?;
+                if let Some(ms) = retry_after_ms {
+                    m.serialize_entry("retry_after_ms", ms)?;
+                }
+                m.end()
+            }
+        }
+    }
+}
+
+const VALIDATION: &str = "VALIDATION_ERROR";
+
+const TOO_LARGE: &str = "RECORD_TOO_LARGE";
+
+const UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
+
+const REJECTED: &str = "RECORD_REJECTED";
+
+const QUOTA: &str = "QUOTA_EXCEEDED";
+
+/// The status and error code of a whole answer from its lines.
+pub fn overall(lines: &[Line]) -> (StatusCode, Option<&'static str>) {
+    let failed: Vec<&'static str> = lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::Failed { code, .. } => Some(*code),
+            Line::Written(_) => None,
+        })
+        .collect();
+    if failed.is_empty() {
+        (StatusCode::OK, None)
+    } else if failed.len() < lines.len() {
+        (StatusCode::MULTI_STATUS, Some("PARTIAL_FAILURE"))
+    } else if failed.contains(&UNAVAILABLE) {
+        (StatusCode::SERVICE_UNAVAILABLE, Some(UNAVAILABLE))
+    } else if failed.iter().all(|c| *c == TOO_LARGE) {
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("PAYLOAD_TOO_LARGE"))
+    } else {
+        (StatusCode::UNPROCESSABLE_ENTITY, Some(VALIDATION))
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn raw_response(status: StatusCode, body: String) -> HttpResponse {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// The spec's error envelope with any status and code (403, 207 ...).
+fn error_envelope(status: StatusCode, code: &str, message: &str, details: Json, request_id: &str) -> HttpResponse {
+    let body = json!({"success": false, "error": code, "message": message, "details": details,
+                      "timestamp": now(), "request_id": request_id});
+    raw_response(status, body.to_string())
+}
+
+fn declared<'a>(ctx: &'a Ctx, topic: &str) -> Result<Result<&'a TopicDecl, HttpResponse>, ApiError> {
+    let decl = ctx.deps.catalog.topics.get(topic).ok_or_else(|| ApiError::NotFound(format!("topic `{topic}`")))?;
+    if !decl.ingress_produce {
+        return Ok(Err(error_envelope(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            &format!("topic `{topic}` does not accept records over HTTP"),
+            json!({"topic": topic}),
+            &ctx.request_id,
+        )));
+    }
+    Ok(Ok(decl))
+}
+
+fn schema_error(e: SchemaError, retry_after: u64) -> ApiError {
+    match e {
+        SchemaError::Unavailable(reason) => ApiError::Unavailable { service: "schema_registry", reason, retry_after },
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+async fn value_schema(ctx: &Ctx, decl: &TopicDecl) -> Result<Option<Arc<LatestSchema>>, ApiError> {
+    if decl.value_format() != ValueFormat::Avro {
+        return Ok(None);
+    }
+    let s = &ctx.deps.settings;
+    let subject = ctx.deps.catalog.value_subject(&decl.name);
+    gateway::latest_schema(
+        &s.schema_registry.url,
+        &subject,
+        Duration::from_secs(s.gateway.schema_cache_secs),
+        Duration::from_millis(s.schema_registry.timeout_ms),
+    )
+    .await
+    .map(Some)
+    .map_err(|e| schema_error(e, s.http.retry_after_secs))
+}
+
+/// One record ready for Kafka.
+struct Prepared {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+    partition: Option<i32>,
+    timestamp: Option<i64>,
+}
+
+/// The encoder of a topic's value schema (none for binary topics). A schema the registry
+/// serves but that cannot be resolved is the registry's fault: 502.
+fn encoder_for(schema: Option<&LatestSchema>) -> Result<Option<RecordEncoder<'_>>, ApiError> {
+    schema.map(RecordEncoder::new).transpose().map_err(ApiError::Internal)
+}
+
+fn prepare(
+    rec: &Json,
+    decl: &TopicDecl,
+    schema: Option<&RecordEncoder<'_>>,
+    forwarded: &[(String, Vec<u8>)],
+    max_record_bytes: usize,
+) -> Result<Prepared, Line> {
+    let bad = |m: String| Line::failed(VALIDATION, m);
+    let map = rec.as_object().ok_or_else(|| bad("record: must be a JSON object".into()))?;
+    if let Some(k) = map.keys().find(|k| !RECORD_FIELDS.contains(&k.as_str())) {
+        return Err(bad(format!("{k}: unknown field; allowed: {}", RECORD_FIELDS.join(", "))));
+    }
+    let key = match map.get("key") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(s.clone().into_bytes()),
+        Some(_) => return Err(bad("key: must be a string".into())),
+    };
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+    match map.get("headers") {
+        None | Some(Json::Null) => {}
+        Some(Json::Object(h)) => {
+            for (name, v) in h {
+                let v = v.as_str().ok_or_else(|| bad(format!("headers.{name}: must be a string")))?;
+                headers.push((name.clone(), v.as_bytes().to_vec()));
+            }
+        }
+        Some(_) => return Err(bad("headers: must be an object of strings".into())),
+    }
+    headers.extend(forwarded.iter().cloned());
+    let partition = match map.get("partition") {
+        None | Some(Json::Null) => None,
+        Some(p) => Some(
+            p.as_i64()
+                .filter(|p| (0..decl.partitions as i64).contains(p))
+                .ok_or_else(|| bad(format!("partition: must be an integer from 0 to {}", decl.partitions - 1)))?
+                as i32,
+        ),
+    };
+    let timestamp = match map.get("timestamp") {
+        None | Some(Json::Null) => None,
+        Some(Json::Number(n)) => Some(n.as_i64().ok_or_else(|| bad("timestamp: must be epoch milliseconds".into()))?),
+        Some(Json::String(s)) => Some(
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|_| bad("timestamp: must be an RFC 3339 timestamp or epoch milliseconds".into()))?
+                .timestamp_millis(),
+        ),
+        Some(_) => return Err(bad("timestamp: must be an RFC 3339 timestamp or epoch milliseconds".into())),
+    };
+    // The broker refuses a timestamp before the epoch or too far ahead, and with it every other
+    // record of the same produce batch: refuse it here, for this record only.
+    let latest = chrono::Utc::now().timestamp_millis() + MAX_FUTURE_TIMESTAMP_MS;
+    if timestamp.is_some_and(|t| !(0..=latest).contains(&t)) {
+        return Err(bad("timestamp: must be from 1970-01-01T00:00:00Z to one hour from now".into()));
+    }
+    let json_value = map.get("value").ok_or_else(|| bad("value: is required".into()))?;
+    let value = match (decl.value_format(), schema) {
+        (ValueFormat::Avro, Some(encoder)) => Some(encoder.encode(json_value).map_err(bad)?),
+        (ValueFormat::Avro, None) => return Err(Line::failed(REJECTED, "topic has no value schema")),
+        (ValueFormat::Binary, _) => match json_value {
+            Json::Null => None,
+            Json::String(s) => Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|e| bad(format!("value: invalid base64: {e}")))?,
+            ),
+            _ => return Err(bad("value: must be a base64 string or null".into())),
+        },
+    };
+    let size = key.as_ref().map_or(0, Vec::len)
+        + value.as_ref().map_or(0, Vec::len)
+        + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    if size > max_record_bytes {
+        return Err(Line::failed(TOO_LARGE, format!("record is {size} bytes; the limit is {max_record_bytes}")));
+    }
+    Ok(Prepared { key, value, headers, partition, timestamp })
+}
+
+/// The PRODUCER span of one produce request (or stream) and the headers each of its records
+/// carries: the request id, the span's `traceparent` (with export off, the caller's unchanged)
+/// and the caller's `tracestate`, so a consumer's span hangs under this produce.
+fn producer_span(ctx: &Ctx, req: &Request<Incoming>, decl: &TopicDecl) -> (Span, Vec<(String, Vec<u8>)>) {
+    let topic = ctx.deps.catalog.topic_name(&decl.name);
+    let mut span = ctx.trace.start(format!("send {topic}"), SpanKind::Producer);
+    span.set("messaging.system", "kafka");
+    span.set("messaging.operation.type", "send");
+    span.set("messaging.destination.name", topic);
+    let mut forwarded = vec![("request_id".to_string(), ctx.request_id.clone().into_bytes())];
+    if let Some(t) = span.traceparent() {
+        forwarded.push(("traceparent".to_string(), t.into_bytes()));
+    }
+    if let Some(v) = header(req, "tracestate").filter(|v| !v.is_empty()) {
+        forwarded.push(("tracestate".to_string(), v.into_bytes()));
+    }
+    (span, forwarded)
+}
+
+/// Ends a produce span with how many records went out and how many failed.
+fn end_producer_span(mut span: Span, written: usize, failed: usize) {
+    span.set("messaging.batch.message_count", (written + failed) as i64);
+    if failed > 0 {
+        span.error(format!("{failed} of {} records not written", written + failed));
+    }
+    span.end();
+}
+
+fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_string())
+}
+
+fn wants_async(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// One record of a batch or a stream: validated, encoded and queued in the producer (its
+/// delivery still to come), or the line saying why it was not.
+fn enqueue_record(
+    deps: &crate::app::Deps,
+    kafka_topic: &str,
+    decl: &TopicDecl,
+    schema: Option<&RecordEncoder<'_>>,
+    forwarded: &[(String, Vec<u8>)],
+    rec: &Json,
+) -> Result<crate::kafka::Pending, Line> {
+    let p = prepare(rec, decl, schema, forwarded, deps.settings.gateway.max_record_bytes)?;
+    let out = OutRecord {
+        topic: kafka_topic,
+        key: p.key.as_deref(),
+        value: p.value.as_deref(),
+        headers: p.headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
+        partition: p.partition,
+    };
+    deps.producer.enqueue(out, p.timestamp).map_err(produce_failure)
+}
+
+/// The line of a record's delivery report.
+fn delivered(r: Result<Delivered, ProduceError>) -> Line {
+    r.map_or_else(produce_failure, Line::Written)
+}
+
+fn produce_failure(e: ProduceError) -> Line {
+    match e {
+        ProduceError::Unavailable(k) => Line::failed(UNAVAILABLE, format!("kafka unavailable: {k}")),
+        ProduceError::Rejected(k) => Line::failed(REJECTED, format!("kafka refused the record: {k}")),
+    }
+}
+
+pub async fn list(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
+    let mut items = Vec::new();
+    for decl in ctx.deps.catalog.topics.values().filter(|d| d.ingress_produce) {
+        let schema = value_schema(ctx, decl).await?.map(|s| {
+            json!({"subject": s.subject, "id": s.id, "version": s.version, "schema": s.text,
+                   "name": decl.value_schema})
+        });
+        let mut item = Map::new();
+        item.insert("name".into(), json!(decl.name));
+        item.insert("partitions".into(), json!(decl.partitions));
+        item.insert("value_format".into(), json!(format!("{:?}", decl.value_format()).to_ascii_lowercase()));
+        item.insert("value_schema".into(), schema.unwrap_or(Json::Null));
+        item.insert("records_url".into(), json!(format!("/v1/topics/{}/records", decl.name)));
+        items.push(Json::Object(item));
+    }
+    Ok(ok(StatusCode::OK, json!({"items": items}), "Producible topics", &ctx.request_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w() -> Line {
+        Line::Written(Delivered { partition: 0, offset: 1, timestamp: Some(2) })
+    }
+
+    #[test]
+    fn status_is_never_200_with_a_failure() {
+        let v = || Line::failed(VALIDATION, "x");
+        assert_eq!(overall(&[w(), w()]), (StatusCode::OK, None));
+        assert_eq!(overall(&[w(), v()]).0, StatusCode::MULTI_STATUS);
+        assert_eq!(overall(&[v(), v()]).0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(overall(&[Line::failed(TOO_LARGE, "x")]).0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(overall(&[v(), Line::failed(UNAVAILABLE, "x")]).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(overall(&[Line::failed(REJECTED, "x")]).0, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}
