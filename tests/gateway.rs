@@ -7,7 +7,6 @@ mod common;
 use common::{header_pairs, test_settings, TestApp};
 use devcycle::app::{Deps, Mode};
 use devcycle::settings::Settings;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, Timestamp};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -27,18 +26,6 @@ async fn ingress(customize: impl FnOnce(&mut Settings)) -> TestApp {
 fn request_value(agent: &str) -> Value {
     json!({"task_id": Uuid::new_v4().to_string(), "agent": agent, "input": "{\"n\":1}",
            "submitted_at": "2026-01-02T03:04:05.678Z"})
-}
-
-/// Total records in the requests topic (sum of high minus low watermarks).
-fn record_count(app: &TestApp) -> i64 {
-    let topic = app.topic(TOPIC);
-    let c = app.consumer(&topic);
-    (0..6)
-        .map(|p| {
-            let (lo, hi) = c.fetch_watermarks(&topic, p, Duration::from_secs(10)).expect("watermarks");
-            hi - lo
-        })
-        .sum()
 }
 
 /// Reads `n` records of the requests topic from the beginning.
@@ -88,7 +75,7 @@ async fn single_and_batch_records_reach_kafka_with_forwarded_headers() {
     lines.iter().for_each(assert_written);
 
     let msgs = read_records(&app, 4).await;
-    assert_eq!(record_count(&app), 4);
+    assert_eq!(app.record_count(TOPIC), 4);
     let first = msgs.iter().find(|m| m.key() == Some(b"k-1".as_slice())).expect("the single record");
     assert_eq!(first.partition(), 2);
     assert_eq!(first.offset(), line["offset"].as_i64().unwrap());
@@ -129,7 +116,7 @@ async fn invalid_records_get_their_own_lines_and_status() {
     assert_eq!(lines[1]["error_code"], "VALIDATION_ERROR");
     assert!(lines[1]["message"].as_str().unwrap().contains("value.priority"), "{b}");
     assert!(lines[1].get("offset").is_none());
-    assert_eq!(record_count(&app), 2);
+    assert_eq!(app.record_count(TOPIC), 2);
 
     let (s, b) = app.post(RECORDS, &json!({"records": [{"value": no_uuid}, {"key": 5, "value": {}}]})).await;
     assert_eq!((s, b["error"].as_str()), (422, Some("VALIDATION_ERROR")), "{b}");
@@ -138,7 +125,7 @@ async fn invalid_records_get_their_own_lines_and_status() {
     assert!(lines[1]["message"].as_str().unwrap().starts_with("key"), "{b}");
     let (s, b) = app.post(RECORDS, &json!({"value": {"agent": "echo"}})).await;
     assert_eq!(s, 422, "{b}");
-    assert_eq!(record_count(&app), 2, "nothing written for invalid records");
+    assert_eq!(app.record_count(TOPIC), 2, "nothing written for invalid records");
 
     // Timestamps the broker would refuse (more than an hour ahead, before 1970), and with them
     // the rest of their produce batch, are refused for their own record only.
@@ -155,7 +142,7 @@ async fn invalid_records_get_their_own_lines_and_status() {
         assert!(line["message"].as_str().unwrap().starts_with("timestamp"), "{b}");
     }
     assert_written(&lines[3]);
-    assert_eq!(record_count(&app), 3);
+    assert_eq!(app.record_count(TOPIC), 3);
     app.stop().await;
 }
 
@@ -194,7 +181,7 @@ async fn topic_access_and_limits() {
     assert_written(&b["details"]["records"][1]);
     let (s, b) = app.post(RECORDS, &json!({"value": big})).await;
     assert_eq!((s, b["error"].as_str()), (413, Some("PAYLOAD_TOO_LARGE")), "{b}");
-    assert_eq!(record_count(&app), 1);
+    assert_eq!(app.record_count(TOPIC), 1);
 
     let (s, b) = app.post(RECORDS, &json!({"records": []})).await;
     assert_eq!(s, 422, "{b}");
@@ -212,19 +199,19 @@ async fn idempotency_key_replays_the_first_answer() {
     let s1 = r1.status().as_u16();
     let t1 = r1.text().await.unwrap();
     assert_eq!(s1, 200, "{t1}");
-    assert_eq!(record_count(&app), 2);
+    assert_eq!(app.record_count(TOPIC), 2);
 
     let r2 = post(&body, "idem-1").send().await.unwrap();
     assert_eq!(r2.status().as_u16(), 200);
     assert_eq!(r2.headers()["idempotent-replayed"], "true");
     assert_eq!(r2.text().await.unwrap(), t1, "the replay is the stored answer, byte for byte");
-    assert_eq!(record_count(&app), 2, "the replay produced nothing");
+    assert_eq!(app.record_count(TOPIC), 2, "the replay produced nothing");
 
     let other = json!({"value": request_value("echo")});
     let (s, _, b) = app.send(post(&other, "idem-1")).await;
     assert_eq!((s, b["error"].as_str()), (422, Some("VALIDATION_ERROR")), "{b}");
     assert_eq!(b["details"]["field"], "Idempotency-Key");
-    assert_eq!(record_count(&app), 2);
+    assert_eq!(app.record_count(TOPIC), 2);
 
     // A failed (all-invalid) answer is replayed too; another key is a new request.
     let invalid = json!({"value": {"agent": 1}});
@@ -234,7 +221,7 @@ async fn idempotency_key_replays_the_first_answer() {
     assert_eq!((s, &b1), (422, &b2));
     let (s, _, _) = app.send(post(&body, "idem-3")).await;
     assert_eq!(s, 200);
-    assert_eq!(record_count(&app), 4);
+    assert_eq!(app.record_count(TOPIC), 4);
     app.stop().await;
 }
 
@@ -340,7 +327,7 @@ async fn ndjson_stream_reports_one_line_per_record_in_order() {
     assert_eq!(s3.offset(), out[3]["offset"].as_i64().unwrap());
     assert!(header_pairs(s3).contains(&("h".into(), "v".into())));
     assert!(header_pairs(s3).iter().any(|(k, _)| k == "traceparent"));
-    assert_eq!(record_count(&app), 2);
+    assert_eq!(app.record_count(TOPIC), 2);
 
     // Too many records: the stream stops with a final error line.
     let app2_records: Vec<String> = (0..3).map(|_| json!({"value": request_value("echo")}).to_string()).collect();
@@ -420,7 +407,7 @@ async fn kafka_down_is_503_and_the_idempotency_key_stays_usable() {
     let (s, h, b) = healthy.send(req).await;
     assert_eq!(s, 200, "{b}");
     assert!(h.get("idempotent-replayed").is_none());
-    assert_eq!(record_count(&healthy), 2);
+    assert_eq!(healthy.record_count(TOPIC), 2);
     broken.stop().await;
     healthy.stop().await;
 }
@@ -440,14 +427,14 @@ async fn per_user_produce_quotas_answer_429_and_write_nothing() {
     let (s, h, b) = app.send(app.http.post(app.url(RECORDS)).json(&batch(4))).await;
     assert_eq!((s, b["error"].as_str()), (429, Some("RATE_LIMITED")), "{b}");
     assert!(h.contains_key("retry-after"), "{h:?}");
-    assert_eq!(record_count(&app), 3, "a refused request writes nothing");
+    assert_eq!(app.record_count(TOPIC), 3, "a refused request writes nothing");
     app.stop().await;
 
     let app = ingress(|s| s.gateway.quota_bytes_per_sec = 200).await;
     let big = json!({"value": request_value("echo"), "key": "x".repeat(300)});
     let (s, b) = app.post(RECORDS, &big).await;
     assert_eq!((s, b["error"].as_str()), (429, Some("RATE_LIMITED")), "{b}");
-    assert_eq!(record_count(&app), 0);
+    assert_eq!(app.record_count(TOPIC), 0);
     app.stop().await;
 }
 
@@ -502,7 +489,7 @@ async fn ndjson_stream_over_its_quota_is_paced_and_every_line_reported() {
     // the reports of the first ones were sent meanwhile.
     assert!(out[6].1 >= Duration::from_millis(1900), "paced over three windows: {text:#?}");
     assert!(out[4].1 - out[0].1 >= Duration::from_millis(1500), "reports stream while paced: {text:#?}");
-    assert_eq!(record_count(&app), 6);
+    assert_eq!(app.record_count(TOPIC), 6);
     let msgs = read_records(&app, 6).await;
     for (i, (line, _)) in out[..6].iter().enumerate() {
         let key = format!("p{i}");
@@ -547,7 +534,7 @@ async fn ndjson_stream_refuses_lines_it_cannot_wait_for_and_429s_when_already_ov
     let written = out[..5].iter().filter(|(l, _)| l.get("offset").is_some()).count();
     assert_eq!(written + refused.len() + 1, 5, "every line is written or refused: {text:#?}");
     assert_eq!(out[5].0, json!({"done": true, "records": 5, "written": written, "failed": 5 - written}));
-    assert_eq!(record_count(&app), written as i64, "refused lines are not produced");
+    assert_eq!(app.record_count(TOPIC), written as i64, "refused lines are not produced");
 
     // A caller with no room left in the window is refused before the stream starts. Fill the
     // window (a 422 batch is charged too; a 429 means it was full already), then stream at once.

@@ -180,6 +180,23 @@ impl TestApp {
         found
     }
 
+    /// How many records the declared topic holds (high minus low watermark, summed over its
+    /// partitions).
+    pub fn record_count(&self, declared: &str) -> i64 {
+        let topic = self.topic(declared);
+        let c = self.consumer(&topic);
+        let timeout = Duration::from_secs(10);
+        let meta = c.fetch_metadata(Some(&topic), timeout).expect("topic metadata");
+        meta.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (lo, hi) = c.fetch_watermarks(&topic, p.id(), timeout).expect("watermarks");
+                hi - lo
+            })
+            .sum()
+    }
+
     /// A read_committed consumer of `topic` from the beginning, in its own group.
     pub fn consumer(&self, topic: &str) -> StreamConsumer {
         reader(&self.deps.settings, topic)
