@@ -180,6 +180,11 @@ pub fn pct(h: &Histogram<u64>, q: f64) -> String {
     format!("{:.2}", h.value_at_quantile(q) as f64 / 1000.0)
 }
 
+/// The P50, P95, P99, P99.9 and max cells of a results table row (ms).
+pub fn latency_cells(h: &Histogram<u64>) -> String {
+    [0.50, 0.95, 0.99, 0.999, 1.0].map(|q| pct(h, q)).join(" | ")
+}
+
 pub fn pct_ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }

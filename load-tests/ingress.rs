@@ -172,15 +172,11 @@ async fn single(
             let r = drive_http(addr, req, c, secs as f64, false, None).await;
             let (hwm, _) = rss_mib();
             println!(
-                "| {name} | {c} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {hwm:.1} |",
+                "| {name} | {c} | {} | {} | {:.0} | {} | {hwm:.1} |",
                 r.requests,
                 r.errors,
                 r.rps(),
-                pct(&r.hist, 0.50),
-                pct(&r.hist, 0.95),
-                pct(&r.hist, 0.99),
-                pct(&r.hist, 0.999),
-                pct(&r.hist, 1.0),
+                latency_cells(&r.hist)
             );
             if r.errors > 0 {
                 error_notes.push(format!("{name} at {c} conns:{}", r.errors_text()));
@@ -252,14 +248,10 @@ async fn batched(
         let records = r.requests * n as u64;
         let dc_rate = records as f64 / r.elapsed.as_secs_f64();
         println!(
-            "| devcycle gateway | {c} | {} | {records} | {} | {dc_rate:.0} | {} | {} | {} | {} | {} | {hwm:.1} |",
+            "| devcycle gateway | {c} | {} | {records} | {} | {dc_rate:.0} | {} | {hwm:.1} |",
             r.requests,
             r.errors,
-            pct(&r.hist, 0.50),
-            pct(&r.hist, 0.95),
-            pct(&r.hist, 0.99),
-            pct(&r.hist, 0.999),
-            pct(&r.hist, 1.0),
+            latency_cells(&r.hist)
         );
         if r.errors > 0 {
             error_notes.push(format!("devcycle at {c} conns:{}", r.errors_text()));

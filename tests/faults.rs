@@ -303,42 +303,51 @@ async fn assert_mid_run(w: &World, n: usize) {
     assert!(done < n as i64, "all {n} tasks finished before the fault was injected; raise the per-task time");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_repeatedly_loses_nothing_and_repeats_nothing() {
-    let _serial = SERIAL.lock().await;
-    let mut w = World::new("sigkill", 8).await;
+/// The shape of most scenarios: one processor starts on `n` pre-loaded tasks that take about
+/// `seconds` in all, `fault` is injected while they run, then every task must have finished
+/// exactly once. Returns the world and the task ids for further checks.
+async fn scenario(mut w: World, seconds: u64, fault: impl AsyncFnOnce(&mut World, usize)) -> (World, Vec<Uuid>) {
     let n = tasks();
-    let kills = env_num("FAULT_KILLS", 3);
-    let ids = w.preload(n, sleep_ms(4 * kills as u64 + 6)).await;
+    let ids = w.preload(n, sleep_ms(seconds)).await;
     w.spawn_processor();
-    for _ in 0..kills {
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert_mid_run(&w, n).await;
-        w.kill_one(libc::SIGKILL);
-        w.spawn_processor();
-    }
+    fault(&mut w, n).await;
     w.wait_finished(n, Duration::from_secs(300)).await;
     w.stop_all();
     w.verify(&ids).await;
+    (w, ids)
+}
+
+/// SIGKILLs a processor `kills` times, 2.5 s apart, starting a new one each time.
+async fn kill_repeatedly(w: &mut World, n: usize, kills: usize) {
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_mid_run(w, n).await;
+        w.kill_one(libc::SIGKILL);
+        w.spawn_processor();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_repeatedly_loses_nothing_and_repeats_nothing() {
+    let _serial = SERIAL.lock().await;
+    let kills = env_num("FAULT_KILLS", 3);
+    let w = World::new("sigkill", 8).await;
+    scenario(w, 4 * kills as u64 + 6, async |w, n| kill_repeatedly(w, n, kills).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_from_one_to_three_and_back() {
     let _serial = SERIAL.lock().await;
-    let mut w = World::new("scale", 8).await;
-    let n = tasks();
-    let ids = w.preload(n, sleep_ms(16)).await;
-    w.spawn_processor();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    w.spawn_processor();
-    w.spawn_processor();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_mid_run(&w, n).await;
-    w.kill_one(libc::SIGTERM);
-    w.kill_one(libc::SIGTERM);
-    w.wait_finished(n, Duration::from_secs(300)).await;
-    w.stop_all();
-    w.verify(&ids).await;
+    scenario(World::new("scale", 8).await, 16, async |w, n| {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        w.spawn_processor();
+        w.spawn_processor();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_mid_run(w, n).await;
+        w.kill_one(libc::SIGTERM);
+        w.kill_one(libc::SIGTERM);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,40 +380,32 @@ async fn raising_partitions_mid_run_is_picked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_run() {
     let _serial = SERIAL.lock().await;
-    let mut w = World::new("broker", 8).await;
-    let n = tasks();
-    let ids = w.preload(n, sleep_ms(16)).await;
-    w.spawn_processor();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_mid_run(&w, n).await;
-    services(&["restart", "kafka"]);
-    w.wait_finished(n, Duration::from_secs(300)).await;
-    w.stop_all();
-    w.verify(&ids).await;
+    scenario(World::new("broker", 8).await, 16, async |w, n| {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_mid_run(w, n).await;
+        services(&["restart", "kafka"]);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_then_redis_outage_mid_run() {
     let _serial = SERIAL.lock().await;
-    let mut w = World::new("outage", 8).await;
-    let n = tasks();
-    let ids = w.preload(n, sleep_ms(20)).await;
-    w.spawn_processor();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_mid_run(&w, n).await;
-    services(&["down", "postgres"]);
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    services(&["up", "postgres"]);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_mid_run(&w, n).await;
-    services(&["down", "redis"]);
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    services(&["up", "redis"]);
-    // The processor survived both outages: still the same process.
-    assert!(w.children[0].try_wait().unwrap().is_none(), "processor exited during the outage");
-    w.wait_finished(n, Duration::from_secs(300)).await;
-    w.stop_all();
-    w.verify(&ids).await;
+    scenario(World::new("outage", 8).await, 20, async |w, n| {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_mid_run(w, n).await;
+        services(&["down", "postgres"]);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        services(&["up", "postgres"]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_mid_run(w, n).await;
+        services(&["down", "redis"]);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        services(&["up", "redis"]);
+        // The processor survived both outages: still the same process.
+        assert!(w.children[0].try_wait().unwrap().is_none(), "processor exited during the outage");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,19 +444,8 @@ async fn poison_pills_interleaved_with_good_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_mode_publishes_each_result_once_despite_sigkill() {
     let _serial = SERIAL.lock().await;
-    let mut w = World::with_guarantee("eos", 8, "exactly_once").await;
-    let n = tasks();
     let kills = env_num("FAULT_KILLS", 3);
-    let ids = w.preload(n, sleep_ms(4 * kills as u64 + 6)).await;
-    w.spawn_processor();
-    for _ in 0..kills {
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert_mid_run(&w, n).await;
-        w.kill_one(libc::SIGKILL);
-        w.spawn_processor();
-    }
-    w.wait_finished(n, Duration::from_secs(300)).await;
-    w.stop_all();
-    w.verify(&ids).await;
+    let w = World::with_guarantee("eos", 8, "exactly_once").await;
+    let (w, ids) = scenario(w, 4 * kills as u64 + 6, async |w, n| kill_repeatedly(w, n, kills).await).await;
     w.verify_exactly_once(&ids).await;
 }

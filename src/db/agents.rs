@@ -54,33 +54,38 @@ pub async fn get(pool: &PgPool, name: &str) -> Result<Option<Agent>, DbError> {
 
 /// Inserts a new agent; `Ok(None)` when the name is taken.
 pub async fn create(pool: &PgPool, name: &str, w: &AgentWrite) -> Result<Option<Agent>, DbError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    write(
+        pool,
+        name,
+        w,
         "INSERT INTO agents (name, executor, config, description, status) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (name) DO NOTHING RETURNING {COLUMNS}"
-    )))
-    .bind(name)
-    .bind(w.executor.as_str())
-    .bind(&w.config)
-    .bind(&w.description)
-    .bind(w.status.as_str())
-    .fetch_optional(pool)
-    .await?;
-    row.as_ref().map(row_to_agent).transpose()
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .await
 }
 
 /// Replaces an existing agent's fields; `Ok(None)` when it does not exist.
 pub async fn update(pool: &PgPool, name: &str, w: &AgentWrite) -> Result<Option<Agent>, DbError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    write(
+        pool,
+        name,
+        w,
         "UPDATE agents SET executor = $2, config = $3, description = $4, status = $5, updated_at = now()
-         WHERE name = $1 RETURNING {COLUMNS}"
-    )))
-    .bind(name)
-    .bind(w.executor.as_str())
-    .bind(&w.config)
-    .bind(&w.description)
-    .bind(w.status.as_str())
-    .fetch_optional(pool)
-    .await?;
+         WHERE name = $1",
+    )
+    .await
+}
+
+/// Runs `statement` with the agent's name and fields as $1..$5; the row it returned, if any.
+async fn write(pool: &PgPool, name: &str, w: &AgentWrite, statement: &str) -> Result<Option<Agent>, DbError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{statement} RETURNING {COLUMNS}")))
+        .bind(name)
+        .bind(w.executor.as_str())
+        .bind(&w.config)
+        .bind(&w.description)
+        .bind(w.status.as_str())
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(row_to_agent).transpose()
 }
 

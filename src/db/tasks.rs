@@ -138,11 +138,7 @@ pub async fn start(pool: &PgPool, req: &TaskRequest, src: &Source) -> Result<Sta
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
-        tx.rollback().await?;
-        let existing = get(pool, req.task_id)
-            .await?
-            .ok_or_else(|| DbError::Other(sqlx::Error::Protocol("task vanished during start".into())))?;
-        return Ok(Start::Finished(existing));
+        return Ok(Start::Finished(unchanged(pool, tx, req.task_id, "start").await?));
     };
     let task = row_to_task(&row)?;
     let from = prior.and_then(|(s,)| s.parse().ok()).or(Some(TaskStatus::Queued));
@@ -216,11 +212,7 @@ pub async fn finish(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
-        tx.rollback().await?;
-        let existing = get(pool, req.task_id)
-            .await?
-            .ok_or_else(|| DbError::Other(sqlx::Error::Protocol("task vanished during finish".into())))?;
-        return Ok((existing, None));
+        return Ok((unchanged(pool, tx, req.task_id, "finish").await?, None));
     };
     let task = row_to_task(&row)?;
     let from = prior.as_ref().and_then(|(s, _)| s.parse().ok());
@@ -236,6 +228,20 @@ pub async fn finish(
     insert_event(&mut tx, &event).await?;
     tx.commit().await?;
     Ok((task, Some(event)))
+}
+
+/// The row as it stands when an upsert changed nothing (the task was already final); `tx` is
+/// rolled back.
+async fn unchanged(
+    pool: &PgPool,
+    tx: Transaction<'_, Postgres>,
+    task_id: Uuid,
+    step: &str,
+) -> Result<TaskRow, DbError> {
+    tx.rollback().await?;
+    get(pool, task_id)
+        .await?
+        .ok_or_else(|| DbError::Other(sqlx::Error::Protocol(format!("task vanished during {step}"))))
 }
 
 async fn insert_event(tx: &mut Transaction<'_, Postgres>, e: &TaskEvent) -> Result<(), DbError> {
