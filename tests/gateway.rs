@@ -147,6 +147,39 @@ async fn invalid_records_get_their_own_lines_and_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_of_the_wrong_shape_are_refused_whole_and_write_nothing() {
+    let app = ingress(|_| {}).await;
+    let raw = |body: &str| {
+        app.send(app.http.post(app.url(RECORDS)).header("content-type", "application/json").body(body.to_string()))
+    };
+    // (body, status, error code, what the message or field names)
+    let cases = [
+        (r#"{"records": [{"value": "#, 400, "MALFORMED_JSON", "EOF"),
+        (r#"{"records": []} trailing"#, 400, "MALFORMED_JSON", "trailing"),
+        (r#"[1, 2]"#, 422, "VALIDATION_ERROR", "body"),
+        (r#"{"records": 5}"#, 422, "VALIDATION_ERROR", "records"),
+        (r#"{"records": []}"#, 422, "VALIDATION_ERROR", "records"),
+        (r#"{"records": [{"value": {}}], "extra": 1}"#, 422, "VALIDATION_ERROR", "extra"),
+    ];
+    for (body, status, code, names) in cases {
+        let (s, _, b) = raw(body).await;
+        assert_eq!((s, b["error"].as_str()), (status, Some(code)), "{body}: {b}");
+        assert!(b.to_string().contains(names), "{body}: {b}");
+    }
+    // A record that is not an object, or an escaped key: that record's own line.
+    let ok = request_value("echo").to_string();
+    let body = format!(r#"{{"records": [5, {{"v\u0061lue": {ok}}}, {{"value": {ok}, "nope": 1}}]}}"#);
+    let (s, _, b) = raw(&body).await;
+    assert_eq!(s, 207, "{b}");
+    let lines = b["details"]["records"].as_array().unwrap();
+    assert_eq!(lines[0]["message"], "record: must be a JSON object", "{b}");
+    assert_written(&lines[1]);
+    assert!(lines[2]["message"].as_str().unwrap().starts_with("nope: unknown field"), "{b}");
+    assert_eq!(app.record_count(TOPIC), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_access_and_limits() {
     let app = ingress(|s| {
         s.gateway.max_records_per_request = 3;

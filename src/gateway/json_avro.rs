@@ -1,5 +1,7 @@
 //! JSON to Avro with a schema: the gateway's value conversion, written straight to the Avro
-//! binary encoding (no intermediate `Value` tree, no second validation pass).
+//! binary encoding (no intermediate `Value` tree, no second validation pass). [`write_json`]
+//! converts a parsed JSON tree; [`write_text`] converts JSON text while parsing it (records,
+//! strings and numbers without a tree), with the same rules and messages.
 //!
 //! Rules: records take a JSON object (unknown fields refused, missing fields take their schema
 //! default); a union takes `null` for its null branch, otherwise the first branch the value
@@ -19,6 +21,10 @@ use chrono::{DateTime, NaiveDate};
 use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::fmt;
+
+mod seed;
+
+pub use seed::{write_text, JsonKey};
 
 pub type Names<'s> = HashMap<Name, &'s Schema>;
 

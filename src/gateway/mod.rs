@@ -8,7 +8,7 @@
 
 mod json_avro;
 
-pub use json_avro::{json_to_avro, names_of, write_json, Names};
+pub use json_avro::{json_to_avro, names_of, write_json, write_text, JsonKey, Names};
 
 use apache_avro::Schema;
 use std::collections::HashMap;
@@ -112,10 +112,19 @@ impl<'s> RecordEncoder<'s> {
     /// A JSON value ([`json_to_avro`]'s rules) in the Confluent wire format: magic byte 0, the
     /// 4-byte big-endian schema id, the Avro binary body.
     pub fn encode(&self, json: &serde_json::Value) -> Result<Vec<u8>, String> {
+        self.framed(|out| write_json(&self.latest.schema, &self.names, json, out))
+    }
+
+    /// [`Self::encode`] of a value given as JSON text, converted as it is parsed (no JSON tree).
+    pub fn encode_text(&self, json: &str) -> Result<Vec<u8>, String> {
+        self.framed(|out| write_text(&self.latest.schema, &self.names, json, out))
+    }
+
+    fn framed(&self, body: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(128);
         out.push(0);
         out.extend_from_slice(&self.latest.id.to_be_bytes());
-        write_json(&self.latest.schema, &self.names, json, &mut out)?;
+        body(&mut out)?;
         Ok(out)
     }
 }

@@ -1,16 +1,21 @@
 //! Request bodies: content type, size limit and JSON parsing, each failure with its status.
 
 use super::ApiError;
+use crate::gateway::JsonKey;
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::Request;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Reads a JSON object body of at most `limit` bytes whose strings hold no NUL character
 /// (PostgreSQL text and jsonb cannot store one: refused with 422 rather than failing later).
 pub async fn json_object(req: Request<Incoming>, limit: usize) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let (map, _) = any_json_object(req, limit).await?;
+    let map = any_json_object(req, limit).await?;
     for (k, v) in &map {
         if let Some(path) = nul_at(k, v) {
             return Err(ApiError::validation(&path, "must not contain NUL characters (\\u0000)"));
@@ -32,12 +37,18 @@ fn nul_at(path: &str, value: &Value) -> Option<String> {
     }
 }
 
-/// Reads a JSON object body of at most `limit` bytes, any strings allowed (the gateway: record
-/// values go to Kafka only); with the body's length in bytes.
-pub async fn any_json_object(
-    req: Request<Incoming>,
-    limit: usize,
-) -> Result<(serde_json::Map<String, Value>, usize), ApiError> {
+/// Reads a JSON object body of at most `limit` bytes, any strings allowed.
+async fn any_json_object(req: Request<Incoming>, limit: usize) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let bytes = json_body(req, limit).await?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::validation("body", "must be a JSON object")),
+    }
+}
+
+/// Reads a body of at most `limit` bytes sent as JSON (`application/json` or `+json`), unparsed.
+pub async fn json_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let ctype = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if mime != "application/json" && !(mime.starts_with("application/") && mime.ends_with("+json")) {
@@ -48,7 +59,7 @@ pub async fn any_json_object(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let bytes = Limited::new(req.into_body(), limit)
+    Ok(Limited::new(req.into_body(), limit)
         .collect()
         .await
         .map_err(|e| {
@@ -58,17 +69,41 @@ pub async fn any_json_object(
                 ApiError::MalformedJson(format!("could not read the body: {e}"))
             }
         })?
-        .to_bytes();
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    match value {
-        Value::Object(map) => Ok((map, bytes.len())),
-        _ => Err(ApiError::validation("body", "must be a JSON object")),
+        .to_bytes())
+}
+
+/// The top-level members of a JSON object body, their values unparsed (borrowed from `text`).
+pub fn raw_members(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiError> {
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(JsonKey(k)) = map.next_key()? {
+                out.push((k, map.next_value()?));
+            }
+            Ok(out)
+        }
     }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let members = de.deserialize_map(Members).and_then(|m| de.end().map(|()| m));
+    members.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::validation("body", "must be a JSON object"),
+        _ => ApiError::MalformedJson(e.to_string()),
+    })
 }
 
 /// Refuses keys outside `allowed`, naming the first unknown one.
 pub fn only_keys(map: &serde_json::Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
-    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+    only_names(map.keys().map(String::as_str), allowed)
+}
+
+/// [`only_keys`] of any key names.
+pub fn only_names<'a>(mut keys: impl Iterator<Item = &'a str>, allowed: &[&str]) -> Result<(), ApiError> {
+    match keys.find(|k| !allowed.contains(k)) {
         Some(k) => Err(ApiError::validation(k, format!("unknown field; allowed: {}", allowed.join(", ")))),
         None => Ok(()),
     }

@@ -11,6 +11,19 @@ fn request_schema() -> Schema {
     Schema::parse_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// [`json_to_avro`] (from a parsed tree), checked against [`write_text`] (converted while
+/// parsing) on the same value as text: the same bytes, or the same error.
+fn convert(schema: &Schema, json: &Json) -> Result<Vec<u8>, String> {
+    let tree = json_to_avro(schema, json);
+    assert_eq!(streamed(schema, &json.to_string()), tree, "streamed and tree conversions differ for {json}");
+    tree
+}
+
+fn streamed(schema: &Schema, text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    write_text(schema, &names_of(schema).unwrap(), text, &mut out).map(|()| out)
+}
+
 /// Decodes with apache-avro (an independent reader), which must use every byte.
 fn read(schema: &Schema, bytes: &[u8]) -> Value {
     let mut rest = bytes;
@@ -31,7 +44,7 @@ fn decoded(schema: &Schema, bytes: &[u8]) -> Value {
 fn a_task_request_converts_and_round_trips() {
     let s = request_schema();
     let id = uuid::Uuid::new_v4();
-    let bytes = json_to_avro(
+    let bytes = convert(
         &s,
         &json!({"task_id": id.to_string(), "agent": "echo", "input": "{}", "submitted_at": "2026-01-02T03:04:05.678Z",
                 "deadline": 1_800_000_000_000i64, "submitted_by": {"string": "u1"}}),
@@ -71,7 +84,7 @@ fn every_supported_type_encodes_as_apache_avro_reads_it() {
     )
     .unwrap();
     let id = uuid::Uuid::new_v4();
-    let bytes = json_to_avro(
+    let bytes = convert(
         &s,
         &json!({"i": -3, "l": 1i64 << 40, "f": 1.5, "d": -2.25, "b": true, "by": "AAEC", "fx": "AQIDBA==",
                 "e": "GREEN", "u": id.to_string().to_uppercase(), "day": "1970-01-11", "day2": 12, "tm": 1000,
@@ -109,7 +122,7 @@ fn every_supported_type_encodes_as_apache_avro_reads_it() {
     assert_eq!(got, want);
 
     let map = Schema::parse_str(r#"{"type": "map", "values": ["null", "string"]}"#).unwrap();
-    let bytes = json_to_avro(&map, &json!({"a": "z", "b": null, "c": "y"})).unwrap();
+    let bytes = convert(&map, &json!({"a": "z", "b": null, "c": "y"})).unwrap();
     let want: HashMap<String, Value> = [
         ("a".to_string(), Value::Union(1, Box::new(Value::String("z".into())))),
         ("b".to_string(), Value::Union(0, Box::new(Value::Null))),
@@ -127,10 +140,10 @@ fn a_union_branch_that_fails_part_way_leaves_no_bytes_behind() {
     )
     .unwrap();
     // A writes `a`, then fails on `b`: what it wrote must go before B is tried.
-    let bytes = json_to_avro(&s, &json!({"a": "x", "b": "y"})).unwrap();
+    let bytes = convert(&s, &json!({"a": "x", "b": "y"})).unwrap();
     let want = Value::Record(vec![("a".into(), Value::String("x".into())), ("b".into(), Value::String("y".into()))]);
     assert_eq!(decoded(&s, &bytes), Value::Union(1, Box::new(want)));
-    let err = json_to_avro(&s, &json!({"a": "x", "b": true})).unwrap_err();
+    let err = convert(&s, &json!({"a": "x", "b": true})).unwrap_err();
     assert!(err.starts_with("value: expected one of [A, B]"), "{err}");
 }
 
@@ -143,18 +156,36 @@ fn errors_name_the_field() {
         for (k, x) in patch.as_object().unwrap() {
             v[k] = x.clone();
         }
-        json_to_avro(&s, &v).unwrap_err()
+        convert(&s, &v).unwrap_err()
     };
     assert!(err(json!({"task_id": "nope"})).starts_with("value.task_id:"));
     assert!(err(json!({"priority": "high"})).starts_with("value.priority:"));
     assert!(err(json!({"priority": 1i64 << 40})).starts_with("value.priority:"));
     assert!(err(json!({"deadline": true})).starts_with("value.deadline:"));
     assert!(err(json!({"colour": "red"})).contains("unknown field"));
-    assert!(json_to_avro(&s, &json!({"agent": "x"})).unwrap_err().contains("is required"));
-    assert!(json_to_avro(&s, &json!([1])).is_err());
+    assert!(convert(&s, &json!({"agent": "x"})).unwrap_err().contains("is required"));
+    assert!(convert(&s, &json!([1])).is_err());
     let list = Schema::parse_str(r#"{"type": "array", "items": {"type": "map", "values": "int"}}"#).unwrap();
     assert_eq!(
-        json_to_avro(&list, &json!([{}, {"k": "v"}])).unwrap_err(),
+        convert(&list, &json!([{}, {"k": "v"}])).unwrap_err(),
         r#"value[1].k: expected a 32-bit integer, got "v""#
     );
+}
+
+#[test]
+fn streamed_records_take_fields_in_any_order_and_the_last_of_a_repeated_key() {
+    let s = request_schema();
+    let id = uuid::Uuid::new_v4();
+    let ordered = json!({"task_id": id.to_string(), "agent": "echo", "input": "{}", "submitted_at": 5});
+    let want = convert(&s, &ordered).unwrap();
+    let shuffled = format!(r#"{{"submitted_at": 5, "input": "{{}}", "agent": "echo", "task_id": "{id}"}}"#);
+    assert_eq!(streamed(&s, &shuffled).unwrap(), want);
+    let escaped = format!(r#"{{"submitted_at": 5, "input": "{{}}", "ag\u0065nt": "echo", "task_id": "{id}"}}"#);
+    assert_eq!(streamed(&s, &escaped).unwrap(), want);
+    let repeated =
+        format!(r#"{{"agent": "x", "submitted_at": 5, "input": "{{}}", "agent": "echo", "task_id": "{id}"}}"#);
+    assert_eq!(streamed(&s, &repeated).unwrap(), want);
+    // Not JSON, or more than one value: an error that says so, never bytes.
+    assert!(streamed(&s, r#"{"agent": "#).unwrap_err().starts_with("value: "));
+    assert!(streamed(&s, &format!("{} {{}}", ordered)).is_err());
 }

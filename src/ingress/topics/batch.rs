@@ -13,7 +13,7 @@ use super::{
     producer_span, raw_response, value_schema, wants_async, Line,
 };
 use crate::catalog::TopicDecl;
-use crate::ingress::body::{any_json_object, only_keys};
+use crate::ingress::body::{json_body, only_names, raw_members};
 use crate::ingress::envelope::ok_with;
 use crate::ingress::{ApiError, Ctx, HttpResponse};
 use crate::otlp::Span;
@@ -21,6 +21,7 @@ use fred::prelude::*;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::{Request, StatusCode};
+use serde_json::value::RawValue;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
@@ -64,20 +65,24 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     }
     let is_async = wants_async(&req);
     let (span, forwarded) = producer_span(ctx, &req, decl);
-    let (mut body, body_bytes) = any_json_object(req, s.gateway.max_body_bytes).await?;
+    let body = json_body(req, s.gateway.max_body_bytes).await?;
+    let text = std::str::from_utf8(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let members = raw_members(text)?;
     // The idempotency hash covers the whole body (and the respond-async preference).
     let body_hash = idem_header.as_ref().map(|_| {
-        let canonical = serde_json::to_vec(&body).expect("a JSON map serializes");
+        let tree: Json = serde_json::from_str(text).expect("the body parsed already");
+        let canonical = serde_json::to_vec(&tree).expect("a JSON value serializes");
         format!("{}:{}", if is_async { "async" } else { "sync" }, hex(&Sha256::digest(&canonical)))
     });
-    let records: Vec<Json> = if body.contains_key("records") {
-        only_keys(&body, &["records"])?;
-        match body.remove("records") {
-            Some(Json::Array(a)) => a,
-            _ => return Err(ApiError::validation("records", "must be an array of records")),
+    // `{records: [...]}` or one record; each record stays JSON text until it is encoded.
+    let records: Vec<&str> = match members.iter().rev().find(|(k, _)| k == "records") {
+        Some((_, raw)) => {
+            only_names(members.iter().map(|(k, _)| k.as_ref()), &["records"])?;
+            let list: Vec<&RawValue> = serde_json::from_str(raw.get())
+                .map_err(|_| ApiError::validation("records", "must be an array of records"))?;
+            list.into_iter().map(RawValue::get).collect()
         }
-    } else {
-        vec![Json::Object(body)]
+        None => vec![text],
     };
     if records.is_empty() {
         return Err(ApiError::validation("records", "must hold at least one record"));
@@ -94,7 +99,7 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     }
 
     // The bytes charged are the request body's (what the caller sent).
-    check_quota(ctx, records.len(), body_bytes).await?;
+    check_quota(ctx, records.len(), body.len()).await?;
 
     // Idempotency: replay a stored answer, refuse a reused key with another body, or reserve.
     let mut idem = Idem::None;
@@ -167,7 +172,7 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
 async fn run(
     ctx: &Ctx,
     decl: &TopicDecl,
-    records: &[Json],
+    records: &[&str],
     forwarded: &[(String, Vec<u8>)],
     is_async: bool,
     mut span: Span,

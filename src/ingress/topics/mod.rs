@@ -15,6 +15,7 @@
 mod batch;
 mod quota;
 mod receipts;
+mod record;
 mod stream;
 
 pub use batch::produce;
@@ -27,7 +28,6 @@ use crate::catalog::{TopicDecl, ValueFormat};
 use crate::gateway::{self, LatestSchema, RecordEncoder, SchemaError};
 use crate::kafka::{Delivered, OutRecord, ProduceError};
 use crate::otlp::{Span, SpanKind};
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -36,12 +36,6 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value as Json};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How far ahead of the broker's clock a record's timestamp may be: Kafka 4 refuses more
-/// (`message.timestamp.after.max.ms`, one hour by default).
-const MAX_FUTURE_TIMESTAMP_MS: i64 = 3_600_000;
-
-const RECORD_FIELDS: &[&str] = &["key", "value", "headers", "partition", "timestamp"];
 
 /// The outcome of one record.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,96 +173,10 @@ async fn value_schema(ctx: &Ctx, decl: &TopicDecl) -> Result<Option<Arc<LatestSc
     .map_err(|e| schema_error(e, s.http.retry_after_secs))
 }
 
-/// One record ready for Kafka.
-struct Prepared {
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
-    partition: Option<i32>,
-    timestamp: Option<i64>,
-}
-
 /// The encoder of a topic's value schema (none for binary topics). A schema the registry
 /// serves but that cannot be resolved is the registry's fault: 502.
 fn encoder_for(schema: Option<&LatestSchema>) -> Result<Option<RecordEncoder<'_>>, ApiError> {
     schema.map(RecordEncoder::new).transpose().map_err(ApiError::Internal)
-}
-
-fn prepare(
-    rec: &Json,
-    decl: &TopicDecl,
-    schema: Option<&RecordEncoder<'_>>,
-    forwarded: &[(String, Vec<u8>)],
-    max_record_bytes: usize,
-) -> Result<Prepared, Line> {
-    let bad = |m: String| Line::failed(VALIDATION, m);
-    let map = rec.as_object().ok_or_else(|| bad("record: must be a JSON object".into()))?;
-    if let Some(k) = map.keys().find(|k| !RECORD_FIELDS.contains(&k.as_str())) {
-        return Err(bad(format!("{k}: unknown field; allowed: {}", RECORD_FIELDS.join(", "))));
-    }
-    let key = match map.get("key") {
-        None | Some(Json::Null) => None,
-        Some(Json::String(s)) => Some(s.clone().into_bytes()),
-        Some(_) => return Err(bad("key: must be a string".into())),
-    };
-    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
-    match map.get("headers") {
-        None | Some(Json::Null) => {}
-        Some(Json::Object(h)) => {
-            for (name, v) in h {
-                let v = v.as_str().ok_or_else(|| bad(format!("headers.{name}: must be a string")))?;
-                headers.push((name.clone(), v.as_bytes().to_vec()));
-            }
-        }
-        Some(_) => return Err(bad("headers: must be an object of strings".into())),
-    }
-    headers.extend(forwarded.iter().cloned());
-    let partition = match map.get("partition") {
-        None | Some(Json::Null) => None,
-        Some(p) => Some(
-            p.as_i64()
-                .filter(|p| (0..decl.partitions as i64).contains(p))
-                .ok_or_else(|| bad(format!("partition: must be an integer from 0 to {}", decl.partitions - 1)))?
-                as i32,
-        ),
-    };
-    let timestamp = match map.get("timestamp") {
-        None | Some(Json::Null) => None,
-        Some(Json::Number(n)) => Some(n.as_i64().ok_or_else(|| bad("timestamp: must be epoch milliseconds".into()))?),
-        Some(Json::String(s)) => Some(
-            chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|_| bad("timestamp: must be an RFC 3339 timestamp or epoch milliseconds".into()))?
-                .timestamp_millis(),
-        ),
-        Some(_) => return Err(bad("timestamp: must be an RFC 3339 timestamp or epoch milliseconds".into())),
-    };
-    // The broker refuses a timestamp before the epoch or too far ahead, and with it every other
-    // record of the same produce batch: refuse it here, for this record only.
-    let latest = chrono::Utc::now().timestamp_millis() + MAX_FUTURE_TIMESTAMP_MS;
-    if timestamp.is_some_and(|t| !(0..=latest).contains(&t)) {
-        return Err(bad("timestamp: must be from 1970-01-01T00:00:00Z to one hour from now".into()));
-    }
-    let json_value = map.get("value").ok_or_else(|| bad("value: is required".into()))?;
-    let value = match (decl.value_format(), schema) {
-        (ValueFormat::Avro, Some(encoder)) => Some(encoder.encode(json_value).map_err(bad)?),
-        (ValueFormat::Avro, None) => return Err(Line::failed(REJECTED, "topic has no value schema")),
-        (ValueFormat::Binary, _) => match json_value {
-            Json::Null => None,
-            Json::String(s) => Some(
-                base64::engine::general_purpose::STANDARD
-                    .decode(s)
-                    .map_err(|e| bad(format!("value: invalid base64: {e}")))?,
-            ),
-            _ => return Err(bad("value: must be a base64 string or null".into())),
-        },
-    };
-    let size = key.as_ref().map_or(0, Vec::len)
-        + value.as_ref().map_or(0, Vec::len)
-        + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-    if size > max_record_bytes {
-        return Err(Line::failed(TOO_LARGE, format!("record is {size} bytes; the limit is {max_record_bytes}")));
-    }
-    Ok(Prepared { key, value, headers, partition, timestamp })
 }
 
 /// The PRODUCER span of one produce request (or stream) and the headers each of its records
@@ -312,17 +220,18 @@ fn wants_async(req: &Request<Incoming>) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
 }
 
-/// One record of a batch or a stream: validated, encoded and queued in the producer (its
-/// delivery still to come), or the line saying why it was not.
+/// One record of a batch or a stream, as JSON text: read, validated, encoded and queued in the
+/// producer (its delivery still to come), or the line saying why it was not.
 fn enqueue_record(
     deps: &crate::app::Deps,
     kafka_topic: &str,
     decl: &TopicDecl,
     schema: Option<&RecordEncoder<'_>>,
     forwarded: &[(String, Vec<u8>)],
-    rec: &Json,
+    rec: &str,
 ) -> Result<crate::kafka::Pending, Line> {
-    let p = prepare(rec, decl, schema, forwarded, deps.settings.gateway.max_record_bytes)?;
+    let rec = record::parse_record(rec)?;
+    let p = record::prepare(&rec, decl, schema, forwarded, deps.settings.gateway.max_record_bytes)?;
     let out = OutRecord {
         topic: kafka_topic,
         key: p.key.as_deref(),

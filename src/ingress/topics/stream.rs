@@ -17,7 +17,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response};
-use serde_json::{json, Value as Json};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,7 +148,7 @@ impl Stream {
 
     /// The report of one admitted line: its record produced, or why not.
     fn produce(&self, kafka_topic: &str, line: &[u8]) -> LineFuture {
-        let rec = match serde_json::from_slice::<Json>(line) {
+        let rec = match std::str::from_utf8(line) {
             Ok(rec) => rec,
             Err(e) => return Box::pin(futures::future::ready(Line::failed("MALFORMED_JSON", e.to_string()))),
         };
@@ -157,7 +157,7 @@ impl Stream {
             Ok(e) => e,
             Err(e) => return Box::pin(futures::future::ready(Line::failed(REJECTED, e.to_string()))),
         };
-        match enqueue_record(&self.deps, kafka_topic, &self.decl, encoder.as_ref(), &self.forwarded, &rec) {
+        match enqueue_record(&self.deps, kafka_topic, &self.decl, encoder.as_ref(), &self.forwarded, rec) {
             Ok(f) => Box::pin(async move { delivered(f.await) }),
             Err(l) => Box::pin(futures::future::ready(l)),
         }
