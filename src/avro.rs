@@ -8,6 +8,7 @@
 //! [`DecodeError::Unavailable`] (retry later).
 
 use crate::domain::{TaskEvent, TaskRequest, TaskResult, TaskStatus};
+use apache_avro::schema::{Name, ResolvedSchema};
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use chrono::{DateTime, TimeZone, Utc};
@@ -15,7 +16,7 @@ use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -45,7 +46,8 @@ fn poison(class: &'static str, message: impl ToString) -> DecodeError {
 pub struct Codec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
-    readers: BTreeMap<String, Schema>,
+    /// Reader schemas by name, with their named types resolved once (not per record).
+    readers: BTreeMap<String, (Schema, HashMap<Name, Schema>)>,
 }
 
 impl Codec {
@@ -64,7 +66,13 @@ impl Codec {
         let mut readers = BTreeMap::new();
         for (name, text) in schemas {
             let schema = Schema::parse_str(text).map_err(|e| EncodeError::Invalid(e.to_string()))?;
-            readers.insert(name.clone(), schema);
+            let names = ResolvedSchema::try_from(&schema)
+                .map_err(|e| EncodeError::Invalid(e.to_string()))?
+                .get_names()
+                .iter()
+                .map(|(n, s)| (n.clone(), (*s).clone()))
+                .collect();
+            readers.insert(name.clone(), (schema, names));
         }
         Ok(Codec { encoder: AvroEncoder::new(settings()?), decoder: AvroDecoder::new(settings()?), readers })
     }
@@ -97,10 +105,10 @@ impl Codec {
             return Err(poison("bad_magic_byte", "value is not in the Confluent wire format (magic byte 0)"));
         }
         let decoded = self.decoder.decode(Some(bytes)).await.map_err(classify)?;
-        let schema = self.readers.get(reader).ok_or_else(|| poison("no_reader_schema", reader))?;
+        let (schema, names) = self.readers.get(reader).ok_or_else(|| poison("no_reader_schema", reader))?;
         decoded
             .value
-            .resolve(schema)
+            .resolve_with_names(schema, names)
             .map_err(|e| poison("incompatible_schema", format!("cannot be read as {reader}: {e}")))
     }
 
