@@ -82,18 +82,6 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<TaskRow>, DbError> {
     row.as_ref().map(row_to_task).transpose()
 }
 
-/// The rows of `ids` that exist, in no particular order.
-pub async fn get_many<'e, E>(executor: E, ids: &[Uuid]) -> Result<Vec<TaskRow>, DbError>
-where
-    E: sqlx::PgExecutor<'e>,
-{
-    let rows = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE task_id = ANY($1)")))
-        .bind(ids)
-        .fetch_all(executor)
-        .await?;
-    rows.iter().map(row_to_task).collect()
-}
-
 pub enum Start {
     /// The attempt may run; the row now reads `running`; the event recorded.
     Started(TaskRow, TaskEvent),
@@ -245,27 +233,18 @@ async fn unchanged(
 }
 
 async fn insert_event(tx: &mut Transaction<'_, Postgres>, e: &TaskEvent) -> Result<(), DbError> {
-    insert_events(tx, std::slice::from_ref(e)).await
-}
-
-/// Appends events in one statement.
-pub(crate) async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[TaskEvent]) -> Result<(), DbError> {
-    if events.is_empty() {
-        return Ok(());
-    }
     sqlx::query(
         "INSERT INTO task_events (event_id, task_id, from_status, to_status, attempt, message, request_id, at)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[],
-                              $8::timestamptz[])",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(events.iter().map(|e| e.event_id).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.task_id).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.from_status.map(|s| s.as_str())).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.to_status.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.attempt).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.message.clone()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.request_id.clone()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+    .bind(e.event_id)
+    .bind(e.task_id)
+    .bind(e.from_status.map(|s| s.as_str()))
+    .bind(e.to_status.as_str())
+    .bind(e.attempt)
+    .bind(&e.message)
+    .bind(&e.request_id)
+    .bind(e.at)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -26,12 +26,13 @@ mod seed;
 
 pub use seed::{write_text, JsonKey};
 
-pub type Names<'s> = HashMap<Name, &'s Schema>;
+/// The named types of a schema, resolved once ([`names_of`]).
+pub type Names = HashMap<Name, Schema>;
 
 /// The named types of `schema` (what its references resolve to).
-pub fn names_of(schema: &Schema) -> Result<Names<'_>, String> {
+pub fn names_of(schema: &Schema) -> Result<Names, String> {
     let resolved = ResolvedSchema::try_from(schema).map_err(|e| format!("schema: {e}"))?;
-    Ok(resolved.get_names().iter().map(|(k, v)| (k.clone(), *v)).collect())
+    Ok(resolved.get_names().iter().map(|(k, v)| (k.clone(), (*v).clone())).collect())
 }
 
 /// `json` as one Avro datum of `schema` (binary encoding, no header); the error names the path.
@@ -43,7 +44,7 @@ pub fn json_to_avro(schema: &Schema, json: &Json) -> Result<Vec<u8>, String> {
 
 /// Appends `json` as one Avro datum of `schema` to `out`, with the schema's names already
 /// resolved ([`names_of`]).
-pub fn write_json(schema: &Schema, names: &Names<'_>, json: &Json, out: &mut Vec<u8>) -> Result<(), String> {
+pub fn write_json(schema: &Schema, names: &Names, json: &Json, out: &mut Vec<u8>) -> Result<(), String> {
     write(schema, json, names, &Path::Root, out)
 }
 
@@ -112,7 +113,7 @@ fn uuid(path: &Path<'_>, json: &Json) -> Result<uuid::Uuid, String> {
     uuid::Uuid::parse_str(s).map_err(|_| fail(path, "a UUID string", json))
 }
 
-fn write(schema: &Schema, json: &Json, names: &Names<'_>, path: &Path<'_>, out: &mut Vec<u8>) -> Result<(), String> {
+fn write(schema: &Schema, json: &Json, names: &Names, path: &Path<'_>, out: &mut Vec<u8>) -> Result<(), String> {
     match schema {
         Schema::Null => match json {
             Json::Null => {}
@@ -221,7 +222,7 @@ fn write(schema: &Schema, json: &Json, names: &Names<'_>, path: &Path<'_>, out: 
 fn write_union(
     variants: &[Schema],
     json: &Json,
-    names: &Names<'_>,
+    names: &Names,
     path: &Path<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
@@ -258,13 +259,7 @@ fn write_union(
 }
 
 /// A field default: for a union it applies to the first branch (Avro spec).
-fn write_default(
-    schema: &Schema,
-    d: &Json,
-    names: &Names<'_>,
-    path: &Path<'_>,
-    out: &mut Vec<u8>,
-) -> Result<(), String> {
+fn write_default(schema: &Schema, d: &Json, names: &Names, path: &Path<'_>, out: &mut Vec<u8>) -> Result<(), String> {
     match schema {
         Schema::Union(u) => {
             let first = u.variants().first().ok_or_else(|| format!("{path}: empty union"))?;

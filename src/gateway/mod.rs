@@ -1,6 +1,6 @@
 //! The HTTP gateway to topics, transport-free parts: JSON values converted to Avro with a
 //! topic's registered schema ([`json_to_avro`]), the registry's latest schemas cached per
-//! subject ([`latest_schema`]), and the Confluent wire format ([`RecordEncoder`]).
+//! subject ([`latest_schema`]), and the Confluent wire format ([`LatestSchema::encode`]).
 //!
 //! Invariants: a value is encoded only after it converted cleanly against the subject's latest
 //! registered schema, and always with that schema's registry id, so consumers decode it with
@@ -8,7 +8,9 @@
 
 mod json_avro;
 
-pub use json_avro::{json_to_avro, names_of, write_json, write_text, JsonKey, Names};
+pub use json_avro::{json_to_avro, JsonKey};
+
+use json_avro::{names_of, write_json, write_text, Names};
 
 use apache_avro::Schema;
 use std::collections::HashMap;
@@ -24,6 +26,8 @@ pub struct LatestSchema {
     /// The schema's JSON text as the registry holds it.
     pub text: String,
     pub schema: Schema,
+    /// The schema's named types, resolved once per fetch (not per record).
+    names: Names,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,44 +90,35 @@ pub async fn latest_schema(
     let id = body["id"].as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| invalid("no schema id"))?;
     let text = body["schema"].as_str().ok_or_else(|| invalid("no schema text"))?.to_string();
     let schema = Schema::parse_str(&text).map_err(|e| invalid(&e.to_string()))?;
+    let names = names_of(&schema).map_err(|e| invalid(&e))?;
     let latest = Arc::new(LatestSchema {
         subject: subject.to_string(),
         id,
         version: body["version"].as_i64().unwrap_or(0),
         text,
         schema,
+        names,
     });
     cache().lock().expect("schema cache lock").insert(key, (Instant::now(), latest.clone()));
     Ok(latest)
 }
 
-/// Encodes many values of one schema: the schema's named types are resolved once, not for
-/// every record (resolving them was most of the cost of a small record).
-pub struct RecordEncoder<'s> {
-    latest: &'s LatestSchema,
-    names: Names<'s>,
-}
-
-impl<'s> RecordEncoder<'s> {
-    pub fn new(latest: &'s LatestSchema) -> Result<RecordEncoder<'s>, String> {
-        Ok(RecordEncoder { latest, names: names_of(&latest.schema)? })
-    }
-
+impl LatestSchema {
     /// A JSON value ([`json_to_avro`]'s rules) in the Confluent wire format: magic byte 0, the
     /// 4-byte big-endian schema id, the Avro binary body.
     pub fn encode(&self, json: &serde_json::Value) -> Result<Vec<u8>, String> {
-        self.framed(|out| write_json(&self.latest.schema, &self.names, json, out))
+        self.framed(|out| write_json(&self.schema, &self.names, json, out))
     }
 
     /// [`Self::encode`] of a value given as JSON text, converted as it is parsed (no JSON tree).
     pub fn encode_text(&self, json: &str) -> Result<Vec<u8>, String> {
-        self.framed(|out| write_text(&self.latest.schema, &self.names, json, out))
+        self.framed(|out| write_text(&self.schema, &self.names, json, out))
     }
 
     fn framed(&self, body: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(128);
         out.push(0);
-        out.extend_from_slice(&self.latest.id.to_be_bytes());
+        out.extend_from_slice(&self.id.to_be_bytes());
         body(&mut out)?;
         Ok(out)
     }

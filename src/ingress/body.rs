@@ -72,8 +72,9 @@ pub async fn json_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         .to_bytes())
 }
 
-/// The top-level members of a JSON object body, their values unparsed (borrowed from `text`).
-pub fn raw_members(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiError> {
+/// The members of the JSON object `text`, their values unparsed (borrowed from `text`). The
+/// error is a syntax error or, for JSON that is not an object, a data error.
+pub fn raw_members(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde_json::Error> {
     struct Members;
     impl<'de> Visitor<'de> for Members {
         type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
@@ -89,11 +90,15 @@ pub fn raw_members(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, ApiErro
         }
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let members = de.deserialize_map(Members).and_then(|m| de.end().map(|()| m));
-    members.map_err(|e| match e.classify() {
+    de.deserialize_map(Members).and_then(|m| de.end().map(|()| m))
+}
+
+/// The answer to a body [`raw_members`] refused: not JSON 400, not an object 422.
+pub fn body_error(e: serde_json::Error) -> ApiError {
+    match e.classify() {
         serde_json::error::Category::Data => ApiError::validation("body", "must be a JSON object"),
         _ => ApiError::MalformedJson(e.to_string()),
-    })
+    }
 }
 
 /// Refuses keys outside `allowed`, naming the first unknown one.

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::fmt;
 
 /// Appends the JSON text `text` as one Avro datum of `schema` to `out`.
-pub fn write_text(schema: &Schema, names: &Names<'_>, text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+pub fn write_text(schema: &Schema, names: &Names, text: &str, out: &mut Vec<u8>) -> Result<(), String> {
     let error = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_str(text);
     let seed = Seed { schema, names, path: &Path::Root, out, error: &error };
@@ -32,7 +32,7 @@ pub fn write_text(schema: &Schema, names: &Names<'_>, text: &str, out: &mut Vec<
 /// Writes one value of `schema`; the first conversion error is kept in `error`.
 struct Seed<'a, 'p> {
     schema: &'a Schema,
-    names: &'a Names<'a>,
+    names: &'a Names,
     path: &'p Path<'p>,
     out: &'p mut Vec<u8>,
     error: &'p RefCell<Option<String>>,

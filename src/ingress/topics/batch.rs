@@ -9,11 +9,11 @@
 use super::quota::check_quota;
 use super::receipts::receipt;
 use super::{
-    declared, delivered, encoder_for, end_producer_span, enqueue_record, error_envelope, header, overall,
-    producer_span, raw_response, value_schema, wants_async, Line,
+    declared, delivered, end_producer_span, enqueue_record, error_envelope, header, overall, producer_span,
+    raw_response, value_schema, wants_async, Line,
 };
 use crate::catalog::TopicDecl;
-use crate::ingress::body::{json_body, only_names, raw_members};
+use crate::ingress::body::{body_error, json_body, only_names, raw_members};
 use crate::ingress::envelope::ok_with;
 use crate::ingress::{ApiError, Ctx, HttpResponse};
 use crate::otlp::Span;
@@ -67,7 +67,7 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     let (span, forwarded) = producer_span(ctx, &req, decl);
     let body = json_body(req, s.gateway.max_body_bytes).await?;
     let text = std::str::from_utf8(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let members = raw_members(text)?;
+    let members = raw_members(text).map_err(body_error)?;
     // The idempotency hash covers the whole body (and the respond-async preference).
     let body_hash = idem_header.as_ref().map(|_| {
         let tree: Json = serde_json::from_str(text).expect("the body parsed already");
@@ -184,12 +184,11 @@ async fn run(
             return Err(e);
         }
     };
-    let encoder = encoder_for(schema.as_deref())?;
     let kafka_topic = ctx.deps.catalog.topic_name(&decl.name);
     let mut lines: Vec<Option<Line>> = vec![None; records.len()];
     let mut pending = Vec::new();
     for (i, rec) in records.iter().enumerate() {
-        match enqueue_record(&ctx.deps, &kafka_topic, decl, encoder.as_ref(), forwarded, rec) {
+        match enqueue_record(&ctx.deps, &kafka_topic, decl, schema.as_deref(), forwarded, rec) {
             Ok(fut) => pending.push((i, fut)),
             Err(line) => lines[i] = Some(line),
         }

@@ -25,7 +25,7 @@ pub use stream::{ndjson_produce_topic, produce_stream, StreamResponse};
 use super::envelope::ok;
 use super::{ApiError, Ctx, HttpResponse};
 use crate::catalog::{TopicDecl, ValueFormat};
-use crate::gateway::{self, LatestSchema, RecordEncoder, SchemaError};
+use crate::gateway::{self, LatestSchema, SchemaError};
 use crate::kafka::{Delivered, OutRecord, ProduceError};
 use crate::otlp::{Span, SpanKind};
 use bytes::Bytes;
@@ -173,12 +173,6 @@ async fn value_schema(ctx: &Ctx, decl: &TopicDecl) -> Result<Option<Arc<LatestSc
     .map_err(|e| schema_error(e, s.http.retry_after_secs))
 }
 
-/// The encoder of a topic's value schema (none for binary topics). A schema the registry
-/// serves but that cannot be resolved is the registry's fault: 502.
-fn encoder_for(schema: Option<&LatestSchema>) -> Result<Option<RecordEncoder<'_>>, ApiError> {
-    schema.map(RecordEncoder::new).transpose().map_err(ApiError::Internal)
-}
-
 /// The PRODUCER span of one produce request (or stream) and the headers each of its records
 /// carries: the request id, the span's `traceparent` (with export off, the caller's unchanged)
 /// and the caller's `tracestate`, so a consumer's span hangs under this produce.
@@ -226,7 +220,7 @@ fn enqueue_record(
     deps: &crate::app::Deps,
     kafka_topic: &str,
     decl: &TopicDecl,
-    schema: Option<&RecordEncoder<'_>>,
+    schema: Option<&LatestSchema>,
     forwarded: &[(String, Vec<u8>)],
     rec: &str,
 ) -> Result<crate::kafka::Pending, Line> {

@@ -7,12 +7,11 @@
 
 use super::{Line, REJECTED, TOO_LARGE, VALIDATION};
 use crate::catalog::{TopicDecl, ValueFormat};
-use crate::gateway::{JsonKey, RecordEncoder};
+use crate::gateway::LatestSchema;
+use crate::ingress::body::raw_members;
 use base64::Engine as _;
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
-use std::fmt;
 
 /// How far ahead of the broker's clock a record's timestamp may be: Kafka 4 refuses more
 /// (`message.timestamp.after.max.ms`, one hour by default).
@@ -28,35 +27,20 @@ pub(super) struct RecordIn<'a> {
 /// Reads a record from its JSON text: not JSON is `MALFORMED_JSON`, not an object a validation
 /// error.
 pub(super) fn parse_record(text: &str) -> Result<RecordIn<'_>, Line> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = de.deserialize_map(RecordVisitor).and_then(|r| de.end().map(|()| r));
-    parsed.map_err(|e| match e.classify() {
+    let malformed = |e: serde_json::Error| Line::failed("MALFORMED_JSON", e.to_string());
+    let members = raw_members(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Line::failed(VALIDATION, "record: must be a JSON object"),
-        _ => Line::failed("MALFORMED_JSON", e.to_string()),
-    })
-}
-
-struct RecordVisitor;
-
-impl<'de> Visitor<'de> for RecordVisitor {
-    type Value = RecordIn<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a record object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RecordIn<'de>, A::Error> {
-        let mut rec = RecordIn { fields: Map::new(), value: None };
-        while let Some(JsonKey(key)) = map.next_key()? {
-            if key == "value" {
-                rec.value = Some(map.next_value()?);
-            } else {
-                let v: Json = map.next_value()?;
-                rec.fields.insert(key.into_owned(), v);
-            }
+        _ => malformed(e),
+    })?;
+    let mut rec = RecordIn { fields: Map::new(), value: None };
+    for (key, raw) in members {
+        if key == "value" {
+            rec.value = Some(raw);
+        } else {
+            rec.fields.insert(key.into_owned(), serde_json::from_str(raw.get()).map_err(malformed)?);
         }
-        Ok(rec)
     }
+    Ok(rec)
 }
 
 /// One record ready for Kafka.
@@ -72,7 +56,7 @@ pub(super) struct Prepared {
 pub(super) fn prepare(
     rec: &RecordIn<'_>,
     decl: &TopicDecl,
-    schema: Option<&RecordEncoder<'_>>,
+    schema: Option<&LatestSchema>,
     forwarded: &[(String, Vec<u8>)],
     max_record_bytes: usize,
 ) -> Result<Prepared, Line> {
@@ -125,7 +109,7 @@ pub(super) fn prepare(
     }
     let raw_value = rec.value.ok_or_else(|| bad("value: is required".into()))?;
     let value = match (decl.value_format(), schema) {
-        (ValueFormat::Avro, Some(encoder)) => Some(encoder.encode_text(raw_value.get()).map_err(bad)?),
+        (ValueFormat::Avro, Some(schema)) => Some(schema.encode_text(raw_value.get()).map_err(bad)?),
         (ValueFormat::Avro, None) => return Err(Line::failed(REJECTED, "topic has no value schema")),
         (ValueFormat::Binary, _) => {
             match serde_json::from_str::<Json>(raw_value.get()).map_err(|e| bad(format!("value: {e}")))? {

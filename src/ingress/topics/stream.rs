@@ -6,9 +6,9 @@
 //! earlier lines; at most 1,024 lines are in flight.
 
 use super::quota::Quota;
-use super::{declared, delivered, encoder_for, enqueue_record, value_schema, wants_async, Line};
+use super::{declared, delivered, enqueue_record, value_schema, wants_async, Line};
 use super::{end_producer_span, producer_span};
-use super::{QUOTA, REJECTED, UNAVAILABLE};
+use super::{QUOTA, UNAVAILABLE};
 use crate::catalog::TopicDecl;
 use crate::gateway::LatestSchema;
 use crate::ingress::{ApiError, Ctx, HttpResponse};
@@ -152,12 +152,7 @@ impl Stream {
             Ok(rec) => rec,
             Err(e) => return Box::pin(futures::future::ready(Line::failed("MALFORMED_JSON", e.to_string()))),
         };
-        // A stream's lines arrive one by one: each is encoded on its own.
-        let encoder = match encoder_for(self.schema.as_deref()) {
-            Ok(e) => e,
-            Err(e) => return Box::pin(futures::future::ready(Line::failed(REJECTED, e.to_string()))),
-        };
-        match enqueue_record(&self.deps, kafka_topic, &self.decl, encoder.as_ref(), &self.forwarded, rec) {
+        match enqueue_record(&self.deps, kafka_topic, &self.decl, self.schema.as_deref(), &self.forwarded, rec) {
             Ok(f) => Box::pin(async move { delivered(f.await) }),
             Err(l) => Box::pin(futures::future::ready(l)),
         }
