@@ -320,6 +320,23 @@ impl RecordRetrying<'_> {
     }
 }
 
+/// A processor stalled (see `runtime::watchdog`) and exits so that its supervisor restarts it.
+pub struct ProcessorStalled<'a> {
+    pub processor: &'a str,
+    pub stall: &'a crate::runtime::watchdog::Stall,
+    pub after: Duration,
+}
+impl ProcessorStalled<'_> {
+    pub fn emit(self) {
+        tracing::error!(
+            processor = self.processor,
+            stall = %self.stall,
+            window_ms = self.after.as_millis() as u64,
+            "processor stalled; exiting for a restart"
+        );
+    }
+}
+
 /// Trace spans were exported over OTLP, or dropped (queue full, export failed).
 pub struct SpansExported {
     pub count: u64,

@@ -194,12 +194,30 @@ impl World {
             if done == n as i64 {
                 return;
             }
-            assert!(Instant::now() < deadline, "{done} of {n} tasks finished in time; logs in {}", self.dir.display());
+            if Instant::now() >= deadline {
+                panic!("{done} of {n} tasks finished in time; logs in {}\n{}", self.dir.display(), self.log_tails());
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
     /// The exact-count verdict: every task finished once, its result on the topic, one outcome.
+    /// The last lines of each processor log other than per-task lines, for a failure message
+    /// (CI keeps the test output, not the files).
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=self.spawned {
+            let text = std::fs::read_to_string(self.dir.join(format!("processor-{i}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("\"task executed\"")).collect();
+            out += &format!("--- processor-{i}.log, last lines of {} ---\n", lines.len());
+            for line in &lines[lines.len().saturating_sub(15)..] {
+                out += &line.chars().take(400).collect::<String>();
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     async fn verify(&self, ids: &[Uuid]) {
         let n = ids.len() as i64;
         let (rows, succeeded): (i64, i64) =

@@ -34,6 +34,8 @@ pub(crate) fn launch_with<P: crate::runtime::Processor>(
             input_topic: deps.catalog.topic_name(&spec.input),
             group: deps.catalog.group_name(&spec.group),
             dead_letter_topic: deps.catalog.topic_name(&spec.outputs.dead_letters),
+            // Long enough for a rebalance or a short outage to settle; see runtime::watchdog.
+            stall_after: std::time::Duration::from_millis(deps.settings.kafka.session_timeout_ms * 6),
             spec,
         };
         crate::runtime::run_processor(

@@ -10,7 +10,10 @@ mod offsets;
 mod publish;
 mod runner;
 mod scheduler;
+#[cfg(test)]
+mod stall_tests;
 mod txn;
+pub mod watchdog;
 
 pub use dlq::DeadLetter;
 pub use offsets::PartitionOffsets;

@@ -12,10 +12,11 @@
 
 use super::dlq::DeadLetter;
 use super::txn::Transactions;
+use super::watchdog::{stats_interval, GroupSeen, Stall, Watchdog};
 use super::{Output, PartitionOffsets, ProcessError, Processor, Publisher, RecordMeta, Scheduler};
 use crate::avro::DecodeError;
 use crate::catalog::{Guarantee, Ordering, ProcessorSpec};
-use crate::events::{processor_gauges, RecordDeadLettered, RecordRetrying};
+use crate::events::{processor_gauges, ProcessorStalled, RecordDeadLettered, RecordRetrying};
 use crate::kafka::{client_config, Producer};
 use crate::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -25,7 +26,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -33,11 +34,10 @@ use tokio_util::sync::CancellationToken;
 pub enum RunnerError {
     #[error("kafka consumer error: {0}")]
     Kafka(#[from] KafkaError),
-    /// Kafka errors and no record or completion for this long: the consumer has lost its way
-    /// (seen after broker restarts: librdkafka no longer reaches the group coordinator). The
-    /// process exits so its supervisor restarts it; nothing past the last checkpoint is lost.
-    #[error("consumer stalled: Kafka errors and no progress for {0:?}")]
-    Stalled(Duration),
+    /// The processor has lost its way (see [`super::watchdog`]): it exits so that its
+    /// supervisor restarts it; nothing past the last checkpoint is lost.
+    #[error("processor stalled for {after:?}: {stall}")]
+    Stalled { stall: Stall, after: Duration },
 }
 
 /// What the runner reports to health probes.
@@ -65,6 +65,8 @@ struct RunnerContext {
     /// Set by librdkafka's global errors (e.g. every broker down), which need not surface as a
     /// consumer error; the stall watchdog counts them as trouble.
     trouble: AtomicBool,
+    /// The group state from librdkafka's statistics, for the stall watchdog.
+    group: Mutex<GroupSeen>,
 }
 
 fn tps(list: &TopicPartitionList) -> Vec<Tp> {
@@ -75,6 +77,11 @@ impl ClientContext for RunnerContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.trouble.store(true, AtomicOrdering::SeqCst);
         tracing::error!("librdkafka: {error}: {reason}");
+    }
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(g) = statistics.cgrp {
+            self.group.lock().expect("lock").report(&g.state, &g.join_state, Instant::now());
+        }
     }
 }
 impl ConsumerContext for RunnerContext {
@@ -131,6 +138,8 @@ pub struct RunnerConfig {
     pub input_topic: String,
     pub group: String,
     pub dead_letter_topic: String,
+    /// How long a stall must last before the processor exits for a restart.
+    pub stall_after: Duration,
 }
 
 /// Runs `processor` as declared by `spec` until `shutdown` fires.
@@ -142,11 +151,12 @@ pub async fn run_processor<P: Processor>(
     health: Arc<RunnerHealth>,
     shutdown: CancellationToken,
 ) -> Result<(), RunnerError> {
-    let RunnerConfig { spec, input_topic, group, dead_letter_topic } = config;
+    let RunnerConfig { spec, input_topic, group, dead_letter_topic, stall_after } = config;
     let context = RunnerContext {
         events: Mutex::new(Vec::new()),
         paused: AtomicBool::new(false),
         trouble: AtomicBool::new(false),
+        group: Mutex::new(GroupSeen::new(Instant::now())),
     };
     let consumer: StreamConsumer<RunnerContext> = client_config(kafka, &spec.name)
         .set("group.id", &group)
@@ -163,6 +173,7 @@ pub async fn run_processor<P: Processor>(
         .set("isolation.level", "read_committed")
         .set("queued.max.messages.kbytes", "16384")
         .set("topic.metadata.refresh.interval.ms", "5000")
+        .set("statistics.interval.ms", stats_interval(stall_after).as_millis().to_string())
         .create_with_context(context)?;
     consumer.subscribe(&[&input_topic])?;
     health.started.store(true, AtomicOrdering::SeqCst);
@@ -191,13 +202,8 @@ pub async fn run_processor<P: Processor>(
     let mut offsets: HashMap<Tp, (u64, PartitionOffsets)> = HashMap::new();
     let mut generation: u64 = 0;
     let mut paused = false;
-    let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
-    let stall_after = Duration::from_millis(kafka.session_timeout_ms * 6);
-    let mut last_progress = std::time::Instant::now();
-    let mut trouble_since: Option<std::time::Instant> = None;
-    // A producer that never reconnects after a broker restart (seen with librdkafka 2.12: every
-    // produce times out while the consumer works again) stalls every record; exit for a restart.
-    let mut last_done = std::time::Instant::now();
+    let mut lag_tick = tokio::time::interval(stats_interval(stall_after));
+    let mut watchdog = Watchdog::new(stall_after, Instant::now());
 
     loop {
         while let Some((_, work)) = scheduler.start_next() {
@@ -218,16 +224,15 @@ pub async fn run_processor<P: Processor>(
             _ = shutdown.cancelled() => break,
             _ = lag_tick.tick() => {
                 record_lag(&consumer, &offsets, &group_label);
+                let now = Instant::now();
                 if consumer.context().trouble.swap(false, AtomicOrdering::SeqCst) {
-                    trouble_since.get_or_insert_with(std::time::Instant::now);
+                    watchdog.trouble(now);
                 }
-                if trouble_since.is_some_and(|t| t.elapsed() > stall_after) && last_progress.elapsed() > stall_after {
-                    tracing::error!(processor = %spec.name, "consumer stalled after Kafka errors; exiting for a restart");
-                    return Err(RunnerError::Stalled(stall_after));
-                }
-                if health.kafka_waiting.load(AtomicOrdering::Relaxed) && last_done.elapsed() > stall_after {
-                    tracing::error!(processor = %spec.name, "outputs stalled: Kafka refused them and no record finished; exiting for a restart");
-                    return Err(RunnerError::Stalled(stall_after));
+                let waiting = health.kafka_waiting.load(AtomicOrdering::Relaxed);
+                let group = consumer.context().group.lock().expect("lock").clone();
+                if let Some(stall) = watchdog.check(now, waiting, &group) {
+                    ProcessorStalled { processor: &spec.name, stall: &stall, after: stall_after }.emit();
+                    return Err(RunnerError::Stalled { stall, after: stall_after });
                 }
             }
             _ = txn_tick.tick(), if txn.is_some() => {
@@ -236,16 +241,14 @@ pub async fn run_processor<P: Processor>(
                 }
             }
             Some(done) = done_rx.recv() => {
-                last_progress = std::time::Instant::now();
-                last_done = last_progress;
+                watchdog.finished(Instant::now());
                 complete(&consumer, &mut offsets, &mut scheduler, &spec, done, txn.as_mut());
             }
             msg = consumer.recv() => {
                 apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut());
                 match msg {
                     Ok(m) => {
-                        last_progress = std::time::Instant::now();
-                        trouble_since = None;
+                        watchdog.received(Instant::now());
                         consumed.inc();
                         let m = m.detach();
                         let tp = (m.topic().to_string(), m.partition());
@@ -258,7 +261,7 @@ pub async fn run_processor<P: Processor>(
                         scheduler.push(key, Work { msg: m, generation: entry.0 });
                     }
                     Err(e) => {
-                        trouble_since.get_or_insert_with(std::time::Instant::now);
+                        watchdog.trouble(Instant::now());
                         tracing::warn!(processor = %spec.name, error = %e, "consumer error");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
