@@ -14,6 +14,7 @@ mod scheduler;
 mod stall_tests;
 mod txn;
 pub mod watchdog;
+mod worker;
 
 pub use dlq::DeadLetter;
 pub use offsets::PartitionOffsets;

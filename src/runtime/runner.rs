@@ -8,20 +8,21 @@
 //!   from [`PartitionOffsets`] checkpoints: after every effect of a record is durable;
 //! - on revoke, unstarted records of the revoked partitions are dropped and late completions
 //!   of their in-flight records are ignored (the new owner redelivers; effects are idempotent);
-//! - on shutdown: stop fetching, finish in-flight work within the grace period, commit, leave.
+//! - on shutdown: stop fetching, finish in-flight work within the grace period, commit, leave;
+//! - a stall that lasts the whole window (see [`super::watchdog`]) ends the runner with
+//!   [`RunnerError::Stalled`], so that the process exits and its supervisor restarts it.
 
-use super::dlq::DeadLetter;
 use super::txn::Transactions;
 use super::watchdog::{stats_interval, GroupSeen, Stall, Watchdog};
-use super::{Output, PartitionOffsets, ProcessError, Processor, Publisher, RecordMeta, Scheduler};
-use crate::avro::DecodeError;
+use super::worker::{spawn_worker, Done, Shared, Work};
+use super::{PartitionOffsets, Processor, Scheduler};
 use crate::catalog::{Guarantee, Ordering, ProcessorSpec};
-use crate::events::{processor_gauges, ProcessorStalled, RecordDeadLettered, RecordRetrying};
+use crate::events::{processor_gauges, ProcessorStalled};
 use crate::kafka::{client_config, Producer};
 use crate::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
@@ -52,7 +53,7 @@ pub struct RunnerHealth {
     pub started: AtomicBool,
 }
 
-type Tp = (String, i32);
+pub(super) type Tp = (String, i32);
 
 enum RebalanceEvent {
     Assigned(Vec<Tp>),
@@ -102,34 +103,6 @@ impl ConsumerContext for RunnerContext {
             self.events.lock().expect("lock").push(RebalanceEvent::Assigned(tps(list)));
         }
     }
-}
-
-/// A record handed to a worker.
-struct Work {
-    msg: OwnedMessage,
-    generation: u64,
-}
-
-struct Done {
-    tp: Tp,
-    offset: i64,
-    generation: u64,
-    key: Option<Vec<u8>>,
-    /// Outputs held for the transaction (exactly-once only).
-    outputs: Vec<Output>,
-}
-
-/// Everything a worker needs, shared.
-struct Shared<P: Processor> {
-    processor: Arc<P>,
-    spec: ProcessorSpec,
-    group: String,
-    dead_letter_topic: String,
-    producer: Producer,
-    health: Arc<RunnerHealth>,
-    cancel: CancellationToken,
-    /// Exactly-once: outputs go into the record's transaction buffer.
-    transactional: bool,
 }
 
 /// A processor's spec with its names resolved (namespace applied).
@@ -364,7 +337,7 @@ fn set_paused(consumer: &StreamConsumer<RunnerContext>, pause: bool) -> bool {
     pause
 }
 
-fn ordering_key(ordering: Ordering, m: &OwnedMessage) -> Option<Vec<u8>> {
+pub(super) fn ordering_key(ordering: Ordering, m: &OwnedMessage) -> Option<Vec<u8>> {
     match ordering {
         Ordering::Unordered => None,
         Ordering::Partition => Some(format!("{}:{}", m.topic(), m.partition()).into_bytes()),
@@ -438,168 +411,4 @@ fn complete(
             }
         }
     }
-}
-
-fn spawn_worker<P: Processor>(shared: Arc<Shared<P>>, work: Work, done_tx: mpsc::Sender<Done>) {
-    let key = ordering_key(shared.spec.ordering, &work.msg);
-    tokio::spawn(async move {
-        let tp = (work.msg.topic().to_string(), work.msg.partition());
-        let offset = work.msg.offset();
-        let cancel = shared.cancel.clone();
-        let publisher = if shared.transactional {
-            Publisher::Transactional(Arc::default())
-        } else {
-            Publisher::Direct(shared.producer.clone())
-        };
-        let finished = tokio::select! {
-            _ = cancel.cancelled() => false,
-            () = handle_record(&shared, &work.msg, &publisher) => true,
-        };
-        // An abandoned record is never reported done: its offset stays uncommitted.
-        if finished {
-            let outputs = publisher.take();
-            let _ = done_tx.send(Done { tp, offset, generation: work.generation, key, outputs }).await;
-        }
-    });
-}
-
-fn backoff(policy: &crate::catalog::RetryPolicy, attempt: u32) -> Duration {
-    let base = policy.initial_backoff_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
-    let capped = base.min(policy.max_backoff_ms);
-    // Full jitter over the upper half keeps retries of many records apart.
-    let jitter = rand::random_range(capped / 2..=capped.max(1));
-    Duration::from_millis(jitter)
-}
-
-fn meta_of(msg: &OwnedMessage, attempt: u32, publisher: &Publisher) -> RecordMeta {
-    let headers = msg
-        .headers()
-        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-        .unwrap_or_default();
-    RecordMeta {
-        topic: msg.topic().to_string(),
-        partition: msg.partition(),
-        offset: msg.offset(),
-        key: msg.key().map(<[u8]>::to_vec),
-        headers,
-        attempt,
-        publisher: publisher.clone(),
-    }
-}
-
-/// Runs one record to a durable end: processed, or dead-lettered.
-async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage, publisher: &Publisher) {
-    let spec = &shared.spec;
-    let first_failure = chrono::Utc::now();
-    // Decode at the edge; wait out an unreachable registry.
-    let mut waits = 0u32;
-    let input = loop {
-        match shared.processor.decode(msg.payload()).await {
-            Ok(input) => break input,
-            Err(DecodeError::Poison { class, message }) => {
-                let meta = meta_of(msg, 1, publisher);
-                dead_letter(shared, &meta, msg, class, &message, 1, first_failure).await;
-                return;
-            }
-            Err(DecodeError::Unavailable(m)) => {
-                waits += 1;
-                wait_unavailable(shared, "schema_registry", &m, waits).await;
-            }
-        }
-    };
-    let mut attempt = 1u32;
-    let mut waits = 0u32;
-    loop {
-        let meta = meta_of(msg, attempt, publisher);
-        let err = match shared.processor.process(&input, &meta).await {
-            Ok(()) => {
-                shared.health.degraded.store(false, AtomicOrdering::Relaxed);
-                shared.health.kafka_waiting.store(false, AtomicOrdering::Relaxed);
-                return;
-            }
-            Err(e) => e,
-        };
-        match &err {
-            ProcessError::Unavailable { dependency, message } => {
-                waits += 1;
-                wait_unavailable(shared, dependency, message, waits).await;
-            }
-            ProcessError::Retryable { .. } if attempt < spec.retry.max_attempts => {
-                let pause = backoff(&spec.retry, attempt);
-                RecordRetrying { processor: &spec.name, attempt, backoff: pause, error: &err.to_string() }.emit();
-                tokio::time::sleep(pause).await;
-                attempt += 1;
-            }
-            _ => {
-                dead_letter(shared, &meta, msg, err.class(), &err.message(), attempt, first_failure).await;
-                // Record the final state; wait out unavailable dependencies, give up on others.
-                let mut waits = 0u32;
-                loop {
-                    match shared.processor.dead_lettered(&input, &meta, &err).await {
-                        Err(ProcessError::Unavailable { dependency, message }) => {
-                            waits += 1;
-                            wait_unavailable(shared, dependency, &message, waits).await;
-                        }
-                        Err(e) => {
-                            tracing::error!(processor = %spec.name, error = %e, "recording dead-lettered state failed");
-                            return;
-                        }
-                        Ok(()) => return,
-                    }
-                }
-            }
-        }
-    }
-}
-
-async fn wait_unavailable<P: Processor>(shared: &Shared<P>, dependency: &str, message: &str, waits: u32) {
-    shared.health.degraded.store(true, AtomicOrdering::Relaxed);
-    if dependency == "kafka" {
-        shared.health.kafka_waiting.store(true, AtomicOrdering::Relaxed);
-    }
-    let pause = Duration::from_millis((100u64 << waits.min(5)).min(3000));
-    if waits == 1 || waits.is_multiple_of(10) {
-        tracing::warn!(processor = %shared.spec.name, dependency, error = message, waits, "dependency unavailable; waiting");
-    }
-    tokio::time::sleep(pause).await;
-}
-
-async fn dead_letter<P: Processor>(
-    shared: &Shared<P>,
-    meta: &RecordMeta,
-    msg: &OwnedMessage,
-    class: &str,
-    message: &str,
-    attempts: u32,
-    first_failure: chrono::DateTime<chrono::Utc>,
-) {
-    let letter = DeadLetter {
-        class: class.to_string(),
-        message: message.to_string(),
-        source_topic: meta.topic.clone(),
-        partition: meta.partition,
-        offset: meta.offset,
-        group: shared.group.clone(),
-        processor: shared.spec.name.clone(),
-        attempts,
-        first_failure,
-        last_failure: chrono::Utc::now(),
-        key: msg.key().map(<[u8]>::to_vec),
-        value: msg.payload().map(<[u8]>::to_vec),
-        headers: meta.headers.clone(),
-    };
-    let mut waits = 0u32;
-    while let Err(e) = letter.publish(&meta.publisher, &shared.dead_letter_topic).await {
-        waits += 1;
-        wait_unavailable(shared, "kafka", &e.to_string(), waits).await;
-    }
-    RecordDeadLettered {
-        processor: &shared.spec.name,
-        reason: class,
-        message,
-        topic: &meta.topic,
-        partition: meta.partition,
-        offset: meta.offset,
-    }
-    .emit();
 }

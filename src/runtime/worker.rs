@@ -1,0 +1,213 @@
+//! The worker side of the runner: one spawned task per record runs it to a durable end
+//! (processed, or dead-lettered), with retries, backoff and waits on unavailable dependencies,
+//! and reports it done to the poll loop over a bounded channel.
+//!
+//! Invariants: a record is reported done only once every effect is durable; an abandoned one
+//! (cancelled at the end of the shutdown grace) is never reported, so its offset stays
+//! uncommitted; workers never touch offsets.
+
+use super::dlq::DeadLetter;
+use super::runner::Tp;
+use super::{Output, ProcessError, Processor, Publisher, RecordMeta, RunnerHealth};
+use crate::avro::DecodeError;
+use crate::catalog::ProcessorSpec;
+use crate::events::{RecordDeadLettered, RecordRetrying};
+use crate::kafka::Producer;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A record handed to a worker.
+pub(super) struct Work {
+    pub(super) msg: OwnedMessage,
+    pub(super) generation: u64,
+}
+
+pub(super) struct Done {
+    pub(super) tp: Tp,
+    pub(super) offset: i64,
+    pub(super) generation: u64,
+    pub(super) key: Option<Vec<u8>>,
+    /// Outputs held for the transaction (exactly-once only).
+    pub(super) outputs: Vec<Output>,
+}
+
+/// Everything a worker needs, shared.
+pub(super) struct Shared<P: Processor> {
+    pub(super) processor: Arc<P>,
+    pub(super) spec: ProcessorSpec,
+    pub(super) group: String,
+    pub(super) dead_letter_topic: String,
+    pub(super) producer: Producer,
+    pub(super) health: Arc<RunnerHealth>,
+    pub(super) cancel: CancellationToken,
+    /// Exactly-once: outputs go into the record's transaction buffer.
+    pub(super) transactional: bool,
+}
+
+pub(super) fn spawn_worker<P: Processor>(shared: Arc<Shared<P>>, work: Work, done_tx: mpsc::Sender<Done>) {
+    let key = super::runner::ordering_key(shared.spec.ordering, &work.msg);
+    tokio::spawn(async move {
+        let tp = (work.msg.topic().to_string(), work.msg.partition());
+        let offset = work.msg.offset();
+        let cancel = shared.cancel.clone();
+        let publisher = if shared.transactional {
+            Publisher::Transactional(Arc::default())
+        } else {
+            Publisher::Direct(shared.producer.clone())
+        };
+        let finished = tokio::select! {
+            _ = cancel.cancelled() => false,
+            () = handle_record(&shared, &work.msg, &publisher) => true,
+        };
+        // An abandoned record is never reported done: its offset stays uncommitted.
+        if finished {
+            let outputs = publisher.take();
+            let _ = done_tx.send(Done { tp, offset, generation: work.generation, key, outputs }).await;
+        }
+    });
+}
+
+fn backoff(policy: &crate::catalog::RetryPolicy, attempt: u32) -> Duration {
+    let base = policy.initial_backoff_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+    let capped = base.min(policy.max_backoff_ms);
+    // Full jitter over the upper half keeps retries of many records apart.
+    let jitter = rand::random_range(capped / 2..=capped.max(1));
+    Duration::from_millis(jitter)
+}
+
+fn meta_of(msg: &OwnedMessage, attempt: u32, publisher: &Publisher) -> RecordMeta {
+    let headers = msg
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+        .unwrap_or_default();
+    RecordMeta {
+        topic: msg.topic().to_string(),
+        partition: msg.partition(),
+        offset: msg.offset(),
+        key: msg.key().map(<[u8]>::to_vec),
+        headers,
+        attempt,
+        publisher: publisher.clone(),
+    }
+}
+
+/// Runs one record to a durable end: processed, or dead-lettered.
+async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage, publisher: &Publisher) {
+    let spec = &shared.spec;
+    let first_failure = chrono::Utc::now();
+    // Decode at the edge; wait out an unreachable registry.
+    let mut waits = 0u32;
+    let input = loop {
+        match shared.processor.decode(msg.payload()).await {
+            Ok(input) => break input,
+            Err(DecodeError::Poison { class, message }) => {
+                let meta = meta_of(msg, 1, publisher);
+                dead_letter(shared, &meta, msg, class, &message, 1, first_failure).await;
+                return;
+            }
+            Err(DecodeError::Unavailable(m)) => {
+                waits += 1;
+                wait_unavailable(shared, "schema_registry", &m, waits).await;
+            }
+        }
+    };
+    let mut attempt = 1u32;
+    let mut waits = 0u32;
+    loop {
+        let meta = meta_of(msg, attempt, publisher);
+        let err = match shared.processor.process(&input, &meta).await {
+            Ok(()) => {
+                shared.health.degraded.store(false, AtomicOrdering::Relaxed);
+                shared.health.kafka_waiting.store(false, AtomicOrdering::Relaxed);
+                return;
+            }
+            Err(e) => e,
+        };
+        match &err {
+            ProcessError::Unavailable { dependency, message } => {
+                waits += 1;
+                wait_unavailable(shared, dependency, message, waits).await;
+            }
+            ProcessError::Retryable { .. } if attempt < spec.retry.max_attempts => {
+                let pause = backoff(&spec.retry, attempt);
+                RecordRetrying { processor: &spec.name, attempt, backoff: pause, error: &err.to_string() }.emit();
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            _ => {
+                dead_letter(shared, &meta, msg, err.class(), &err.message(), attempt, first_failure).await;
+                // Record the final state; wait out unavailable dependencies, give up on others.
+                let mut waits = 0u32;
+                loop {
+                    match shared.processor.dead_lettered(&input, &meta, &err).await {
+                        Err(ProcessError::Unavailable { dependency, message }) => {
+                            waits += 1;
+                            wait_unavailable(shared, dependency, &message, waits).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(processor = %spec.name, error = %e, "recording dead-lettered state failed");
+                            return;
+                        }
+                        Ok(()) => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn wait_unavailable<P: Processor>(shared: &Shared<P>, dependency: &str, message: &str, waits: u32) {
+    shared.health.degraded.store(true, AtomicOrdering::Relaxed);
+    if dependency == "kafka" {
+        shared.health.kafka_waiting.store(true, AtomicOrdering::Relaxed);
+    }
+    let pause = Duration::from_millis((100u64 << waits.min(5)).min(3000));
+    if waits == 1 || waits.is_multiple_of(10) {
+        tracing::warn!(processor = %shared.spec.name, dependency, error = message, waits, "dependency unavailable; waiting");
+    }
+    tokio::time::sleep(pause).await;
+}
+
+async fn dead_letter<P: Processor>(
+    shared: &Shared<P>,
+    meta: &RecordMeta,
+    msg: &OwnedMessage,
+    class: &str,
+    message: &str,
+    attempts: u32,
+    first_failure: chrono::DateTime<chrono::Utc>,
+) {
+    let letter = DeadLetter {
+        class: class.to_string(),
+        message: message.to_string(),
+        source_topic: meta.topic.clone(),
+        partition: meta.partition,
+        offset: meta.offset,
+        group: shared.group.clone(),
+        processor: shared.spec.name.clone(),
+        attempts,
+        first_failure,
+        last_failure: chrono::Utc::now(),
+        key: msg.key().map(<[u8]>::to_vec),
+        value: msg.payload().map(<[u8]>::to_vec),
+        headers: meta.headers.clone(),
+    };
+    let mut waits = 0u32;
+    while let Err(e) = letter.publish(&meta.publisher, &shared.dead_letter_topic).await {
+        waits += 1;
+        wait_unavailable(shared, "kafka", &e.to_string(), waits).await;
+    }
+    RecordDeadLettered {
+        processor: &shared.spec.name,
+        reason: class,
+        message,
+        topic: &meta.topic,
+        partition: meta.partition,
+        offset: meta.offset,
+    }
+    .emit();
+}
