@@ -47,7 +47,16 @@ pub struct Codec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
     /// Reader schemas by name, with their named types resolved once (not per record).
-    readers: BTreeMap<String, (Schema, HashMap<Name, Schema>)>,
+    readers: BTreeMap<String, (Schema, Names)>,
+}
+
+/// The named types of a schema (what its references resolve to), resolved once.
+pub type Names = HashMap<Name, Schema>;
+
+/// The named types of `schema`.
+pub fn names_of(schema: &Schema) -> Result<Names, String> {
+    let resolved = ResolvedSchema::try_from(schema).map_err(|e| format!("schema: {e}"))?;
+    Ok(resolved.get_names().iter().map(|(k, v)| (k.clone(), (*v).clone())).collect())
 }
 
 impl Codec {
@@ -66,12 +75,7 @@ impl Codec {
         let mut readers = BTreeMap::new();
         for (name, text) in schemas {
             let schema = Schema::parse_str(text).map_err(|e| EncodeError::Invalid(e.to_string()))?;
-            let names = ResolvedSchema::try_from(&schema)
-                .map_err(|e| EncodeError::Invalid(e.to_string()))?
-                .get_names()
-                .iter()
-                .map(|(n, s)| (n.clone(), (*s).clone()))
-                .collect();
+            let names = names_of(&schema).map_err(EncodeError::Invalid)?;
             readers.insert(name.clone(), (schema, names));
         }
         Ok(Codec { encoder: AvroEncoder::new(settings()?), decoder: AvroDecoder::new(settings()?), readers })

@@ -1,7 +1,8 @@
 //! JSON to Avro with a schema: the gateway's value conversion, written straight to the Avro
-//! binary encoding (no intermediate `Value` tree, no second validation pass). [`write_json`]
-//! converts a parsed JSON tree; [`write_text`] converts JSON text while parsing it (records,
-//! strings and numbers without a tree), with the same rules and messages.
+//! binary encoding (no intermediate `Value` tree, no second validation pass). [`write_text`]
+//! converts JSON text while parsing it (records, strings and numbers without a tree); what it
+//! reads whole goes through [`write`], the conversion of a parsed JSON tree, so both follow the
+//! same rules with the same messages.
 //!
 //! Rules: records take a JSON object (unknown fields refused, missing fields take their schema
 //! default); a union takes `null` for its null branch, otherwise the first branch the value
@@ -14,39 +15,17 @@
 //! a partial datum and must be discarded. Error messages name the path (`value.a.b[2]`); the
 //! path is rendered only when something fails.
 
-use apache_avro::schema::{Name, ResolvedSchema, UuidSchema};
+use crate::avro::Names;
+use apache_avro::schema::UuidSchema;
 use apache_avro::Schema;
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDate};
 use serde_json::Value as Json;
-use std::collections::HashMap;
 use std::fmt;
 
 mod seed;
 
 pub use seed::{write_text, JsonKey};
-
-/// The named types of a schema, resolved once ([`names_of`]).
-pub type Names = HashMap<Name, Schema>;
-
-/// The named types of `schema` (what its references resolve to).
-pub fn names_of(schema: &Schema) -> Result<Names, String> {
-    let resolved = ResolvedSchema::try_from(schema).map_err(|e| format!("schema: {e}"))?;
-    Ok(resolved.get_names().iter().map(|(k, v)| (k.clone(), (*v).clone())).collect())
-}
-
-/// `json` as one Avro datum of `schema` (binary encoding, no header); the error names the path.
-pub fn json_to_avro(schema: &Schema, json: &Json) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(64);
-    write_json(schema, &names_of(schema)?, json, &mut out)?;
-    Ok(out)
-}
-
-/// Appends `json` as one Avro datum of `schema` to `out`, with the schema's names already
-/// resolved ([`names_of`]).
-pub fn write_json(schema: &Schema, names: &Names, json: &Json, out: &mut Vec<u8>) -> Result<(), String> {
-    write(schema, json, names, &Path::Root, out)
-}
 
 /// Where a value sits in the record, rendered only for an error message.
 enum Path<'a> {
@@ -113,6 +92,7 @@ fn uuid(path: &Path<'_>, json: &Json) -> Result<uuid::Uuid, String> {
     uuid::Uuid::parse_str(s).map_err(|_| fail(path, "a UUID string", json))
 }
 
+/// Appends the parsed `json` as one Avro datum of `schema` at `path`; the error names the path.
 fn write(schema: &Schema, json: &Json, names: &Names, path: &Path<'_>, out: &mut Vec<u8>) -> Result<(), String> {
     match schema {
         Schema::Null => match json {

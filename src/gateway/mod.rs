@@ -1,6 +1,6 @@
 //! The HTTP gateway to topics, transport-free parts: JSON values converted to Avro with a
-//! topic's registered schema ([`json_to_avro`]), the registry's latest schemas cached per
-//! subject ([`latest_schema`]), and the Confluent wire format ([`LatestSchema::encode`]).
+//! topic's registered schema (`json_avro`, its rules), the registry's latest schemas cached per
+//! subject ([`latest_schema`]), and the Confluent wire format ([`LatestSchema::encode_text`]).
 //!
 //! Invariants: a value is encoded only after it converted cleanly against the subject's latest
 //! registered schema, and always with that schema's registry id, so consumers decode it with
@@ -8,9 +8,10 @@
 
 mod json_avro;
 
-pub use json_avro::{json_to_avro, JsonKey};
+pub use json_avro::JsonKey;
 
-use json_avro::{names_of, write_json, write_text, Names};
+use crate::avro::{names_of, Names};
+use json_avro::write_text;
 
 use apache_avro::Schema;
 use std::collections::HashMap;
@@ -104,22 +105,13 @@ pub async fn latest_schema(
 }
 
 impl LatestSchema {
-    /// A JSON value ([`json_to_avro`]'s rules) in the Confluent wire format: magic byte 0, the
-    /// 4-byte big-endian schema id, the Avro binary body.
-    pub fn encode(&self, json: &serde_json::Value) -> Result<Vec<u8>, String> {
-        self.framed(|out| write_json(&self.schema, &self.names, json, out))
-    }
-
-    /// [`Self::encode`] of a value given as JSON text, converted as it is parsed (no JSON tree).
+    /// A value given as JSON text (the `json_avro` rules, converted as it is parsed) in the
+    /// Confluent wire format: magic byte 0, the 4-byte big-endian schema id, the Avro binary body.
     pub fn encode_text(&self, json: &str) -> Result<Vec<u8>, String> {
-        self.framed(|out| write_text(&self.schema, &self.names, json, out))
-    }
-
-    fn framed(&self, body: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(128);
         out.push(0);
         out.extend_from_slice(&self.id.to_be_bytes());
-        body(&mut out)?;
+        write_text(&self.schema, &self.names, json, &mut out)?;
         Ok(out)
     }
 }

@@ -17,7 +17,12 @@ fn now() -> String {
 }
 
 fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).expect("a response body serializes"))));
+    raw_json(status, serde_json::to_vec(body).expect("a response body serializes"))
+}
+
+/// A JSON body already serialized (a stored answer replayed byte for byte).
+pub fn raw_json(status: StatusCode, body: impl Into<Bytes>) -> HttpResponse {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
@@ -39,6 +44,27 @@ pub fn ok_with<T: serde::Serialize>(status: StatusCode, data: &T, message: &str,
         request_id: &'a str,
     }
     json_response(status, &Success { success: true, data, message, timestamp: now(), request_id })
+}
+
+/// An error envelope with any status, code and serializable `details` ([`ApiError`]'s, or an
+/// answer that is not a plain error, such as a gateway's 207 with its record lines).
+pub fn error_with<T: serde::Serialize>(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    details: &T,
+    request_id: &str,
+) -> HttpResponse {
+    #[derive(serde::Serialize)]
+    struct Failure<'a, T> {
+        success: bool,
+        error: &'a str,
+        message: &'a str,
+        details: &'a T,
+        timestamp: String,
+        request_id: &'a str,
+    }
+    json_response(status, &Failure { success: false, error: code, message, details, timestamp: now(), request_id })
 }
 
 /// Every way a request can fail, with its status and error code.
@@ -135,15 +161,7 @@ impl ApiError {
             ApiError::Internal(_) => "internal error".to_string(),
             other => other.to_string(),
         };
-        let body = json!({
-            "success": false,
-            "error": self.code(),
-            "message": message,
-            "details": self.details(),
-            "timestamp": now(),
-            "request_id": request_id,
-        });
-        let mut r = json_response(self.status(), &body);
+        let mut r = error_with(self.status(), self.code(), &message, &self.details(), request_id);
         match &self {
             ApiError::MethodNotAllowed { allow, .. } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {

@@ -57,12 +57,8 @@ impl GroupSeen {
         if state == "up" && join_state == "steady" {
             self.settled_at = now;
         }
-        if self.state != state {
-            self.state = state.to_string();
-        }
-        if self.join_state != join_state {
-            self.join_state = join_state.to_string();
-        }
+        self.state = state.to_string();
+        self.join_state = join_state.to_string();
     }
 }
 

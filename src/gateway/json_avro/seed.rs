@@ -8,7 +8,8 @@
 //! tests compare both on every case); a record's fields may come in any JSON order (each is
 //! written to a scratch segment, then all in schema order).
 
-use super::{bytes, write, Names, Path};
+use super::{bytes, write, Path};
+use crate::avro::Names;
 use apache_avro::Schema;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;

@@ -3,12 +3,21 @@
 #![allow(deprecated)] // from_avro_datum / to_avro_datum: the plainest independent reader and writer
 
 use super::*;
+use crate::avro::names_of;
 use apache_avro::types::Value;
 use serde_json::json;
+use std::collections::HashMap;
 
 fn request_schema() -> Schema {
     let path = format!("{}/schemas/TaskRequest.avsc", env!("CARGO_MANIFEST_DIR"));
     Schema::parse_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `json` as one Avro datum of `schema`, from the parsed tree ([`write`]).
+fn json_to_avro(schema: &Schema, json: &Json) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(64);
+    write(schema, json, &names_of(schema)?, &Path::Root, &mut out)?;
+    Ok(out)
 }
 
 /// [`json_to_avro`] (from a parsed tree), checked against [`write_text`] (converted while

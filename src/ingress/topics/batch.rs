@@ -9,12 +9,12 @@
 use super::quota::check_quota;
 use super::receipts::receipt;
 use super::{
-    declared, delivered, end_producer_span, enqueue_record, error_envelope, header, overall, producer_span,
-    raw_response, value_schema, wants_async, Line,
+    declared, end_producer_span, enqueue_record, header, overall, producer_span, redis_down, settle, value_schema,
+    wants_async, Line,
 };
 use crate::catalog::TopicDecl;
 use crate::ingress::body::{body_error, json_body, only_names, raw_members};
-use crate::ingress::envelope::ok_with;
+use crate::ingress::envelope::{error_with, ok_with, raw_json};
 use crate::ingress::{ApiError, Ctx, HttpResponse};
 use crate::otlp::Span;
 use fred::prelude::*;
@@ -89,11 +89,11 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     }
     let max = s.gateway.max_records_per_request;
     if records.len() > max {
-        return Ok(error_envelope(
+        return Ok(error_with(
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
             &format!("{} records in one request; the limit is {max}", records.len()),
-            json!({"max_records_per_request": max, "records": records.len()}),
+            &json!({"max_records_per_request": max, "records": records.len()}),
             &ctx.request_id,
         ));
     }
@@ -111,17 +111,9 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
         let set: Option<String> = pool
             .set(&redis_key, pending, Some(Expiration::EX(reserve_secs)), Some(SetOptions::NX), false)
             .await
-            .map_err(|e| ApiError::Unavailable {
-                service: "redis",
-                reason: e.to_string(),
-                retry_after: s.http.retry_after_secs,
-            })?;
+            .map_err(|e| redis_down(ctx, e))?;
         if set.is_none() {
-            let stored: Option<String> = pool.get(&redis_key).await.map_err(|e| ApiError::Unavailable {
-                service: "redis",
-                reason: e.to_string(),
-                retry_after: s.http.retry_after_secs,
-            })?;
+            let stored: Option<String> = pool.get(&redis_key).await.map_err(|e| redis_down(ctx, e))?;
             let stored: Json = stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Null);
             if stored["hash"].as_str() != Some(hash.as_str()) {
                 return Err(ApiError::validation(
@@ -136,7 +128,7 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
             let body = stored["body"].as_str();
             return match (status, body) {
                 (Some(status), Some(body)) => {
-                    let mut r = raw_response(status, body.to_string());
+                    let mut r = raw_json(status, body.to_string());
                     r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
                     Ok(r)
                 }
@@ -198,10 +190,7 @@ async fn run(
         end_producer_span(span, pending.len(), lines.iter().flatten().count());
         return Ok(receipt(ctx, decl, lines, pending).await);
     }
-    let (idx, futs): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-    for (i, r) in idx.into_iter().zip(futures::future::join_all(futs).await) {
-        lines[i] = Some(delivered(r));
-    }
+    settle(&mut lines, pending).await;
     let lines: Vec<Line> = lines.into_iter().map(|l| l.expect("every record has a line")).collect();
     let written = lines.iter().filter(|l| matches!(l, Line::Written(_))).count();
     end_producer_span(span, written, lines.len() - written);
@@ -215,8 +204,7 @@ fn answer(ctx: &Ctx, topic: &str, lines: &[Line]) -> HttpResponse {
         (status, None) => ok_with(status, &data, &format!("{written} records written"), &ctx.request_id),
         (status, Some(code)) => {
             let message = format!("{written} of {} records written", lines.len());
-            let data = serde_json::to_value(&data).expect("an answer serializes");
-            let mut r = error_envelope(status, code, &message, data, &ctx.request_id);
+            let mut r = error_with(status, code, &message, &data, &ctx.request_id);
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(ctx.deps.settings.http.retry_after_secs));
             }

@@ -22,17 +22,14 @@ pub use batch::produce;
 pub use receipts::get_receipt;
 pub use stream::{ndjson_produce_topic, produce_stream, StreamResponse};
 
-use super::envelope::ok;
+use super::envelope::{error_with, ok};
 use super::{ApiError, Ctx, HttpResponse};
 use crate::catalog::{TopicDecl, ValueFormat};
 use crate::gateway::{self, LatestSchema, SchemaError};
 use crate::kafka::{Delivered, OutRecord, ProduceError};
 use crate::otlp::{Span, SpanKind};
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 use serde_json::{json, Map, Value as Json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,32 +114,14 @@ pub fn overall(lines: &[Line]) -> (StatusCode, Option<&'static str>) {
     }
 }
 
-fn now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
-
-fn raw_response(status: StatusCode, body: String) -> HttpResponse {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-/// The spec's error envelope with any status and code (403, 207 ...).
-fn error_envelope(status: StatusCode, code: &str, message: &str, details: Json, request_id: &str) -> HttpResponse {
-    let body = json!({"success": false, "error": code, "message": message, "details": details,
-                      "timestamp": now(), "request_id": request_id});
-    raw_response(status, body.to_string())
-}
-
 fn declared<'a>(ctx: &'a Ctx, topic: &str) -> Result<Result<&'a TopicDecl, HttpResponse>, ApiError> {
     let decl = ctx.deps.catalog.topics.get(topic).ok_or_else(|| ApiError::NotFound(format!("topic `{topic}`")))?;
     if !decl.ingress_produce {
-        return Ok(Err(error_envelope(
+        return Ok(Err(error_with(
             StatusCode::FORBIDDEN,
             "FORBIDDEN",
             &format!("topic `{topic}` does not accept records over HTTP"),
-            json!({"topic": topic}),
+            &json!({"topic": topic}),
             &ctx.request_id,
         )));
     }
@@ -239,6 +218,24 @@ fn enqueue_record(
 /// The line of a record's delivery report.
 fn delivered(r: Result<Delivered, ProduceError>) -> Line {
     r.map_or_else(produce_failure, Line::Written)
+}
+
+/// Waits for the delivery reports of the queued records (`(line index, delivery)`) and fills
+/// in their lines.
+async fn settle(lines: &mut [Option<Line>], pending: Vec<(usize, crate::kafka::Pending)>) {
+    let (idx, futs): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+    for (i, r) in idx.into_iter().zip(futures::future::join_all(futs).await) {
+        lines[i] = Some(delivered(r));
+    }
+}
+
+/// A Redis failure of the gateway's own bookkeeping (idempotency keys, receipts): 503.
+fn redis_down(ctx: &Ctx, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable {
+        service: "redis",
+        reason: e.to_string(),
+        retry_after: ctx.deps.settings.http.retry_after_secs,
+    }
 }
 
 fn produce_failure(e: ProduceError) -> Line {

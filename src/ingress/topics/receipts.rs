@@ -3,7 +3,7 @@
 //!
 //! Invariant: a receipt reads `pending` until every record of its request has its report.
 
-use super::{delivered, overall, Line};
+use super::{overall, redis_down, settle, Line};
 use crate::catalog::TopicDecl;
 use crate::ingress::envelope::ok;
 use crate::ingress::{ApiError, Ctx, HttpResponse};
@@ -52,10 +52,7 @@ pub(super) async fn receipt(
     let task_key = key.clone();
     let task_topic = topic.clone();
     tokio::spawn(async move {
-        let (idx, futs): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-        for (i, r) in idx.into_iter().zip(futures::future::join_all(futs).await) {
-            lines[i] = Some(delivered(r));
-        }
+        settle(&mut lines, pending).await;
         let done = receipt_json(&task_topic, &lines).to_string();
         let r: Result<(), _> = pool.set(&task_key, done, Some(Expiration::EX(ttl)), None, false).await;
         if let Err(e) = r {
@@ -79,13 +76,8 @@ pub async fn get_receipt(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> 
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(ApiError::validation("receipt_id", "must be a receipt id"));
     }
-    let stored: Option<String> = ctx
-        .deps
-        .cache
-        .pool()
-        .get(receipt_key(ctx.deps.cache.prefix(), id))
-        .await
-        .map_err(|e| ApiError::Unavailable { service: "redis", reason: e.to_string(), retry_after: 5 })?;
+    let stored: Option<String> =
+        ctx.deps.cache.pool().get(receipt_key(ctx.deps.cache.prefix(), id)).await.map_err(|e| redis_down(ctx, e))?;
     let data: Json = stored
         .and_then(|t| serde_json::from_str(&t).ok())
         .ok_or_else(|| ApiError::NotFound(format!("receipt {id}")))?;
