@@ -98,6 +98,11 @@ pub struct RetryPolicy {
 pub struct Timeouts {
     pub task_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// A task still running after this long is recorded and announced as `running`; one that
+    /// ends sooner is written once, straight to its final state with both of its events.
+    /// 0: every task is recorded `running` before it runs.
+    #[serde(default)]
+    pub running_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

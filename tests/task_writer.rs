@@ -59,14 +59,15 @@ async fn concurrent_transitions_keep_per_task_semantics() {
     // Finish them all; then a second, different outcome must change nothing.
     let outcomes: Vec<Outcome> = (0..300).map(succeeded).collect();
     let finishes =
-        futures::future::join_all(reqs.iter().zip(&sources).zip(&outcomes).map(|((r, s), o)| writer.finish(r, s, o)))
+        futures::future::join_all(reqs.iter().zip(&sources).zip(&outcomes).map(|((r, s), o)| writer.finish(r, s, o, None)))
             .await;
     let mut published = Vec::new();
     for (i, f) in finishes.into_iter().enumerate() {
-        let (row, event) = f.expect("finish");
+        let (row, mut events) = f.expect("finish");
         assert_eq!(row.status, TaskStatus::Succeeded);
         assert_eq!(row.output, Some(json!({ "n": i })));
-        let event = event.expect("changed");
+        assert_eq!(events.len(), 1, "one event: the final one");
+        let event = events.pop().expect("changed");
         assert_eq!(event.from_status, Some(TaskStatus::Running));
         published.push(event);
     }
@@ -86,11 +87,11 @@ async fn concurrent_transitions_keep_per_task_semantics() {
         error: Some("late".into()),
         error_class: Some("late".into()),
     };
-    let again = futures::future::join_all(reqs.iter().map(|r| writer.finish(r, &sources[0], &failed))).await;
+    let again = futures::future::join_all(reqs.iter().map(|r| writer.finish(r, &sources[0], &failed, None))).await;
     for (i, a) in again.into_iter().enumerate() {
-        let (row, event) = a.expect("finish again");
+        let (row, events) = a.expect("finish again");
         assert_eq!((row.status, row.output), (TaskStatus::Succeeded, Some(json!({ "n": i }))));
-        assert!(event.is_none(), "a final task records no new event");
+        assert!(events.is_empty(), "a final task records no new event");
     }
     let restart = writer.start(&reqs[0], &src(0)).await.expect("start after finish");
     assert!(matches!(restart, Start::Finished(row) if row.status == TaskStatus::Succeeded));

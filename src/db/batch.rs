@@ -1,7 +1,9 @@
 //! Group commit for task transitions. The `start` and `finish` of many concurrent tasks go
 //! through one bounded channel to a few writer loops; each loop takes what is waiting (up to
-//! [`MAX_BATCH`]) and applies it with one call of the `apply_task_transitions` function
-//! (migrations/20261126000004): one round trip, one transaction. Then it answers every caller.
+//! [`MAX_BATCH`]) and applies it with one call of the `apply_task_transitions_v2` function
+//! (migrations/20261126000007): one round trip, one transaction. Then it answers every caller.
+//! A finish may include its start: a task that ended quickly is written once, with both of its
+//! events.
 //! Under load a task's transition costs a share of one commit and one round trip instead of
 //! a commit and half a dozen round trips of its own.
 //!
@@ -14,6 +16,7 @@
 use super::tasks::{self, Outcome, Source, Start, TaskRow};
 use super::DbError;
 use crate::domain::{TaskEvent, TaskRequest, TaskStatus};
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,12 +30,14 @@ pub const WRITERS: usize = 2;
 
 enum Op {
     Start,
-    Finish(Outcome),
+    /// The outcome, and when the attempt started if its start is written with it.
+    Finish(Outcome, Option<DateTime<Utc>>),
 }
 
 enum Reply {
     Started(Start),
-    Finished(TaskRow, Option<TaskEvent>),
+    /// The row as it now reads and the events stored (none when it was already final).
+    Finished(TaskRow, Vec<TaskEvent>),
 }
 
 struct Job {
@@ -74,15 +79,19 @@ impl TaskWriter {
         }
     }
 
-    /// [`tasks::finish`], group-committed.
+    /// [`tasks::finish`], group-committed; with `started`, the attempt's start too (at that
+    /// time: attempt + 1 and its `running` event) in the same transaction. Answers the row as
+    /// it now reads and the events stored, `running` first; none when the task was already
+    /// final (the row is then unchanged).
     pub async fn finish(
         &self,
         req: &TaskRequest,
         src: &Source,
         outcome: &Outcome,
-    ) -> Result<(TaskRow, Option<TaskEvent>), DbError> {
-        match self.submit(req, src, Op::Finish(outcome.clone())).await? {
-            Reply::Finished(row, event) => Ok((row, event)),
+        started: Option<DateTime<Utc>>,
+    ) -> Result<(TaskRow, Vec<TaskEvent>), DbError> {
+        match self.submit(req, src, Op::Finish(outcome.clone(), started)).await? {
+            Reply::Finished(row, events) => Ok((row, events)),
             Reply::Started(_) => unreachable!("a finish is answered with Finished"),
         }
     }
@@ -90,7 +99,14 @@ impl TaskWriter {
 
 fn finish(j: &Job) -> Option<&Outcome> {
     match &j.op {
-        Op::Finish(o) => Some(o),
+        Op::Finish(o, _) => Some(o),
+        Op::Start => None,
+    }
+}
+
+fn started_at(j: &Job) -> Option<DateTime<Utc>> {
+    match &j.op {
+        Op::Finish(_, started) => *started,
         Op::Start => None,
     }
 }
@@ -148,19 +164,18 @@ async fn run_round(pool: &PgPool, jobs: Vec<Job>) {
         Err(e) => {
             tracing::debug!(error = %e, jobs = jobs.len(), "batch failed; applying its jobs one by one");
             for job in jobs {
-                let reply = match &job.op {
-                    Op::Start => tasks::start(pool, &job.req, &job.src).await.map(Reply::Started),
-                    Op::Finish(o) => {
-                        tasks::finish(pool, &job.req, &job.src, o).await.map(|(r, e)| Reply::Finished(r, e))
-                    }
-                };
+                let reply = apply(pool, std::slice::from_ref(&job)).await.and_then(|mut r| {
+                    r.remove(&job.req.task_id).ok_or_else(|| {
+                        DbError::Other(sqlx::Error::Protocol("task missing from its batch's answer".into()))
+                    })
+                });
                 let _ = job.reply.send(reply);
             }
         }
     }
 }
 
-/// Applies one round (distinct task ids) in one call of `apply_task_transitions` (migrations):
+/// Applies one round (distinct task ids) in one call of `apply_task_transitions_v2` (migrations):
 /// one round trip and one implicit transaction for the whole batch.
 async fn apply(pool: &PgPool, jobs: &[Job]) -> Result<HashMap<Uuid, Reply>, DbError> {
     let refs: Vec<&Job> = jobs.iter().collect();
@@ -177,9 +192,12 @@ async fn apply(pool: &PgPool, jobs: &[Job]) -> Result<HashMap<Uuid, Reply>, DbEr
     // published event equals the stored one.
     let event_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
     let at = chrono::Utc::now();
+    // Finishes that include their start: when it started, and the id of its `running` event.
+    let started: Vec<Option<DateTime<Utc>>> = jobs.iter().map(started_at).collect();
+    let start_event_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
     let rows = sqlx::query(
-        "SELECT * FROM apply_task_transitions($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-         $16, $17, $18, $19, $20)",
+        "SELECT * FROM apply_task_transitions_v2($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+         $15, $16, $17, $18, $19, $20, $21, $22)",
     )
     .bind(c.id)
     .bind(is_start)
@@ -201,6 +219,8 @@ async fn apply(pool: &PgPool, jobs: &[Job]) -> Result<HashMap<Uuid, Reply>, DbEr
     .bind(class)
     .bind(&event_ids)
     .bind(vec![at; jobs.len()])
+    .bind(&started)
+    .bind(&start_event_ids)
     .fetch_all(pool)
     .await?;
     let mut current: HashMap<Uuid, (bool, Option<TaskStatus>, TaskRow)> = HashMap::with_capacity(rows.len());
@@ -211,34 +231,40 @@ async fn apply(pool: &PgPool, jobs: &[Job]) -> Result<HashMap<Uuid, Reply>, DbEr
         current.insert(row.task_id, (changed, prior.and_then(|s| s.parse().ok()), row));
     }
     let mut replies = HashMap::with_capacity(jobs.len());
-    for (job, event_id) in jobs.iter().zip(event_ids) {
+    for ((job, event_id), start_event_id) in jobs.iter().zip(event_ids).zip(start_event_ids) {
         let id = job.req.task_id;
         let (changed, from, row) = current
             .remove(&id)
             .ok_or_else(|| DbError::Other(sqlx::Error::Protocol("task missing from its batch's answer".into())))?;
         // The same `from` and message the function stored.
-        let event = |from: Option<TaskStatus>, message: Option<String>| TaskEvent {
+        let event = |event_id, from: Option<TaskStatus>, to, message: Option<String>, at| TaskEvent {
             event_id,
             task_id: id,
             agent: row.agent.clone(),
             from_status: from,
-            to_status: row.status,
+            to_status: to,
             attempt: row.attempts,
             message,
             at,
             request_id: row.request_id.clone(),
         };
+        let queued_or = |from: Option<TaskStatus>| from.or(Some(TaskStatus::Queued));
         let reply = match (&job.op, changed) {
             (Op::Start, true) => {
-                let e = event(from.or(Some(TaskStatus::Queued)), None);
+                let e = event(event_id, queued_or(from), TaskStatus::Running, None, at);
                 Reply::Started(Start::Started(row, e))
             }
-            (Op::Finish(o), true) => {
-                let e = event(from, o.error.clone());
-                Reply::Finished(row, Some(e))
+            (Op::Finish(o, None), true) => {
+                let e = event(event_id, from, row.status, o.error.clone(), at);
+                Reply::Finished(row, vec![e])
+            }
+            (Op::Finish(o, Some(started)), true) => {
+                let running = event(start_event_id, queued_or(from), TaskStatus::Running, None, *started);
+                let last = event(event_id, Some(TaskStatus::Running), row.status, o.error.clone(), at);
+                Reply::Finished(row, vec![running, last])
             }
             (Op::Start, false) => Reply::Started(Start::Finished(row)),
-            (Op::Finish(_), false) => Reply::Finished(row, None),
+            (Op::Finish(..), false) => Reply::Finished(row, Vec::new()),
         };
         replies.insert(id, reply);
     }
@@ -286,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_transition_function_knows_the_same_final_statuses() {
-        let sql = include_str!("../../migrations/20261126000004_task_transitions.sql");
+        let sql = include_str!("../../migrations/20261126000007_task_runs.sql");
         let guard = format!("tasks.status NOT IN {}", TaskStatus::TERMINAL_SQL);
         assert_eq!(sql.matches(&guard).count(), 2, "both upserts guard with TERMINAL_SQL: {guard}");
     }

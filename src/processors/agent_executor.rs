@@ -1,15 +1,17 @@
 //! agent-executor: runs each TaskRequest on its agent's executor and records the outcome.
 //!
-//! Per task: `running` (Postgres + event, then Redis and the events topic while the agent runs),
-//! the executor, then the final status in Postgres (idempotent, keyed by task id), and once
-//! `running` is out, the TaskResult on the results topic (key: task id), the TaskEvent, and
-//! Redis. Returns only when all of that is durable.
+//! Per task: `running` (Postgres + event, then Redis and the events topic while the agent runs;
+//! for a task that ends within `running_after_ms`, written together with the outcome instead:
+//! see [`attempt`]), the executor, then the final status in Postgres (idempotent, keyed by task
+//! id), and once `running` is out, the TaskResult on the results topic (key: task id), the
+//! TaskEvents, and Redis. Returns only when all of that is durable.
 //! Postgres transitions are group-committed across tasks ([`TaskWriter`]).
 //!
 //! Invariants: a task already final in Postgres is never run again; its stored result is
 //! re-published unchanged (a crash may have happened between the Postgres write and the
 //! produce), so every finished task is on the results topic and never with a second outcome.
 
+mod attempt;
 mod publish;
 
 use super::launch_with;
@@ -18,10 +20,9 @@ use crate::avro::DecodeError;
 use crate::cache::Cache;
 use crate::catalog::ProcessorSpec;
 use crate::db::batch::TaskWriter;
-use crate::db::tasks::{self, Outcome, Source, Start, TaskRow};
+use crate::db::tasks::{self, Outcome, Source, TaskRow};
 use crate::domain::{Agent, AgentStatus, TaskEvent, TaskRequest, TaskStatus};
-use crate::events::{TaskExecuted, TaskStage};
-use crate::executors::ExecError;
+use crate::events::TaskStage;
 use crate::runtime::{ProcessError, Processor, Publisher, RecordMeta, RunnerError, RunnerHealth};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -77,7 +78,7 @@ pub struct AgentExecutor {
     writer: TaskWriter,
 }
 
-fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
+pub(super) fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
     ProcessError::Permanent { class: class.into(), message: message.into() }
 }
 
@@ -94,24 +95,31 @@ impl AgentExecutor {
         src: &Source,
         outcome: Outcome,
     ) -> Result<(), ProcessError> {
-        let (row, event) = self.record(req, src, &outcome).await?;
-        timed("publish", self.publish_final(p, &row, event.as_ref())).await
+        let (row, events) = self.record(req, src, &outcome, None).await?;
+        timed("publish", self.publish_final(p, &row, &events)).await
     }
 
-    /// Writes an outcome to Postgres: the row as it now reads and the event to publish (the
-    /// recorded last one when the task was already final: re-published unchanged).
+    /// Writes an outcome to Postgres (with the attempt's start when `started` is given): the
+    /// row as it now reads and the events to publish, in order (the recorded last one when the
+    /// task was already final: re-published unchanged).
     async fn record(
         &self,
         req: &TaskRequest,
         src: &Source,
         outcome: &Outcome,
-    ) -> Result<(TaskRow, Option<TaskEvent>), ProcessError> {
-        let (row, event) = timed("finish", self.writer.finish(req, src, outcome)).await?;
-        let event = match event {
-            Some(e) => Some(e),
-            None => tasks::last_event(&self.deps.pool, row.task_id).await?,
-        };
-        Ok((row, event))
+        started: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(TaskRow, Vec<TaskEvent>), ProcessError> {
+        let (row, mut events) = timed("finish", self.writer.finish(req, src, outcome, started)).await?;
+        if events.is_empty() {
+            events.extend(tasks::last_event(&self.deps.pool, row.task_id).await?);
+        }
+        Ok((row, events))
+    }
+
+    /// Publishes a task that is already final as it was recorded (result, last event, Redis).
+    async fn republish(&self, p: &Publisher, row: TaskRow) -> Result<(), ProcessError> {
+        let event = tasks::last_event(&self.deps.pool, row.task_id).await?;
+        self.publish_final(p, &row, event.as_slice()).await
     }
 
     fn timeout_for(&self, agent: &Agent) -> Duration {
@@ -120,16 +128,8 @@ impl AgentExecutor {
     }
 }
 
-/// What is left to do once the agent is done and its outcome is written.
-enum Next {
-    /// Publish the final state.
-    Final { status: TaskStatus, recorded: Result<(TaskRow, Option<TaskEvent>), ProcessError> },
-    /// Announce `retrying` (when recorded) and hand the record back to the runner to retry.
-    Retry { recorded: Option<Result<(TaskRow, Option<TaskEvent>), crate::db::DbError>>, class: String, message: String },
-}
-
 /// Runs one step of a task, recording its time ([`TaskStage`]).
-async fn timed<T>(stage: &'static str, step: impl std::future::Future<Output = T>) -> T {
+pub(super) async fn timed<T>(stage: &'static str, step: impl std::future::Future<Output = T>) -> T {
     let started = Instant::now();
     let out = step.await;
     TaskStage { stage, elapsed: started.elapsed() }.emit();
@@ -205,8 +205,7 @@ impl AgentExecutor {
                 // A task that already ended keeps its outcome even if its agent changed since.
                 if let Some(existing) = tasks::get(&self.deps.pool, req.task_id).await? {
                     if existing.status.is_terminal() {
-                        let event = tasks::last_event(&self.deps.pool, req.task_id).await?;
-                        return self.publish_final(&meta.publisher, &existing, event.as_ref()).await;
+                        return self.republish(&meta.publisher, existing).await;
                     }
                 }
                 return Err(match other {
@@ -224,109 +223,14 @@ impl AgentExecutor {
             };
             return self.conclude(&meta.publisher, req, &src, outcome).await;
         }
-        // The token is registered before `running` is written: a cancel committed before the
-        // start is seen by the start (the row is final), one committed after it reaches the token.
+        // The token is registered before the task's status is read or written: a cancel
+        // committed before that is seen there (the row is final), one committed after reaches
+        // the token.
         let token = CancellationToken::new();
         self.running.lock().expect("lock").insert(req.task_id, token.clone());
-        let started = timed("start", self.writer.start(req, &src)).await;
-        let (row, event) = match started {
-            Ok(Start::Started(row, event)) => (row, event),
-            Ok(Start::Finished(row)) => {
-                self.running.lock().expect("lock").remove(&req.task_id);
-                let event = tasks::last_event(&self.deps.pool, row.task_id).await?;
-                return self.publish_final(&meta.publisher, &row, event.as_ref()).await;
-            }
-            Err(e) => {
-                self.running.lock().expect("lock").remove(&req.task_id);
-                return Err(e.into());
-            }
-        };
-        // `running` is recorded in Postgres; Redis and the event are best effort here (the final
-        // state is always published), so an outage cannot make the task run twice. They are
-        // announced while the agent runs and awaited before anything final is written, so
-        // neither can land after the final state (the event is queued to Kafka first).
-        let announce = async {
-            let (c, e) = timed("announce", async {
-                tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, &event))
-            })
-            .await;
-            if let Err(err) = c.and(e) {
-                tracing::warn!(task_id = %req.task_id, error = %err, "publishing `running` failed");
-            }
-        };
-        let started = Instant::now();
-        let mut exec = trace.context().start(format!("execute {}", agent.name), crate::otlp::SpanKind::Internal);
-        exec.set("devcycle.agent", agent.name.as_str());
-        exec.set("devcycle.executor", agent.executor.as_str());
-        let run = async {
-            tokio::select! {
-                r = self.deps.executors.execute(&agent, &req.input, self.timeout_for(&agent)) => Some(r),
-                _ = token.cancelled() => None,
-            }
-        };
-        // The outcome is written to Postgres as soon as the agent is done, while `running` may
-        // still be on its way to Redis and Kafka; it is published only after that.
-        let work = async {
-            let result = run.await;
-            match &result {
-                None => exec.set("devcycle.outcome", "cancelled"),
-                Some(Ok(_)) => exec.set("devcycle.outcome", "succeeded"),
-                Some(Err(ExecError::Failed { class, message } | ExecError::Retryable { class, message })) => {
-                    exec.set("devcycle.outcome", class.clone());
-                    exec.error(message.clone());
-                }
-            }
-            exec.end();
-            self.running.lock().expect("lock").remove(&req.task_id);
-            let outcome = match result {
-                // Dropping the execution killed a command's process and aborted HTTP calls.
-                None => Outcome {
-                    status: TaskStatus::Cancelled,
-                    output: None,
-                    error: Some("cancelled while running".into()),
-                    error_class: Some("cancelled".into()),
-                },
-                Some(Ok(output)) => {
-                    Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, error_class: None }
-                }
-                Some(Err(ExecError::Failed { class, message })) => {
-                    Outcome { status: TaskStatus::Failed, output: None, error: Some(message), error_class: Some(class) }
-                }
-                Some(Err(ExecError::Retryable { class, message })) => {
-                    TaskExecuted { agent: &agent.name, outcome: "retryable_error", elapsed: started.elapsed() }.emit();
-                    let retrying = (meta.attempt < self.spec.retry.max_attempts).then(|| Outcome {
-                        status: TaskStatus::Retrying,
-                        output: None,
-                        error: Some(message.clone()),
-                        error_class: Some(class.clone()),
-                    });
-                    let recorded = match &retrying {
-                        Some(o) => Some(timed("finish", self.writer.finish(req, &src, o)).await),
-                        None => None,
-                    };
-                    return Next::Retry { recorded, class, message };
-                }
-            };
-            TaskExecuted { agent: &agent.name, outcome: outcome.status.as_str(), elapsed: started.elapsed() }.emit();
-            let recorded = self.record(req, &src, &outcome).await;
-            Next::Final { status: outcome.status, recorded }
-        };
-        let ((), next) = tokio::join!(announce, work);
-        match next {
-            Next::Final { status, recorded } => {
-                trace.set("devcycle.task.status", status.as_str());
-                let (row, event) = recorded?;
-                timed("publish", self.publish_final(&meta.publisher, &row, event.as_ref())).await
-            }
-            Next::Retry { recorded, class, message } => {
-                if let Some(recorded) = recorded {
-                    if let (row, Some(ev)) = recorded? {
-                        let _ = tokio::join!(self.cache_row(&row), self.publish_event(&meta.publisher, &ev));
-                    }
-                }
-                Err(ProcessError::Retryable { class, message })
-            }
-        }
+        let out = self.attempt(req, meta, &src, &agent, &token, trace).await;
+        self.running.lock().expect("lock").remove(&req.task_id);
+        out
     }
 
     async fn record_dead_letter(

@@ -93,20 +93,22 @@ impl AgentExecutor {
         Ok(())
     }
 
-    /// Publishes the final state of a task (result, event, Redis) concurrently.
+    /// Publishes events of one task one after the other, so they reach the topic in order.
+    pub(super) async fn publish_events(&self, p: &Publisher, events: &[TaskEvent]) -> Result<(), ProcessError> {
+        for e in events {
+            self.publish_event(p, e).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the final state of a task (result, events in order, Redis) concurrently.
     pub(super) async fn publish_final(
         &self,
         p: &Publisher,
         row: &TaskRow,
-        event: Option<&TaskEvent>,
+        events: &[TaskEvent],
     ) -> Result<(), ProcessError> {
-        let event_fut = async {
-            match event {
-                Some(e) => self.publish_event(p, e).await,
-                None => Ok(()),
-            }
-        };
-        let (r, e, c) = tokio::join!(self.publish_result(p, row), event_fut, self.cache_row(row));
+        let (r, e, c) = tokio::join!(self.publish_result(p, row), self.publish_events(p, events), self.cache_row(row));
         r.and(e).and(c)
     }
 }
