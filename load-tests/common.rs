@@ -506,7 +506,8 @@ impl Collector {
 #[derive(Default)]
 pub struct Stages(HashMap<String, (f64, f64)>);
 
-const STAGE_SERIES: [(&str, &str); 6] = [
+const STAGE_SERIES: [(&str, &str); 7] = [
+    ("check", "devcycle_task_stage_duration_seconds{stage=\"check\"}"),
     ("start", "devcycle_task_stage_duration_seconds{stage=\"start\"}"),
     ("announce", "devcycle_task_stage_duration_seconds{stage=\"announce\"}"),
     ("finish", "devcycle_task_stage_duration_seconds{stage=\"finish\"}"),
@@ -545,7 +546,7 @@ impl Stages {
             ((c1 - c0) > 0.0).then(|| ((s1 - s0) / (c1 - c0), c1 - c0))
         };
         let mut parts = Vec::new();
-        for stage in ["start", "announce", "finish", "publish"] {
+        for stage in ["check", "start", "announce", "finish", "publish"] {
             if let Some((m, n)) = mean(stage) {
                 parts.push(format!("{stage} {:.1} ms (n={n})", m * 1000.0));
             }

@@ -49,29 +49,18 @@ impl World {
         let mut settings = common::test_settings();
         settings.kafka.session_timeout_ms = 6000;
         let dir = common::root().join("target").join("faults").join(format!("{name}-{}", &settings.database.schema));
-        std::fs::create_dir_all(dir.join("processors")).unwrap();
         std::fs::create_dir_all(dir.join("topics")).unwrap();
         for entry in std::fs::read_dir(common::root().join("topics")).unwrap() {
             let p = entry.unwrap().path();
             std::fs::copy(&p, dir.join("topics").join(p.file_name().unwrap())).unwrap();
         }
-        let spec = std::fs::read_to_string(common::root().join("processors/agent-executor.toml")).unwrap();
-        // Line by line, so the test follows whatever the shipped defaults are.
-        let spec: String = spec
-            .lines()
-            .map(|l| match l.split_once(" = ").map(|(k, _)| k) {
-                Some("concurrency") => format!("concurrency = {concurrency}"),
-                Some("max_buffered") => format!("max_buffered = {}", concurrency * 4),
-                Some("shutdown_grace_ms") => "shutdown_grace_ms = 5000".to_string(),
-                Some("guarantee") => format!("guarantee = \"{guarantee}\""),
-                _ => l.to_string(),
-            } + "\n")
-            .collect();
-        for want in [format!("concurrency = {concurrency}\n"), format!("guarantee = \"{guarantee}\"\n")] {
-            assert!(spec.contains(&want), "{want} in the processor spec");
-        }
-        std::fs::write(dir.join("processors/agent-executor.toml"), spec).unwrap();
-        settings.paths.processors = dir.join("processors");
+        let edits = [
+            ("concurrency", concurrency.to_string()),
+            ("max_buffered", (concurrency * 4).to_string()),
+            ("shutdown_grace_ms", "5000".to_string()),
+            ("guarantee", format!("\"{guarantee}\"")),
+        ];
+        settings.paths.processors = common::processors_with(&format!("{name}-{}", settings.database.schema), &edits);
         settings.paths.topics = dir.join("topics");
         // Topics, schemas, migrations once, as `devcycle run` would.
         let deps = devcycle::app::Deps::connect(settings.clone()).await.expect("services up");

@@ -60,6 +60,38 @@ async fn a_running_task_is_stopped_by_cancel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_before_its_running_is_recorded_is_stopped() {
+    // running_after_ms of a minute: the task runs with its row still unwritten (`queued`).
+    let app = TestApp::spawn_with(|s| {
+        s.paths.processors = common::processors_with(&s.database.schema, &[("running_after_ms", "60000".into())]);
+    })
+    .await;
+    // A command that marks its start, then runs long.
+    let marker =
+        common::root().join("target").join("test-processors").join(&app.deps.settings.database.schema).join("started");
+    let script = format!("touch '{}'; sleep 50", marker.display());
+    let agent = json!({"name": "long", "executor": "command", "config": {"program": "sh", "args": ["-c", script]}});
+    assert_eq!(app.post("/v1/agents", &agent).await.0, 201);
+    let id = app.submit("long", json!({})).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "the task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, b) = app.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(b["data"]["status"], "queued", "{b}");
+    let started = std::time::Instant::now();
+    let (s, b) = app.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let results = app.read_results(&[id], WAIT).await;
+    assert_eq!(results[0].0.status, TaskStatus::Cancelled);
+    assert!(started.elapsed() < Duration::from_secs(20), "the running task was not stopped");
+    // The cancel wrote the final state; the attempt found it final and added nothing.
+    assert_eq!(statuses(&app, id).await, ["cancelled"]);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_past_its_deadline_is_not_started() {
     let first = TestApp::spawn().await;
     let deps = first.deps.clone();

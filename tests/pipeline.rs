@@ -185,3 +185,87 @@ async fn many_tasks_all_finish_exactly_once() {
     assert_eq!(runs, 100, "each task ran once");
     app.stop().await;
 }
+
+/// The `to_status` of each TaskEvent of `id` on the events topic, in topic order, once `n` are
+/// there.
+async fn published_statuses(app: &TestApp, id: uuid::Uuid, n: usize) -> Vec<String> {
+    use apache_avro::types::Value;
+    use rdkafka::Message;
+    let consumer = app.consumer(&app.topic("devcycle.task-events"));
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "events of {id} on the topic: {seen:?}");
+        let Ok(Ok(m)) = tokio::time::timeout(left, consumer.recv()).await else { continue };
+        if m.key() != Some(id.to_string().as_bytes()) {
+            continue;
+        }
+        let Value::Record(fields) = app.deps.codec.decode_value("TaskEvent", m.payload()).await.unwrap() else {
+            panic!("a TaskEvent is a record")
+        };
+        match fields.into_iter().find(|(k, _)| k == "to_status") {
+            Some((_, Value::String(s))) => seen.push(s),
+            other => panic!("to_status: {other:?}"),
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_done_within_running_after_is_written_once_and_a_longer_one_shows_running() {
+    let app = TestApp::spawn_with(|s| {
+        s.paths.processors = common::processors_with(&s.database.schema, &[("running_after_ms", "1500".into())]);
+    })
+    .await;
+    // Quick (0.6 s < 1.5 s): `queued` while it runs, then one write with both events.
+    let quick = app.submit("sleep", json!({"ms": 600})).await;
+    let seen_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, b) = app.get(&format!("/v1/tasks/{quick}")).await;
+    let at_300ms = b["data"]["status"].as_str().unwrap().to_string();
+    let done = app.wait_status(quick, "succeeded", WAIT).await;
+    assert!(seen_at.elapsed() >= Duration::from_millis(600));
+    assert_eq!(at_300ms, "queued", "a quick task is not recorded running: {b}");
+    assert_eq!(done["attempts"], 1);
+    let row = devcycle::db::tasks::get(&app.deps.pool, quick).await.unwrap().unwrap();
+    let ran = row.finished_at.unwrap() - row.started_at.expect("started_at is the attempt's start");
+    assert!(ran >= chrono::Duration::milliseconds(590), "started_at is when it started, not when written: {ran}");
+    assert_eq!(row.source_topic.as_deref(), Some(app.topic("devcycle.task-requests").as_str()));
+    let events = devcycle::db::tasks::events(&app.deps.pool, quick).await.unwrap();
+    let stored: Vec<(Option<&str>, &str, i32)> = events.iter().map(|e| (e.0.as_deref(), e.1.as_str(), e.2)).collect();
+    assert_eq!(stored, [(Some("queued"), "running", 1), (Some("running"), "succeeded", 1)]);
+    assert_eq!(published_statuses(&app, quick, 2).await, ["running", "succeeded"]);
+
+    // Slow (3 s > 1.5 s): `running` is recorded and readable while it runs.
+    let slow = app.submit("sleep", json!({"ms": 3000})).await;
+    let running = app.wait_status(slow, "running", WAIT).await;
+    assert_eq!(running["attempts"], 1);
+    app.wait_status(slow, "succeeded", WAIT).await;
+    let statuses: Vec<String> =
+        devcycle::db::tasks::events(&app.deps.pool, slow).await.unwrap().into_iter().map(|e| e.1).collect();
+    assert_eq!(statuses, ["running", "succeeded"]);
+    assert_eq!(published_statuses(&app, slow, 2).await, ["running", "succeeded"]);
+
+    // A redelivered final task is not run again: the same request again changes nothing.
+    let before = devcycle::db::tasks::get(&app.deps.pool, quick).await.unwrap().unwrap();
+    let mut req = devcycle::domain::TaskRequest::new("sleep", json!({"ms": 600}));
+    req.task_id = quick;
+    let topic = app.topic("devcycle.task-requests");
+    let bytes = app.deps.codec.encode_request(&topic, &req).await.unwrap();
+    let key = quick.to_string();
+    let rec = devcycle::kafka::OutRecord {
+        topic: &topic,
+        key: Some(key.as_bytes()),
+        value: Some(&bytes),
+        headers: vec![],
+        partition: None,
+    };
+    app.deps.producer.send(rec).await.unwrap();
+    let results = app.read_results(&[quick, quick], WAIT).await;
+    assert!(results.iter().all(|(r, _)| r.status == TaskStatus::Succeeded && r.attempts == 1));
+    let after = devcycle::db::tasks::get(&app.deps.pool, quick).await.unwrap().unwrap();
+    assert_eq!((after.attempts, after.updated_at), (before.attempts, before.updated_at));
+    assert_eq!(devcycle::db::tasks::events(&app.deps.pool, quick).await.unwrap().len(), 2);
+    app.stop().await;
+}

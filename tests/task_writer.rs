@@ -58,9 +58,10 @@ async fn concurrent_transitions_keep_per_task_semantics() {
 
     // Finish them all; then a second, different outcome must change nothing.
     let outcomes: Vec<Outcome> = (0..300).map(succeeded).collect();
-    let finishes =
-        futures::future::join_all(reqs.iter().zip(&sources).zip(&outcomes).map(|((r, s), o)| writer.finish(r, s, o, None)))
-            .await;
+    let finishes = futures::future::join_all(
+        reqs.iter().zip(&sources).zip(&outcomes).map(|((r, s), o)| writer.finish(r, s, o, None)),
+    )
+    .await;
     let mut published = Vec::new();
     for (i, f) in finishes.into_iter().enumerate() {
         let (row, mut events) = f.expect("finish");
@@ -124,4 +125,61 @@ async fn one_bad_row_fails_only_its_own_caller() {
     let n: i64 =
         sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'running'").fetch_one(&deps.pool).await.unwrap();
     assert_eq!(n, 50);
+}
+
+#[tokio::test]
+async fn a_finish_with_its_start_writes_the_attempt_once_with_both_events_in_order() {
+    let deps = devcycle::app::Deps::connect(common::test_settings()).await.expect("connect");
+    let pool = deps.pool.clone();
+    let writer = TaskWriter::spawn(pool.clone());
+    let reqs: Vec<TaskRequest> = (0..150).map(|i| TaskRequest::new("echo", json!({ "i": i }))).collect();
+    // 0..50: new; 50..100: started once before (a redelivered attempt); 100..150: already final.
+    for r in &reqs[50..100] {
+        assert!(matches!(writer.start(r, &src(1)).await.unwrap(), Start::Started(..)));
+    }
+    for (i, r) in reqs[100..].iter().enumerate() {
+        writer.finish(r, &src(1), &succeeded(i as i64), None).await.unwrap();
+    }
+    let started = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let failed = Outcome {
+        status: TaskStatus::Failed,
+        output: None,
+        error: Some("boom".into()),
+        error_class: Some("agent_error".into()),
+    };
+    // All at once, so they share group commits.
+    let seven = src(7);
+    let out = futures::future::join_all(reqs.iter().map(|r| writer.finish(r, &seven, &failed, Some(started)))).await;
+    for (i, (r, o)) in reqs.iter().zip(out).enumerate() {
+        let (row, events) = o.expect("finish with start");
+        let stored = tasks::events(&pool, r.task_id).await.unwrap();
+        let stored: Vec<(Option<&str>, &str, i32)> =
+            stored.iter().map(|e| (e.0.as_deref(), e.1.as_str(), e.2)).collect();
+        if i >= 100 {
+            assert_eq!(row.status, TaskStatus::Succeeded, "a final row is never changed");
+            assert!(events.is_empty());
+            assert_eq!(row.source_offset, Some(1));
+            continue;
+        }
+        let attempts = if i < 50 { 1 } else { 2 };
+        assert_eq!((row.status, row.attempts, row.source_offset), (TaskStatus::Failed, attempts, Some(7)));
+        let at = |t: chrono::DateTime<chrono::Utc>| t.timestamp_micros();
+        assert_eq!(row.started_at.map(at), Some(at(started)), "started_at is the attempt's start");
+        assert!(row.finished_at.is_some());
+        // Answered: `running` (at the start) then `failed`, as stored, in that order.
+        let answered: Vec<(Option<TaskStatus>, TaskStatus, i32)> =
+            events.iter().map(|e| (e.from_status, e.to_status, e.attempt)).collect();
+        let from = if i < 50 { TaskStatus::Queued } else { TaskStatus::Running };
+        assert_eq!(
+            answered,
+            [(Some(from), TaskStatus::Running, attempts), (Some(TaskStatus::Running), TaskStatus::Failed, attempts)]
+        );
+        assert_eq!(at(events[0].at), at(started));
+        let expected: &[(Option<&str>, &str, i32)] = if i < 50 {
+            &[(Some("queued"), "running", 1), (Some("running"), "failed", 1)]
+        } else {
+            &[(Some("queued"), "running", 1), (Some("running"), "running", 2), (Some("running"), "failed", 2)]
+        };
+        assert_eq!(stored, expected);
+    }
 }

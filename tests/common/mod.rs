@@ -27,6 +27,29 @@ pub fn test_settings() -> Settings {
     Settings::isolated(&root(), "t").expect("test settings")
 }
 
+/// A processors dir under `target/` holding the shipped agent-executor spec with `edits` (key,
+/// value) applied line by line, so a test follows whatever the other shipped defaults are.
+pub fn processors_with(tag: &str, edits: &[(&str, String)]) -> PathBuf {
+    let dir = root().join("target").join("test-processors").join(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = std::fs::read_to_string(root().join("processors/agent-executor.toml")).unwrap();
+    let spec: String = spec
+        .lines()
+        .map(|l| {
+            let key = l.split_once(" = ").map(|(k, _)| k);
+            match edits.iter().find(|(k, _)| Some(*k) == key) {
+                Some((k, v)) => format!("{k} = {v}\n"),
+                None => format!("{l}\n"),
+            }
+        })
+        .collect();
+    for (k, v) in edits {
+        assert!(spec.contains(&format!("\n{k} = {v}\n")), "{k} = {v} in the processor spec");
+    }
+    std::fs::write(dir.join("agent-executor.toml"), spec).unwrap();
+    dir
+}
+
 /// The password of every user the helpers create (meets the policy).
 pub const PASSWORD: &str = "Corr3ct-Horse-Battery!";
 

@@ -205,7 +205,9 @@ fn verdict(
             error: Some("cancelled while running".into()),
             error_class: Some("cancelled".into()),
         },
-        Some(Ok(output)) => Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, error_class: None },
+        Some(Ok(output)) => {
+            Outcome { status: TaskStatus::Succeeded, output: Some(output), error: None, error_class: None }
+        }
         Some(Err(ExecError::Failed { class, message })) => {
             Outcome { status: TaskStatus::Failed, output: None, error: Some(message), error_class: Some(class) }
         }
