@@ -140,6 +140,12 @@ async fn a_finish_with_its_start_writes_the_attempt_once_with_both_events_in_ord
     for (i, r) in reqs[100..].iter().enumerate() {
         writer.finish(r, &src(1), &succeeded(i as i64), None).await.unwrap();
     }
+    // Status reads, all at once (they share queries): no row, running, final.
+    let statuses = futures::future::join_all(reqs.iter().map(|r| writer.status(r.task_id))).await;
+    for (i, st) in statuses.into_iter().enumerate() {
+        let want = [None, Some(TaskStatus::Running), Some(TaskStatus::Succeeded)][i / 50];
+        assert_eq!(st.expect("status read"), want, "task {i}");
+    }
     let started = chrono::Utc::now() - chrono::Duration::seconds(5);
     let failed = Outcome {
         status: TaskStatus::Failed,

@@ -47,10 +47,14 @@ struct Job {
     reply: oneshot::Sender<Result<Reply, DbError>>,
 }
 
+/// A status read: the task id and where to answer.
+type Peek = (Uuid, oneshot::Sender<Result<Option<TaskStatus>, DbError>>);
+
 /// The handle tasks use; writer loops stop when the last handle is dropped.
 #[derive(Clone)]
 pub struct TaskWriter {
     tx: mpsc::Sender<Job>,
+    peeks: mpsc::Sender<Peek>,
 }
 
 impl TaskWriter {
@@ -61,7 +65,17 @@ impl TaskWriter {
         for _ in 0..WRITERS {
             tokio::spawn(writer(pool.clone(), rx.clone()));
         }
-        TaskWriter { tx }
+        let (peeks, peek_rx) = mpsc::channel(MAX_BATCH * 2);
+        tokio::spawn(peeker(pool, peek_rx));
+        TaskWriter { tx, peeks }
+    }
+
+    /// The task's status in Postgres (`None`: no row yet). Reads waiting at the same time
+    /// share one query.
+    pub async fn status(&self, id: Uuid) -> Result<Option<TaskStatus>, DbError> {
+        let (reply, answer) = oneshot::channel();
+        self.peeks.send((id, reply)).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     async fn submit(&self, req: &TaskRequest, src: &Source, op: Op) -> Result<Reply, DbError> {
@@ -137,6 +151,47 @@ async fn writer(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
             let (round, later): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| seen.insert(j.req.task_id));
             run_round(&pool, round).await;
             jobs = later;
+        }
+    }
+}
+
+/// Answers status reads, each round with one query for everything waiting.
+async fn peeker(pool: PgPool, mut rx: mpsc::Receiver<Peek>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+        let found: Result<Vec<(Uuid, String)>, sqlx::Error> =
+            sqlx::query_as("SELECT task_id, status FROM tasks WHERE task_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&pool)
+                .await;
+        match found {
+            Ok(rows) => {
+                let rows: HashMap<Uuid, String> = rows.into_iter().collect();
+                for (id, reply) in batch {
+                    let status = rows.get(&id).map(|s| s.parse::<TaskStatus>()).transpose().map_err(|e| {
+                        DbError::Other(sqlx::Error::Protocol(format!("task {id} has an unknown status: {e}")))
+                    });
+                    let _ = reply.send(status);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let unavailable = DbError::from(e).is_unavailable();
+                for (_, reply) in batch {
+                    let err = match unavailable {
+                        true => DbError::Unavailable(sqlx::Error::Io(std::io::Error::other(message.clone()))),
+                        false => DbError::Other(sqlx::Error::Protocol(message.clone())),
+                    };
+                    let _ = reply.send(Err(err));
+                }
+            }
         }
     }
 }

@@ -51,8 +51,9 @@ impl AgentExecutor {
         let running_after = Duration::from_millis(self.spec.timeouts.running_after_ms);
         let p = &meta.publisher;
         if !running_after.is_zero() {
-            if let Some(row) = timed("check", tasks::get(&self.deps.pool, req.task_id)).await? {
-                if row.status.is_terminal() {
+            let status = timed("check", self.writer.status(req.task_id)).await?;
+            if status.is_some_and(TaskStatus::is_terminal) {
+                if let Some(row) = tasks::get(&self.deps.pool, req.task_id).await? {
                     return self.republish(p, row).await;
                 }
             }
