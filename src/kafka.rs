@@ -143,9 +143,9 @@ impl Producer {
     /// Hands one record to the producer's queue without waiting (`timestamp`: ms since the
     /// epoch, or the producer's clock). Fails at once when the queue is full or the record is
     /// refused locally; the returned future resolves to the broker's acknowledgement.
-    pub fn enqueue(&self, rec: OutRecord<'_>, timestamp: Option<i64>) -> Result<Pending, ProduceError> {
+    pub fn enqueue(&self, rec: &OutRecord<'_>, timestamp: Option<i64>) -> Result<Pending, ProduceError> {
         let started = Instant::now();
-        let mut fr = future_record(&rec);
+        let mut fr = future_record(rec);
         if let Some(t) = timestamp {
             fr = fr.timestamp(t);
         }

@@ -48,6 +48,35 @@ impl Publisher {
         }
     }
 
+    /// Publishes records in this order (per partition, as Kafka keeps it): all are handed to
+    /// the idempotent producer at once, which keeps their order, and acknowledged together.
+    /// Should its queue be full, the rest go one by one after the ones already queued.
+    pub async fn publish_in_order(&self, recs: Vec<OutRecord<'_>>) -> Result<(), ProduceError> {
+        let Publisher::Direct(p) = self else {
+            for rec in recs {
+                self.publish(rec).await?;
+            }
+            return Ok(());
+        };
+        let mut queued = Vec::with_capacity(recs.len());
+        let mut recs = recs.into_iter();
+        for rec in recs.by_ref() {
+            match p.enqueue(&rec, None) {
+                Ok(pending) => queued.push(pending),
+                Err(_) => {
+                    futures::future::try_join_all(queued).await?;
+                    p.send(rec).await?;
+                    for rec in recs {
+                        p.send(rec).await?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        futures::future::try_join_all(queued).await?;
+        Ok(())
+    }
+
     /// The held outputs (exactly-once), taken once the record is done.
     pub fn take(&self) -> Vec<Output> {
         match self {

@@ -212,7 +212,7 @@ fn enqueue_record(
         headers: p.headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
         partition: p.partition,
     };
-    deps.producer.enqueue(out, p.timestamp).map_err(produce_failure)
+    deps.producer.enqueue(&out, p.timestamp).map_err(produce_failure)
 }
 
 /// The line of a record's delivery report.

@@ -56,16 +56,28 @@ impl AgentExecutor {
     }
 
     pub(super) async fn publish_event(&self, p: &Publisher, event: &TaskEvent) -> Result<(), ProcessError> {
-        let bytes = self.deps.codec.encode_event(&self.events_topic, event).await?;
-        let key = event.task_id.to_string();
-        p.publish(OutRecord {
-            topic: &self.events_topic,
-            key: Some(key.as_bytes()),
-            value: Some(&bytes),
-            headers: Self::trace_headers(&event.request_id, &None),
-            partition: None,
-        })
-        .await?;
+        self.publish_events(p, std::slice::from_ref(event)).await
+    }
+
+    /// Publishes events of one task in their order (same key, so the same partition).
+    pub(super) async fn publish_events(&self, p: &Publisher, events: &[TaskEvent]) -> Result<(), ProcessError> {
+        let mut encoded = Vec::with_capacity(events.len());
+        for e in events {
+            encoded.push((e, self.deps.codec.encode_event(&self.events_topic, e).await?));
+        }
+        let keys: Vec<String> = events.iter().map(|e| e.task_id.to_string()).collect();
+        let recs = encoded
+            .iter()
+            .zip(&keys)
+            .map(|((e, bytes), key)| OutRecord {
+                topic: &self.events_topic,
+                key: Some(key.as_bytes()),
+                value: Some(bytes),
+                headers: Self::trace_headers(&e.request_id, &None),
+                partition: None,
+            })
+            .collect();
+        p.publish_in_order(recs).await?;
         Ok(())
     }
 
@@ -90,14 +102,6 @@ impl AgentExecutor {
             fields.push(("error_class", c.clone()));
         }
         self.deps.cache.set_status(row.task_id, fields).await?;
-        Ok(())
-    }
-
-    /// Publishes events of one task one after the other, so they reach the topic in order.
-    pub(super) async fn publish_events(&self, p: &Publisher, events: &[TaskEvent]) -> Result<(), ProcessError> {
-        for e in events {
-            self.publish_event(p, e).await?;
-        }
         Ok(())
     }
 
