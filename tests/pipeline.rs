@@ -247,13 +247,31 @@ async fn a_task_done_within_running_after_is_written_once_and_a_longer_one_shows
     assert_eq!(statuses, ["running", "succeeded"]);
     assert_eq!(published_statuses(&app, slow, 2).await, ["running", "succeeded"]);
 
-    // A redelivered final task is not run again: the same request again changes nothing.
-    let before = devcycle::db::tasks::get(&app.deps.pool, quick).await.unwrap().unwrap();
-    let mut req = devcycle::domain::TaskRequest::new("sleep", json!({"ms": 600}));
-    req.task_id = quick;
+    app.stop().await;
+}
+
+/// A request redelivered after its task ended (a crash before the offset commit) publishes the
+/// stored result again and does not run the agent again: its command counts its runs in a file.
+async fn a_redelivered_final_task_is_not_run_again(running_after_ms: u64) {
+    let app = TestApp::spawn_with(|s| {
+        let edits = [("running_after_ms", running_after_ms.to_string())];
+        s.paths.processors = common::processors_with(&s.database.schema, &edits);
+    })
+    .await;
+    let runs =
+        common::root().join("target").join("test-processors").join(&app.deps.settings.database.schema).join("runs");
+    let script = format!("echo run >> '{}'; cat", runs.display());
+    let agent = json!({"name": "counted", "executor": "command", "config": {"program": "sh", "args": ["-c", script]}});
+    assert_eq!(app.post("/v1/agents", &agent).await.0, 201);
+    let id = app.submit("counted", json!({"n": 1})).await;
+    app.wait_status(id, "succeeded", WAIT).await;
+    let before = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
+
+    let mut req = devcycle::domain::TaskRequest::new("counted", json!({"n": 1}));
+    req.task_id = id;
     let topic = app.topic("devcycle.task-requests");
     let bytes = app.deps.codec.encode_request(&topic, &req).await.unwrap();
-    let key = quick.to_string();
+    let key = id.to_string();
     let rec = devcycle::kafka::OutRecord {
         topic: &topic,
         key: Some(key.as_bytes()),
@@ -262,10 +280,25 @@ async fn a_task_done_within_running_after_is_written_once_and_a_longer_one_shows
         partition: None,
     };
     app.deps.producer.send(rec).await.unwrap();
-    let results = app.read_results(&[quick, quick], WAIT).await;
-    assert!(results.iter().all(|(r, _)| r.status == TaskStatus::Succeeded && r.attempts == 1));
-    let after = devcycle::db::tasks::get(&app.deps.pool, quick).await.unwrap().unwrap();
+    let results = app.read_results(&[id, id], WAIT).await;
+    assert!(results.iter().all(|(r, _)| r.status == TaskStatus::Succeeded && r.attempts == 1), "{results:?}");
+    let after = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
     assert_eq!((after.attempts, after.updated_at), (before.attempts, before.updated_at));
-    assert_eq!(devcycle::db::tasks::events(&app.deps.pool, quick).await.unwrap().len(), 2);
+    let statuses: Vec<String> =
+        devcycle::db::tasks::events(&app.deps.pool, id).await.unwrap().into_iter().map(|e| e.1).collect();
+    assert_eq!(statuses, ["running", "succeeded"]);
+    // Give a second run time to show before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1, "the agent ran once");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_final_task_is_not_run_again_when_quick_tasks_are_written_once() {
+    a_redelivered_final_task_is_not_run_again(200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_final_task_is_not_run_again_when_running_is_written_first() {
+    a_redelivered_final_task_is_not_run_again(0).await;
 }

@@ -76,15 +76,19 @@ impl AgentExecutor {
                 return self.complete(meta, next, trace).await;
             }
         }
-        // `running` is written while the agent goes on (it has not started yet when
-        // running_after_ms is 0: the future is first polled here).
+        // `running` is written: before the agent starts when running_after_ms is 0 (the start
+        // is then what keeps a final task from running again), else while it goes on.
         let mut result = None;
         let start = timed("start", self.writer.start(req, src));
         tokio::pin!(start);
-        let start = loop {
-            tokio::select! {
-                s = &mut start => break s,
-                r = &mut run, if result.is_none() => result = Some(r),
+        let start = if running_after.is_zero() {
+            start.await
+        } else {
+            loop {
+                tokio::select! {
+                    s = &mut start => break s,
+                    r = &mut run, if result.is_none() => result = Some(r),
+                }
             }
         };
         let (row, event) = match start? {
