@@ -1,5 +1,5 @@
 //! The group-commit writer against real Postgres (a fresh schema per test): many concurrent
-//! transitions land in few transactions with the per-task semantics of `tasks::start/finish`.
+//! transitions land in few transactions with per-task semantics (src/db/batch.rs).
 
 mod common;
 

@@ -7,11 +7,12 @@
 //! Under load a task's transition costs a share of one commit and one round trip instead of
 //! a commit and half a dozen round trips of its own.
 //!
-//! Invariants: per task, the same semantics as [`tasks::start`] and [`tasks::finish`] (a
-//! terminal row is never changed; a change and its event commit together); a caller is
-//! answered only after the transaction committed; a batch never holds the same task twice
-//! (repeats wait for the next round); when a batch fails, each of its jobs is retried alone,
-//! so one bad row (say, an unknown agent) fails only its own caller.
+//! Invariants: a start inserts the task (first delivery) or moves it to `running`, raising
+//! `attempts`; a finish moves it to its outcome (inserting a task never started: expired,
+//! dead-lettered); a terminal row is never changed; a change and its events commit together;
+//! a caller is answered only after the transaction committed; a batch never holds the same
+//! task twice (repeats wait for the next round); when a batch fails, each of its jobs is
+//! retried alone, so one bad row (say, an unknown agent) fails only its own caller.
 
 use super::tasks::{self, Outcome, Source, Start, TaskRow};
 use super::DbError;
@@ -85,7 +86,8 @@ impl TaskWriter {
         answer.await.map_err(|_| closed())?
     }
 
-    /// [`tasks::start`], group-committed.
+    /// Records the start of an attempt (see the module's invariants), group-committed:
+    /// [`Start::Finished`] when the task is already final and must not run again.
     pub async fn start(&self, req: &TaskRequest, src: &Source) -> Result<Start, DbError> {
         match self.submit(req, src, Op::Start).await? {
             Reply::Started(s) => Ok(s),
@@ -93,7 +95,7 @@ impl TaskWriter {
         }
     }
 
-    /// [`tasks::finish`], group-committed; with `started`, the attempt's start too (at that
+    /// Records an outcome, group-committed; with `started`, the attempt's start too (at that
     /// time: attempt + 1 and its `running` event) in the same transaction. Answers the row as
     /// it now reads and the events stored, `running` first; none when the task was already
     /// final (the row is then unchanged).

@@ -5,7 +5,7 @@
 //! outcome; each transition and its event are written in one transaction.
 
 use super::DbError;
-use crate::domain::{TaskEvent, TaskRequest, TaskStatus};
+use crate::domain::{TaskEvent, TaskStatus};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
@@ -89,61 +89,6 @@ pub enum Start {
     Finished(TaskRow),
 }
 
-/// Records the start of an attempt: inserts the task (first delivery) or moves it to
-/// `running`, raising `attempts`, unless it is already final.
-pub async fn start(pool: &PgPool, req: &TaskRequest, src: &Source) -> Result<Start, DbError> {
-    let mut tx = pool.begin().await?;
-    // `running` need not survive a Postgres crash: the request's offset is not committed yet,
-    // so a lost `running` is simply written again on redelivery. Skipping the WAL flush wait
-    // here halves the fsyncs per task; the final state (`finish`) is committed durably.
-    sqlx::query("SET LOCAL synchronous_commit TO OFF").execute(&mut *tx).await?;
-    let prior: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE task_id = $1 FOR UPDATE")
-        .bind(req.task_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO tasks (task_id, agent, status, attempts, priority, input, submitted_by, request_id,
-                            traceparent, deadline, created_at, started_at, source_topic, source_partition, source_offset)
-         VALUES ($1, $2, 'running', 1, $3, $4, $5, $6, $7, $8, $9, now(), $10, $11, $12)
-         ON CONFLICT (task_id) DO UPDATE SET status = 'running', attempts = tasks.attempts + 1,
-             started_at = now(), updated_at = now(), source_topic = $10, source_partition = $11, source_offset = $12
-           WHERE tasks.status NOT IN {}
-         RETURNING {COLUMNS}",
-        TaskStatus::TERMINAL_SQL
-    )))
-    .bind(req.task_id)
-    .bind(&req.agent)
-    .bind(req.priority)
-    .bind(&req.input)
-    .bind(&req.submitted_by)
-    .bind(&req.request_id)
-    .bind(&req.traceparent)
-    .bind(req.deadline)
-    .bind(req.submitted_at)
-    .bind(&src.topic)
-    .bind(src.partition)
-    .bind(src.offset)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        return Ok(Start::Finished(unchanged(pool, tx, req.task_id, "start").await?));
-    };
-    let task = row_to_task(&row)?;
-    let from = prior.and_then(|(s,)| s.parse().ok()).or(Some(TaskStatus::Queued));
-    let event = TaskEvent::new(
-        task.task_id,
-        &task.agent,
-        from,
-        TaskStatus::Running,
-        task.attempts,
-        None,
-        task.request_id.clone(),
-    );
-    insert_event(&mut tx, &event).await?;
-    tx.commit().await?;
-    Ok(Start::Started(task, event))
-}
-
 /// The final (or retrying) state of an attempt.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -151,85 +96,6 @@ pub struct Outcome {
     pub output: Option<serde_json::Value>,
     pub error: Option<String>,
     pub error_class: Option<String>,
-}
-
-/// Moves a task to `outcome.status` unless it is already final; returns the row as it now is
-/// and the event recorded when this call changed it. A task never started (expired, dead-lettered before
-/// running) is inserted from `req`.
-pub async fn finish(
-    pool: &PgPool,
-    req: &TaskRequest,
-    src: &Source,
-    outcome: &Outcome,
-) -> Result<(TaskRow, Option<TaskEvent>), DbError> {
-    let mut tx = pool.begin().await?;
-    let prior: Option<(String, i32)> =
-        sqlx::query_as("SELECT status, attempts FROM tasks WHERE task_id = $1 FOR UPDATE")
-            .bind(req.task_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let finished = outcome.status.is_terminal();
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO tasks (task_id, agent, status, attempts, priority, input, output, error, error_class,
-                            submitted_by, request_id, traceparent, deadline, created_at, finished_at,
-                            source_topic, source_partition, source_offset)
-         VALUES ($1, $2, $3, 0, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CASE WHEN $14 THEN now() END, $15, $16, $17)
-         ON CONFLICT (task_id) DO UPDATE SET status = $3, output = $6, error = $7, error_class = $8,
-             finished_at = CASE WHEN $14 THEN now() END, updated_at = now()
-           WHERE tasks.status NOT IN {}
-         RETURNING {COLUMNS}",
-        TaskStatus::TERMINAL_SQL
-    )))
-    .bind(req.task_id)
-    .bind(&req.agent)
-    .bind(outcome.status.as_str())
-    .bind(req.priority)
-    .bind(&req.input)
-    .bind(&outcome.output)
-    .bind(&outcome.error)
-    .bind(&outcome.error_class)
-    .bind(&req.submitted_by)
-    .bind(&req.request_id)
-    .bind(&req.traceparent)
-    .bind(req.deadline)
-    .bind(req.submitted_at)
-    .bind(finished)
-    .bind(&src.topic)
-    .bind(src.partition)
-    .bind(src.offset)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        return Ok((unchanged(pool, tx, req.task_id, "finish").await?, None));
-    };
-    let task = row_to_task(&row)?;
-    let from = prior.as_ref().and_then(|(s, _)| s.parse().ok());
-    let event = TaskEvent::new(
-        task.task_id,
-        &task.agent,
-        from,
-        task.status,
-        task.attempts,
-        outcome.error.clone(),
-        task.request_id.clone(),
-    );
-    insert_event(&mut tx, &event).await?;
-    tx.commit().await?;
-    Ok((task, Some(event)))
-}
-
-/// The row as it stands when an upsert changed nothing (the task was already final); `tx` is
-/// rolled back.
-async fn unchanged(
-    pool: &PgPool,
-    tx: Transaction<'_, Postgres>,
-    task_id: Uuid,
-    step: &str,
-) -> Result<TaskRow, DbError> {
-    tx.rollback().await?;
-    get(pool, task_id)
-        .await?
-        .ok_or_else(|| DbError::Other(sqlx::Error::Protocol(format!("task vanished during {step}"))))
 }
 
 async fn insert_event(tx: &mut Transaction<'_, Postgres>, e: &TaskEvent) -> Result<(), DbError> {
