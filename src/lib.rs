@@ -5,6 +5,12 @@
 //! Redis ([`cache`]), and publish TaskResults and TaskEvents. [`app::run`] wires it together;
 //! `main.rs` only parses arguments, loads [`settings`] and starts [`telemetry`].
 
+/// mimalloc for every binary that links this crate (the service, its tests and load tests
+/// alike): under load glibc's malloc and free were about a quarter of a processor's CPU
+/// (load-tests/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod agent_memo;
 pub mod app;
 pub mod auth;
