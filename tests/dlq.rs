@@ -62,26 +62,11 @@ async fn retried_then_dead_lettered_then_replayed_once_fixed() {
     app.stop().await;
 }
 
-/// Produces `req` to the requests topic as any Confluent client would (Avro, key = task id).
-async fn produce_raw(app: &TestApp, req: &devcycle::domain::TaskRequest, partition: Option<i32>) {
-    let topic = app.topic("devcycle.task-requests");
-    let bytes = app.deps.codec.encode_request(&topic, req).await.unwrap();
-    let key = req.task_id.to_string();
-    let record = devcycle::kafka::OutRecord {
-        topic: &topic,
-        key: Some(key.as_bytes()),
-        value: Some(&bytes),
-        headers: vec![],
-        partition,
-    };
-    app.deps.producer.send(record).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_agent_from_a_raw_producer_is_dead_lettered() {
     let app = TestApp::spawn().await;
     let req = devcycle::domain::TaskRequest::new("ghost", json!({}));
-    produce_raw(&app, &req, None).await;
+    app.produce_request(&req, None).await;
     let dead = app.wait_status(req.task_id, "dead_lettered", WAIT).await;
     assert_eq!(dead["error_class"], "unknown_agent");
     let letters =
@@ -99,7 +84,7 @@ async fn a_nul_character_in_a_raw_task_input_is_dead_lettered_and_the_partition_
     let bad = devcycle::domain::TaskRequest::new("echo", json!({"prompt": "a\u{0}b"}));
     let good = devcycle::domain::TaskRequest::new("echo", json!({"prompt": "fine"}));
     for req in [&bad, &good] {
-        produce_raw(&app, req, Some(0)).await;
+        app.produce_request(req, Some(0)).await;
     }
     app.wait_status(good.task_id, "succeeded", WAIT).await;
     let dead = app.wait_status(bad.task_id, "dead_lettered", WAIT).await;
@@ -141,7 +126,7 @@ async fn dlq_replay_shows_progress_on_stderr_when_not_a_terminal() {
     let mut ids = Vec::new();
     for i in 0..3 {
         let req = devcycle::domain::TaskRequest::new("ghost", json!({"i": i}));
-        produce_raw(&app, &req, None).await;
+        app.produce_request(&req, None).await;
         ids.push(req.task_id);
     }
     for id in &ids {

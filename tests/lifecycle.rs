@@ -41,17 +41,23 @@ async fn a_cancelled_queued_task_never_starts() {
     ingress.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_task_is_stopped_by_cancel() {
-    let app = TestApp::spawn().await;
-    let id = app.submit("sleep", json!({"ms": 60000})).await;
-    app.wait_status(id, "running", WAIT).await;
+/// Cancels a running task and waits for its `cancelled` result, which must come well before
+/// the task would have ended by itself.
+async fn cancel_stops(app: &TestApp, id: uuid::Uuid) {
     let started = std::time::Instant::now();
     let (s, b) = app.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
     assert_eq!(s, 200, "{b}");
     let results = app.read_results(&[id], WAIT).await;
     assert_eq!(results[0].0.status, TaskStatus::Cancelled);
     assert!(started.elapsed() < Duration::from_secs(20), "the running task was not stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_is_stopped_by_cancel() {
+    let app = TestApp::spawn().await;
+    let id = app.submit("sleep", json!({"ms": 60000})).await;
+    app.wait_status(id, "running", WAIT).await;
+    cancel_stops(&app, id).await;
     assert_eq!(statuses(&app, id).await, ["running", "cancelled"]);
     // The slot is free again: a new task runs.
     let next = app.submit("echo", json!({})).await;
@@ -80,12 +86,7 @@ async fn a_task_cancelled_before_its_running_is_recorded_is_stopped() {
     }
     let (_, b) = app.get(&format!("/v1/tasks/{id}")).await;
     assert_eq!(b["data"]["status"], "queued", "{b}");
-    let started = std::time::Instant::now();
-    let (s, b) = app.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
-    assert_eq!(s, 200, "{b}");
-    let results = app.read_results(&[id], WAIT).await;
-    assert_eq!(results[0].0.status, TaskStatus::Cancelled);
-    assert!(started.elapsed() < Duration::from_secs(20), "the running task was not stopped");
+    cancel_stops(&app, id).await;
     // The cancel wrote the final state; the attempt found it final and added nothing.
     assert_eq!(statuses(&app, id).await, ["cancelled"]);
     app.stop().await;

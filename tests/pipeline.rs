@@ -269,17 +269,7 @@ async fn a_redelivered_final_task_is_not_run_again(running_after_ms: u64) {
 
     let mut req = devcycle::domain::TaskRequest::new("counted", json!({"n": 1}));
     req.task_id = id;
-    let topic = app.topic("devcycle.task-requests");
-    let bytes = app.deps.codec.encode_request(&topic, &req).await.unwrap();
-    let key = id.to_string();
-    let rec = devcycle::kafka::OutRecord {
-        topic: &topic,
-        key: Some(key.as_bytes()),
-        value: Some(&bytes),
-        headers: vec![],
-        partition: None,
-    };
-    app.deps.producer.send(rec).await.unwrap();
+    app.produce_request(&req, None).await;
     let results = app.read_results(&[id, id], WAIT).await;
     assert!(results.iter().all(|(r, _)| r.status == TaskStatus::Succeeded && r.attempts == 1), "{results:?}");
     let after = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();

@@ -184,6 +184,21 @@ impl TestApp {
         }
     }
 
+    /// Produces `req` to the requests topic as any Confluent client would (Avro, key = task id).
+    pub async fn produce_request(&self, req: &devcycle::domain::TaskRequest, partition: Option<i32>) {
+        let topic = self.topic("devcycle.task-requests");
+        let bytes = self.deps.codec.encode_request(&topic, req).await.unwrap();
+        let key = req.task_id.to_string();
+        let record = devcycle::kafka::OutRecord {
+            topic: &topic,
+            key: Some(key.as_bytes()),
+            value: Some(&bytes),
+            headers: vec![],
+            partition,
+        };
+        self.deps.producer.send(record).await.unwrap();
+    }
+
     /// Reads the results topic from the beginning until results for all `ids` were seen.
     pub async fn read_results(&self, ids: &[Uuid], within: Duration) -> Vec<(TaskResult, Vec<(String, String)>)> {
         let consumer = self.consumer(&self.topic("devcycle.task-results"));
