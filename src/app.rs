@@ -41,6 +41,8 @@ pub enum StartError {
     UnknownHandler { name: String, handler: String },
     #[error("processor `{0}` failed: {1}")]
     Processor(String, crate::runtime::RunnerError),
+    #[error("kafka producer failed every record for {0:?} while the cluster answers")]
+    ProducerStalled(Duration),
 }
 
 /// The dependencies shared by the ingress and processors of one process.
@@ -155,6 +157,14 @@ pub async fn run_with(
         tasks.spawn(async move {
             server.serve(token).await;
             Ok(())
+        });
+        let (d, token) = (deps.clone(), shutdown.clone());
+        let window = ingress::producer_watch::window(Duration::from_millis(d.settings.http.produce_timeout_ms));
+        tasks.spawn(async move {
+            match ingress::producer_watch::watch(&d.producer, &d.settings.kafka, window, &token).await {
+                Some(after) => Err(StartError::ProducerStalled(after)),
+                None => Ok(()),
+            }
         });
     }
     let mut result = Ok(());

@@ -337,6 +337,20 @@ impl ProcessorStalled<'_> {
     }
 }
 
+/// The ingress's Kafka producer failed every record for a whole window while the cluster
+/// answered a new client: the process exits for a restart.
+pub struct IngressProducerStalled {
+    pub after: Duration,
+}
+impl IngressProducerStalled {
+    pub fn emit(self) {
+        tracing::error!(
+            failing_ms = self.after.as_millis() as u64,
+            "kafka producer failed every record while the cluster answers; exiting for a restart"
+        );
+    }
+}
+
 /// Trace spans were exported over OTLP, or dropped (queue full, export failed).
 pub struct SpansExported {
     pub count: u64,

@@ -10,6 +10,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A base client config with bootstrap servers, client id and the extra properties.
@@ -88,6 +90,43 @@ pub fn future_record<'a>(rec: &'a OutRecord<'a>) -> FutureRecord<'a, [u8], [u8]>
 pub struct Producer {
     inner: FutureProducer,
     timeout: Duration,
+    outcomes: Arc<Outcomes>,
+}
+
+/// How the producer's deliveries have gone lately (for the ingress's watchdog): times are ms
+/// since `epoch`, plus one (0: never).
+struct Outcomes {
+    epoch: Instant,
+    /// The first failure since the last success.
+    failing_since: AtomicU64,
+    last_failure: AtomicU64,
+}
+
+impl Outcomes {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Records a delivery report. A record Kafka refused for itself (too large, unknown topic)
+    /// says nothing about the producer and is not counted.
+    fn record<T>(&self, out: &Result<T, ProduceError>) {
+        match out {
+            Ok(_) => self.failing_since.store(0, Ordering::Relaxed),
+            Err(ProduceError::Unavailable(_)) => {
+                let now = self.now();
+                let _ = self.failing_since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+                self.last_failure.store(now, Ordering::Relaxed);
+            }
+            Err(ProduceError::Rejected(_)) => {}
+        }
+    }
+}
+
+/// Deliveries have failed since `for_` ago without one success; the last failure was `last` ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failing {
+    pub for_: Duration,
+    pub last: Duration,
 }
 
 /// One record to produce; headers are (name, value) pairs.
@@ -120,7 +159,21 @@ impl Producer {
             .set("compression.type", "lz4")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()?;
-        Ok(Producer { inner, timeout })
+        let outcomes =
+            Outcomes { epoch: Instant::now(), failing_since: AtomicU64::new(0), last_failure: AtomicU64::new(0) };
+        Ok(Producer { inner, timeout, outcomes: Arc::new(outcomes) })
+    }
+
+    /// Whether every delivery has failed (Kafka unavailable) since the last success, and since
+    /// when. `None` after a success, or before any failure.
+    pub fn failing(&self) -> Option<Failing> {
+        let o = &self.outcomes;
+        let since = o.failing_since.load(Ordering::Relaxed);
+        let now = o.now();
+        (since != 0).then(|| Failing {
+            for_: Duration::from_millis(now.saturating_sub(since)),
+            last: Duration::from_millis(now.saturating_sub(o.last_failure.load(Ordering::Relaxed))),
+        })
     }
 
     /// Produces one record and waits for its delivery report: (partition, offset).
@@ -135,6 +188,7 @@ impl Producer {
             Ok(Err((e, _))) => Err(ProduceError::from_kafka(e)),
             Err(_) => Err(ProduceError::Unavailable(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut))),
         };
+        self.outcomes.record(&out);
         let err = out.as_ref().err().map(|e| crate::error_chain(e));
         RecordProduced { topic: rec.topic, elapsed: started.elapsed(), error: err }.emit();
         out
@@ -151,6 +205,7 @@ impl Producer {
         }
         let topic = rec.topic.to_string();
         let future = self.inner.send_result(fr).map_err(|(e, _)| ProduceError::from_kafka(e))?;
+        let outcomes = self.outcomes.clone();
         Ok(Box::pin(async move {
             let out = match future.await {
                 Ok(Ok(d)) => {
@@ -159,6 +214,7 @@ impl Producer {
                 Ok(Err((e, _))) => Err(ProduceError::from_kafka(e)),
                 Err(_) => Err(ProduceError::Unavailable(KafkaError::Canceled)),
             };
+            outcomes.record(&out);
             let err = out.as_ref().err().map(|e| crate::error_chain(e));
             RecordProduced { topic: &topic, elapsed: started.elapsed(), error: err }.emit();
             out
@@ -168,6 +224,17 @@ impl Producer {
     /// Waits until queued records are delivered (shutdown).
     pub fn flush(&self, timeout: Duration) {
         let _ = self.inner.flush(timeout);
+    }
+
+    /// Whether the cluster answers a metadata request from a new client (not this producer's
+    /// connections) within `timeout`.
+    pub async fn cluster_reachable(k: &KafkaSettings, timeout: Duration) -> bool {
+        let Ok(client) = client_config(k, "probe").create::<rdkafka::producer::BaseProducer>() else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok())
+            .await
+            .unwrap_or(false)
     }
 
     /// Whether the cluster answers a metadata request within `timeout`.

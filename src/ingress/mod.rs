@@ -12,6 +12,7 @@ mod envelope;
 mod health;
 mod openapi;
 mod probes;
+pub mod producer_watch;
 mod router;
 mod tasks;
 mod topics;
