@@ -4,8 +4,10 @@
 
 mod common;
 
+use devcycle::app::{Deps, Mode, StartError};
 use devcycle::ingress::producer_watch::watch;
 use devcycle::kafka::{OutRecord, Producer};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -84,4 +86,34 @@ async fn a_working_producer_is_never_judged() {
     stop.cancel();
     assert_eq!(watching.await.unwrap(), None, "no verdict for a producer whose records are acknowledged");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_whose_producer_is_wedged_answers_503_then_exits_for_a_restart() {
+    let mut settings = common::test_settings();
+    settings.http.produce_timeout_ms = 500; // window: 3 s
+    let deps = Deps::connect(settings).await.expect("connect");
+    let mut deps = Arc::try_unwrap(deps).ok().expect("the only reference");
+    let mut hole = deps.settings.kafka.clone();
+    hole.bootstrap_servers = black_hole().await;
+    deps.producer = Producer::new(&hole, "wedged", Duration::from_millis(500)).unwrap();
+    let app = common::TestApp::start(Arc::new(deps), Mode::Ingress).await;
+
+    // Clients keep submitting: each answer is 503 until the ingress is gone.
+    let (http, url, token) = (app.http.clone(), app.url("/v1/tasks"), app.token.clone());
+    let answers = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        loop {
+            let body = serde_json::json!({"agent": "echo", "input": {}});
+            match http.post(&url).bearer_auth(&token).json(&body).send().await {
+                Ok(r) => statuses.push(r.status().as_u16()),
+                Err(_) => return statuses,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let ended = app.exited(Duration::from_secs(30)).await;
+    assert!(matches!(ended, Err(StartError::ProducerStalled(after)) if after >= Duration::from_secs(3)), "{ended:?}");
+    let statuses = answers.await.unwrap();
+    assert!(!statuses.is_empty() && statuses.iter().all(|s| *s == 503), "{statuses:?}");
 }

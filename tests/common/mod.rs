@@ -240,6 +240,12 @@ impl TestApp {
         reader(&self.deps.settings, topic)
     }
 
+    /// Waits (without asking it to stop) for the app to end by itself; returns how it ended.
+    pub async fn exited(self, within: Duration) -> Result<(), app::StartError> {
+        let r = tokio::time::timeout(within, self.handle).await.expect("the app ended in time");
+        r.expect("no panic")
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         let r = tokio::time::timeout(Duration::from_secs(60), self.handle).await.expect("stops in time");
