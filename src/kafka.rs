@@ -14,6 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Whether `client` gets cluster metadata within `timeout` (a blocking call, off the workers).
+async fn answers_metadata(client: FutureProducer, timeout: Duration) -> bool {
+    tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok()).await.unwrap_or(false)
+}
+
 /// A base client config with bootstrap servers, client id and the extra properties.
 pub fn client_config(k: &KafkaSettings, client_suffix: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -229,20 +234,15 @@ impl Producer {
     /// Whether the cluster answers a metadata request from a new client (not this producer's
     /// connections) within `timeout`.
     pub async fn cluster_reachable(k: &KafkaSettings, timeout: Duration) -> bool {
-        let Ok(client) = client_config(k, "probe").create::<rdkafka::producer::BaseProducer>() else {
-            return false;
-        };
-        tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok())
-            .await
-            .unwrap_or(false)
+        match client_config(k, "probe").create::<FutureProducer>() {
+            Ok(client) => answers_metadata(client, timeout).await,
+            Err(_) => false,
+        }
     }
 
     /// Whether the cluster answers a metadata request within `timeout`.
     pub async fn reachable(&self, timeout: Duration) -> bool {
-        let client = self.inner.clone();
-        tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok())
-            .await
-            .unwrap_or(false)
+        answers_metadata(self.inner.clone(), timeout).await
     }
 
     /// Partition count of a topic, from cluster metadata.

@@ -32,7 +32,7 @@ pub async fn watch(
     window: Duration,
     shutdown: &CancellationToken,
 ) -> Option<Duration> {
-    let tick = (window / 6).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let tick = crate::runtime::watchdog::check_interval(window);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,

@@ -78,7 +78,7 @@ pub struct AgentExecutor {
     writer: TaskWriter,
 }
 
-pub(super) fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
+fn permanent(class: &str, message: impl Into<String>) -> ProcessError {
     ProcessError::Permanent { class: class.into(), message: message.into() }
 }
 

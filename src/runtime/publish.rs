@@ -65,8 +65,7 @@ impl Publisher {
                 Ok(pending) => queued.push(pending),
                 Err(_) => {
                     futures::future::try_join_all(queued).await?;
-                    p.send(rec).await?;
-                    for rec in recs {
+                    for rec in std::iter::once(rec).chain(recs) {
                         p.send(rec).await?;
                     }
                     return Ok(());

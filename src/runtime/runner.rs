@@ -13,7 +13,7 @@
 //!   [`RunnerError::Stalled`], so that the process exits and its supervisor restarts it.
 
 use super::txn::Transactions;
-use super::watchdog::{stats_interval, GroupSeen, Stall, Watchdog};
+use super::watchdog::{check_interval, GroupSeen, Stall, Watchdog};
 use super::worker::{spawn_worker, Done, Shared, Work};
 use super::{PartitionOffsets, Processor, Scheduler};
 use crate::catalog::{Guarantee, Ordering, ProcessorSpec};
@@ -146,7 +146,7 @@ pub async fn run_processor<P: Processor>(
         .set("isolation.level", "read_committed")
         .set("queued.max.messages.kbytes", "16384")
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .set("statistics.interval.ms", stats_interval(stall_after).as_millis().to_string())
+        .set("statistics.interval.ms", check_interval(stall_after).as_millis().to_string())
         .create_with_context(context)?;
     consumer.subscribe(&[&input_topic])?;
     health.started.store(true, AtomicOrdering::SeqCst);
@@ -175,7 +175,7 @@ pub async fn run_processor<P: Processor>(
     let mut offsets: HashMap<Tp, (u64, PartitionOffsets)> = HashMap::new();
     let mut generation: u64 = 0;
     let mut paused = false;
-    let mut lag_tick = tokio::time::interval(stats_interval(stall_after));
+    let mut lag_tick = tokio::time::interval(check_interval(stall_after));
     let mut watchdog = Watchdog::new(stall_after, Instant::now());
 
     loop {

@@ -62,8 +62,9 @@ impl GroupSeen {
     }
 }
 
-/// How often librdkafka reports statistics for a window: several reports per window.
-pub fn stats_interval(window: Duration) -> Duration {
+/// How often a watchdog looks at its evidence (librdkafka's statistics for the runner, delivery
+/// outcomes for the ingress's producer watch): several times per window.
+pub fn check_interval(window: Duration) -> Duration {
     (window / 6).clamp(Duration::from_millis(200), Duration::from_secs(5))
 }
 
@@ -181,9 +182,9 @@ mod tests {
     }
 
     #[test]
-    fn statistics_come_several_times_per_window() {
-        assert_eq!(stats_interval(Duration::from_secs(60)), Duration::from_secs(5));
-        assert_eq!(stats_interval(Duration::from_secs(3)), Duration::from_millis(500));
-        assert_eq!(stats_interval(Duration::from_millis(100)), Duration::from_millis(200));
+    fn checks_come_several_times_per_window() {
+        assert_eq!(check_interval(Duration::from_secs(60)), Duration::from_secs(5));
+        assert_eq!(check_interval(Duration::from_secs(3)), Duration::from_millis(500));
+        assert_eq!(check_interval(Duration::from_millis(100)), Duration::from_millis(200));
     }
 }

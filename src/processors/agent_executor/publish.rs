@@ -59,17 +59,18 @@ impl AgentExecutor {
         self.publish_events(p, std::slice::from_ref(event)).await
     }
 
-    /// Publishes events of one task in their order (same key, so the same partition).
+    /// Publishes events of one task in their order (one key: the task id, so one partition).
     pub(super) async fn publish_events(&self, p: &Publisher, events: &[TaskEvent]) -> Result<(), ProcessError> {
+        let Some(first) = events.first() else { return Ok(()) };
+        let key = first.task_id.to_string();
         let mut encoded = Vec::with_capacity(events.len());
         for e in events {
-            encoded.push((e, self.deps.codec.encode_event(&self.events_topic, e).await?));
+            encoded.push(self.deps.codec.encode_event(&self.events_topic, e).await?);
         }
-        let keys: Vec<String> = events.iter().map(|e| e.task_id.to_string()).collect();
-        let recs = encoded
+        let recs = events
             .iter()
-            .zip(&keys)
-            .map(|((e, bytes), key)| OutRecord {
+            .zip(&encoded)
+            .map(|(e, bytes)| OutRecord {
                 topic: &self.events_topic,
                 key: Some(key.as_bytes()),
                 value: Some(bytes),
