@@ -189,3 +189,39 @@ async fn a_finish_with_its_start_writes_the_attempt_once_with_both_events_in_ord
         assert_eq!(stored, expected);
     }
 }
+
+#[tokio::test]
+async fn the_first_transition_function_still_applies_a_start_and_a_finish() {
+    // Processors of the previous release call apply_task_transitions (20 arguments) during a
+    // rolling upgrade; it now runs the second version.
+    let deps = devcycle::app::Deps::connect(common::test_settings()).await.expect("connect");
+    let req = TaskRequest::new("echo", json!({ "v": 1 }));
+    let call = |start: bool, status: &'static str| {
+        let (pool, req) = (deps.pool.clone(), req.clone());
+        async move {
+            sqlx::query_as::<_, (bool, String, i32)>(
+                "SELECT changed, status, attempts FROM apply_task_transitions(
+                     ARRAY[$1]::uuid[], ARRAY[$2], ARRAY[$3], ARRAY[$4]::int4[], ARRAY[$5]::jsonb[], ARRAY[NULL]::text[],
+                     ARRAY[NULL]::text[], ARRAY[NULL]::text[], ARRAY[NULL]::timestamptz[], ARRAY[now()], ARRAY['t'],
+                     ARRAY[0], ARRAY[1]::int8[], ARRAY[$6], ARRAY[$7], ARRAY[NULL]::jsonb[], ARRAY[NULL]::text[],
+                     ARRAY[NULL]::text[], ARRAY[gen_random_uuid()], ARRAY[now()])",
+            )
+            .bind(req.task_id)
+            .bind(start)
+            .bind(&req.agent)
+            .bind(req.priority)
+            .bind(&req.input)
+            .bind(status)
+            .bind(status != "running")
+            .fetch_one(&pool)
+            .await
+            .expect("the first version runs")
+        }
+    };
+    assert_eq!(call(true, "running").await, (true, "running".to_string(), 1));
+    assert_eq!(call(false, "succeeded").await, (true, "succeeded".to_string(), 1));
+    assert_eq!(call(false, "failed").await, (false, "succeeded".to_string(), 1), "a final row is never changed");
+    let seq = tasks::events(&deps.pool, req.task_id).await.unwrap();
+    let seq: Vec<(Option<&str>, &str)> = seq.iter().map(|e| (e.0.as_deref(), e.1.as_str())).collect();
+    assert_eq!(seq, [(Some("queued"), "running"), (Some("running"), "succeeded")]);
+}
