@@ -225,3 +225,32 @@ async fn the_first_transition_function_still_applies_a_start_and_a_finish() {
     let seq: Vec<(Option<&str>, &str)> = seq.iter().map(|e| (e.0.as_deref(), e.1.as_str())).collect();
     assert_eq!(seq, [(Some("queued"), "running"), (Some("running"), "succeeded")]);
 }
+
+#[tokio::test]
+async fn status_reads_use_the_primary_key_when_first_planned_on_an_empty_table() {
+    // A young deployment: a pool connection plans the status read while `tasks` holds a few
+    // pages and keeps that plan; the table then grows. A plan that scans the table would read
+    // every row for each batch of status reads (seen in the benchmarks: 1,000 scans in seconds).
+    let deps = devcycle::app::Deps::connect(common::test_settings()).await.expect("connect");
+    let mut conn = deps.pool.acquire().await.unwrap();
+    const FILL: &str = "INSERT INTO tasks (task_id, agent, status, input)
+        SELECT gen_random_uuid(), 'echo', 'succeeded', '{}' FROM generate_series(1, $1) RETURNING task_id";
+    sqlx::query(FILL).bind(300).execute(&mut *conn).await.unwrap();
+    // Postgres settles on a generic plan after five executions when it looks no dearer than
+    // the custom ones; this connection takes it at once.
+    sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
+    for _ in 0..3 {
+        assert!(tasks::statuses(&mut *conn, &[uuid::Uuid::new_v4()]).await.unwrap().is_empty());
+    }
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(FILL).bind(5000).fetch_all(&mut *conn).await.unwrap();
+    const SCANS: &str =
+        "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relid = 'tasks'::regclass";
+    let mut tx = sqlx::Acquire::begin(&mut *conn).await.unwrap();
+    let before: (i64, i64) = sqlx::query_as(SCANS).fetch_one(&mut *tx).await.unwrap();
+    let found = tasks::statuses(&mut *tx, &ids[..3]).await.unwrap();
+    let after: (i64, i64) = sqlx::query_as(SCANS).fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(found.len(), 3);
+    assert!(found.iter().all(|(id, status)| ids[..3].contains(id) && status == "succeeded"));
+    assert_eq!(after.0 - before.0, 0, "the status read does not scan the table");
+    assert!(after.1 > before.1, "the status read uses the primary key");
+}

@@ -168,12 +168,7 @@ async fn peeker(pool: PgPool, mut rx: mpsc::Receiver<Peek>) {
             }
         }
         let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-        let found: Result<Vec<(Uuid, String)>, sqlx::Error> =
-            sqlx::query_as("SELECT task_id, status FROM tasks WHERE task_id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&pool)
-                .await;
-        match found {
+        match tasks::statuses(&pool, &ids).await {
             Ok(rows) => {
                 let rows: HashMap<Uuid, String> = rows.into_iter().collect();
                 for (id, reply) in batch {

@@ -74,6 +74,13 @@ pub struct Source {
     pub offset: i64,
 }
 
+/// The statuses of those of `ids` that have a row, in one query: `(task_id, status)`. Through
+/// `task_statuses` (migrations/20261126000009), which reads by primary key whatever plan the
+/// connection has cached.
+pub async fn statuses<'e>(ex: impl sqlx::PgExecutor<'e>, ids: &[Uuid]) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT task_id, status FROM task_statuses($1)").bind(ids).fetch_all(ex).await
+}
+
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<TaskRow>, DbError> {
     let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE task_id = $1")))
         .bind(id)
