@@ -55,6 +55,18 @@ pub async fn connect(s: Settings) -> Arc<Deps> {
     Deps::connect(s).await.expect("connect (is `scripts/services up` running? `eval \"$(scripts/services env)\"`?)")
 }
 
+/// A runtime of its own for the system under test, built as `devcycle run` builds its own (one
+/// worker per core), as a separate process would have: the generator's, readers' and samplers'
+/// tasks never wait in its run queues, nor its tasks behind theirs; the OS shares the cores.
+pub fn server_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().thread_name("server").enable_all().build().expect("server runtime")
+}
+
+/// Shuts a runtime down off the async workers (dropping one inside async code panics).
+pub async fn drop_runtime(rt: tokio::runtime::Runtime) {
+    tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(10))).await.expect("runtime dropped");
+}
+
 /// An admin user created directly in the bench schema, and an access token for it (signed
 /// like a login's; no HTTP login, so no argon2 verify on the measured path).
 pub async fn bench_token(deps: &Deps) -> String {

@@ -1,8 +1,9 @@
-//! `e2e`: DevCycle in `Mode::All` (ingress + agent-executor in one process). A short
-//! closed-loop probe finds the saturated rate (submissions answered and results seen), then an
-//! open-loop load at a fraction of it measures submission, end-to-end and /health latency.
-//! /health is sampled like a kubelet would (a client of its own, here a thread with its own
-//! runtime) on the probe port (`metrics.port`) and, for comparison, on the API port.
+//! `e2e`: DevCycle in `Mode::All` (ingress + agent-executor in one process, on a runtime of its
+//! own: see `server_runtime`). A short closed-loop probe finds the saturated rate (submissions
+//! answered and results seen), then an open-loop load at a fraction of it measures submission,
+//! end-to-end and /health latency. /health is sampled like a kubelet would (a client of its own,
+//! here a thread with its own runtime) on the probe port (`metrics.port`) and, for comparison,
+//! on the API port.
 
 use crate::common::*;
 use devcycle::app::{self, Mode};
@@ -22,6 +23,7 @@ pub struct Args {
     pub rate: Option<f64>,
     pub fraction: f64,
     pub timeout_secs: u64,
+    pub shared_runtime: bool,
 }
 
 type Ids = Arc<Mutex<Vec<(String, Instant)>>>;
@@ -162,10 +164,13 @@ pub async fn run(a: Args) {
     settings.metrics.port = free.local_addr().expect("bound").port();
     drop(free);
     let probe_addr: SocketAddr = ([127, 0, 0, 1], settings.metrics.port).into();
-    let deps = connect(settings).await;
+    // The ingress and processor (and their pools and clients) live on the server runtime.
+    let server = (!a.shared_runtime).then(server_runtime);
+    let on_server = server.as_ref().map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
+    let deps = on_server.spawn(connect(settings)).await.expect("connect");
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(app::run_with(deps.clone(), Mode::All, shutdown.clone(), Some(tx)));
+    let handle = on_server.spawn(app::run_with(deps.clone(), Mode::All, shutdown.clone(), Some(tx)));
     let addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("ingress bound").unwrap();
     let token = bench_token(&deps).await;
     let res_topic = deps.catalog.topic_name(RESULTS);
@@ -173,7 +178,8 @@ pub async fn run(a: Args) {
     let submit = http_request(addr, "POST", "/v1/tasks", Some(&token), SUBMIT_BODY);
     let health = http_request(addr, "GET", "/health", None, "");
     let wait = Duration::from_secs(a.timeout_secs);
-    println!("# e2e: devcycle Mode::All on {addr} (ingress + agent-executor), results from {res_topic}");
+    let runtime = if a.shared_runtime { "the generator's runtime (--shared-runtime)" } else { "a runtime of its own" };
+    println!("# e2e: devcycle Mode::All on {addr} (ingress + agent-executor) on {runtime}, results from {res_topic}");
 
     // Warm-up: a few submissions through to their results (includes the processor's group join).
     let ids: Ids = Default::default();
@@ -326,5 +332,8 @@ pub async fn run(a: Args) {
     );
     row("generator lateness (send − scheduled), submissions", load.lag.as_ref().unwrap(), 0, "", None);
     println!("{stage_line} (open loop only)");
-    cleanup(&deps.settings, &deps.catalog, &deps.pool).await;
+    on_server.spawn(async move { cleanup(&deps.settings, &deps.catalog, &deps.pool).await }).await.expect("cleanup");
+    if let Some(rt) = server {
+        drop_runtime(rt).await;
+    }
 }

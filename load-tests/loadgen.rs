@@ -74,6 +74,9 @@ enum Cmd {
         /// Give up waiting for results after this many seconds (per phase).
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+        /// Run DevCycle on the generator's runtime (as before 2026-11-26) instead of its own.
+        #[arg(long)]
+        shared_runtime: bool,
     },
     /// Pre-loaded sleep-agent tasks through one agent-executor: peak concurrent executions.
     Sleep {
@@ -107,8 +110,9 @@ async fn main() {
     match cli.cmd {
         Cmd::Ingress { secs, conns, batch } => ingress::run(secs, conns, batch).await,
         Cmd::Pipeline { tasks, timeout_secs } => pipeline::run(tasks, timeout_secs).await,
-        Cmd::E2e { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs } => {
-            e2e::run(e2e::Args { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs }).await
+        Cmd::E2e { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs, shared_runtime } => {
+            let a = e2e::Args { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs, shared_runtime };
+            e2e::run(a).await
         }
         Cmd::Sleep { tasks, ms, timeout_secs } => sleep::run(tasks, ms, timeout_secs).await,
         Cmd::Scaling { tasks, processors, partitions, timeout_secs } => {

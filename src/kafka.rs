@@ -160,7 +160,7 @@ impl Producer {
         let inner: FutureProducer = client_config(k, suffix)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "2")
+            .set("linger.ms", k.linger_ms.to_string())
             .set("compression.type", "lz4")
             .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()?;

@@ -220,6 +220,9 @@ pub struct KafkaSettings {
     pub request_timeout_ms: u64,
     /// Consumer group session timeout: how fast a dead member's partitions move on.
     pub session_timeout_ms: u64,
+    /// How long the producer waits to batch records for a partition before sending (latency
+    /// against requests to the broker).
+    pub linger_ms: u64,
     #[serde(serialize_with = "redact_properties")]
     pub properties: BTreeMap<String, String>,
 }
@@ -353,6 +356,9 @@ impl Settings {
         }
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return Err(invalid("kafka.bootstrap_servers", "must not be empty"));
+        }
+        if self.kafka.linger_ms > 1000 {
+            return Err(invalid("kafka.linger_ms", "must be at most 1000 (it delays every record produced)"));
         }
         let ident_ok = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if self.database.schema.is_empty() || !ident_ok(&self.database.schema) {
@@ -542,6 +548,10 @@ mod tests {
         assert!(e.to_string().contains("log_level"), "{e}");
         let e = Settings::load_with_env(&dir(), &env(&[("ENVIRONMENT", "production")])).unwrap_err();
         assert!(e.to_string().contains("secret_key"), "{e}");
+        let e = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__KAFKA__LINGER_MS", "5000")])).unwrap_err();
+        assert!(e.to_string().contains("kafka.linger_ms"), "{e}");
+        let s = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__KAFKA__LINGER_MS", "5")])).unwrap();
+        assert_eq!(s.kafka.linger_ms, 5);
     }
 
     #[test]
