@@ -1,5 +1,6 @@
 //! Group commit for task transitions. The `start` and `finish` of many concurrent tasks go
-//! through one bounded channel to a few writer loops; each loop takes what is waiting (up to
+//! through one bounded channel to a few writer loops (on a thread and connections of their own:
+//! see [`TaskWriter::spawn`]); each loop takes what is waiting (up to
 //! [`MAX_BATCH`]) and applies it with one call of the `apply_task_transitions_v2` function
 //! (migrations/20261126000007): one round trip, one transaction. Then it answers every caller.
 //! A finish may include its start: a task that ended quickly is written once, with both of its
@@ -18,6 +19,7 @@ use super::tasks::{self, Outcome, Source, Start, TaskRow};
 use super::DbError;
 use crate::domain::{TaskEvent, TaskRequest, TaskStatus};
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -59,16 +61,33 @@ pub struct TaskWriter {
 }
 
 impl TaskWriter {
-    /// Starts the writer loops on the current runtime.
-    pub fn spawn(pool: PgPool) -> TaskWriter {
+    /// Starts the writer loops and the status reader on a thread of their own, with their own
+    /// connections (`pool`'s options, [`WRITERS`] + 1 of them, opened when first used). On the
+    /// processor's runtime each of their awaits (a reply from Postgres) queued behind every
+    /// ready task future: with a thousand tasks in flight that was as long again as the commit
+    /// itself. The thread ends when the last handle is dropped and its loops have finished.
+    pub fn spawn(pool: PgPool) -> std::io::Result<TaskWriter> {
         let (tx, rx) = mpsc::channel(MAX_BATCH * WRITERS * 2);
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..WRITERS {
-            tokio::spawn(writer(pool.clone(), rx.clone()));
-        }
         let (peeks, peek_rx) = mpsc::channel(MAX_BATCH * 2);
-        tokio::spawn(peeker(pool, peek_rx));
-        TaskWriter { tx, peeks }
+        let options = PgPoolOptions::new()
+            .max_connections(WRITERS as u32 + 1)
+            .acquire_timeout(pool.options().get_acquire_timeout());
+        let connect = pool.connect_options();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("task-writer".into()).spawn(move || {
+            runtime.block_on(async move {
+                let own = options.connect_lazy_with((*connect).clone());
+                let rx = Arc::new(Mutex::new(rx));
+                let mut loops = tokio::task::JoinSet::new();
+                for _ in 0..WRITERS {
+                    loops.spawn(writer(own.clone(), rx.clone()));
+                }
+                loops.spawn(peeker(own.clone(), peek_rx));
+                while loops.join_next().await.is_some() {}
+                own.close().await;
+            })
+        })?;
+        Ok(TaskWriter { tx, peeks })
     }
 
     /// The task's status in Postgres (`None`: no row yet). Reads waiting at the same time

@@ -40,10 +40,14 @@ pub fn launch(
     shutdown: CancellationToken,
 ) -> BoxFuture<'static, Result<(), RunnerError>> {
     let running: Running = Arc::default();
+    let writer = match TaskWriter::spawn(deps.pool.clone()) {
+        Ok(w) => w,
+        Err(e) => return Box::pin(async move { Err(RunnerError::Start(e)) }),
+    };
     let processor = AgentExecutor {
         results_topic: deps.catalog.topic_name(&spec.outputs.results),
         events_topic: deps.catalog.topic_name(&spec.outputs.events),
-        writer: TaskWriter::spawn(deps.pool.clone()),
+        writer,
         deps: deps.clone(),
         spec: spec.clone(),
         running: running.clone(),

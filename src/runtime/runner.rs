@@ -39,6 +39,9 @@ pub enum RunnerError {
     /// supervisor restarts it; nothing past the last checkpoint is lost.
     #[error("processor stalled for {after:?}: {stall}")]
     Stalled { stall: Stall, after: Duration },
+    /// A thread or runtime the processor needs could not be started.
+    #[error("processor could not start: {0}")]
+    Start(std::io::Error),
 }
 
 /// What the runner reports to health probes.
