@@ -227,7 +227,7 @@ async fn the_first_transition_function_still_applies_a_start_and_a_finish() {
 }
 
 #[tokio::test]
-async fn status_reads_use_the_primary_key_when_first_planned_on_an_empty_table() {
+async fn status_reads_use_the_primary_key_when_first_planned_on_a_small_table() {
     // A young deployment: a pool connection plans the status read while `tasks` holds a few
     // pages and keeps that plan; the table then grows. A plan that scans the table would read
     // every row for each batch of status reads (seen in the benchmarks: 1,000 scans in seconds).
