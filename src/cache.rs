@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Sets the field/value pairs ARGV[2..] on hash KEYS[1] and its TTL to ARGV[1] seconds.
+/// Sets the field/value pairs ARGV[2..] on hash KEYS[1] (one HSET) and its TTL to ARGV[1]
+/// seconds.
 const SET_FIELDS: &str = r#"
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 "#;
