@@ -125,6 +125,14 @@ impl Outcomes {
             Err(ProduceError::Rejected(_)) => {}
         }
     }
+
+    /// A delivery report of a record to `topic` handed over at `started`: recorded, and emitted
+    /// as [`RecordProduced`].
+    fn report<T>(&self, topic: &str, started: Instant, out: &Result<T, ProduceError>) {
+        self.record(out);
+        let error = out.as_ref().err().map(|e| crate::error_chain(e));
+        RecordProduced { topic, elapsed: started.elapsed(), error }.emit();
+    }
 }
 
 /// Deliveries have failed since `for_` ago without one success; the last failure was `last` ago.
@@ -193,9 +201,7 @@ impl Producer {
             Ok(Err((e, _))) => Err(ProduceError::from_kafka(e)),
             Err(_) => Err(ProduceError::Unavailable(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut))),
         };
-        self.outcomes.record(&out);
-        let err = out.as_ref().err().map(|e| crate::error_chain(e));
-        RecordProduced { topic: rec.topic, elapsed: started.elapsed(), error: err }.emit();
+        self.outcomes.report(rec.topic, started, &out);
         out
     }
 
@@ -219,9 +225,7 @@ impl Producer {
                 Ok(Err((e, _))) => Err(ProduceError::from_kafka(e)),
                 Err(_) => Err(ProduceError::Unavailable(KafkaError::Canceled)),
             };
-            outcomes.record(&out);
-            let err = out.as_ref().err().map(|e| crate::error_chain(e));
-            RecordProduced { topic: &topic, elapsed: started.elapsed(), error: err }.emit();
+            outcomes.report(&topic, started, &out);
             out
         }))
     }

@@ -73,8 +73,7 @@ async fn a_task_cancelled_before_its_running_is_recorded_is_stopped() {
     })
     .await;
     // A command that marks its start, then runs long.
-    let marker =
-        common::root().join("target").join("test-processors").join(&app.deps.settings.database.schema).join("started");
+    let marker = app.deps.settings.paths.processors.join("started");
     let script = format!("touch '{}'; sleep 50", marker.display());
     let agent = json!({"name": "long", "executor": "command", "config": {"program": "sh", "args": ["-c", script]}});
     assert_eq!(app.post("/v1/agents", &agent).await.0, 201);

@@ -258,8 +258,7 @@ async fn a_redelivered_final_task_is_not_run_again(running_after_ms: u64) {
         s.paths.processors = common::processors_with(&s.database.schema, &edits);
     })
     .await;
-    let runs =
-        common::root().join("target").join("test-processors").join(&app.deps.settings.database.schema).join("runs");
+    let runs = app.deps.settings.paths.processors.join("runs");
     let script = format!("echo run >> '{}'; cat", runs.display());
     let agent = json!({"name": "counted", "executor": "command", "config": {"program": "sh", "args": ["-c", script]}});
     assert_eq!(app.post("/v1/agents", &agent).await.0, 201);
