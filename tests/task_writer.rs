@@ -102,6 +102,15 @@ async fn concurrent_transitions_keep_per_task_semantics() {
     assert_eq!(events, 900);
     let seq = tasks::events(&pool, reqs[7].task_id).await.unwrap();
     assert_eq!(seq.last().map(|(_, to, _)| to.as_str()), Some("succeeded"));
+    // task_events has no foreign key (migration 20261126000010): the writers keep every event
+    // with its task.
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM task_events e WHERE NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = e.task_id)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(orphans, 0);
 }
 
 #[tokio::test]
@@ -125,6 +134,10 @@ async fn one_bad_row_fails_only_its_own_caller() {
     let n: i64 =
         sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'running'").fetch_one(&deps.pool).await.unwrap();
     assert_eq!(n, 50);
+    // The failed row's event went with it (events have no foreign key of their own).
+    let events: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT task_id FROM task_events").fetch_all(&deps.pool).await.unwrap();
+    assert_eq!(events.len(), 50);
+    assert!(!events.contains(&bad.task_id), "no event for the task whose write failed");
 }
 
 #[tokio::test]
