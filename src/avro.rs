@@ -5,7 +5,8 @@
 //! decoding uses the writer schema named by the record's id, then resolves into DevCycle's own
 //! reader schema, so producers may evolve BACKWARD-compatibly. A record that cannot be read is a
 //! [`DecodeError::Poison`] (dead-letter it); a registry that cannot be reached is
-//! [`DecodeError::Unavailable`] (retry later).
+//! [`DecodeError::Unavailable`] (retry later). DevCycle's own records are written by
+//! [`direct`] when the subject's latest schema is DevCycle's, else through `apache_avro` values.
 
 use crate::domain::{TaskEvent, TaskRequest, TaskResult, TaskStatus};
 use apache_avro::schema::{Name, ResolvedSchema};
@@ -13,12 +14,16 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use chrono::{DateTime, TimeZone, Utc};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::async_impl::schema_registry::{get_schema_by_subject, SrSettings};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::OnceCell;
 use uuid::Uuid;
+
+mod direct;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -46,8 +51,29 @@ fn poison(class: &'static str, message: impl ToString) -> DecodeError {
 pub struct Codec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
+    registry: SrSettings,
     /// Reader schemas by name, with their named types resolved once (not per record).
     readers: BTreeMap<String, (Schema, Names)>,
+    /// How records to each topic are written, decided once per topic.
+    writers: Mutex<HashMap<String, Arc<OnceCell<Writer>>>>,
+}
+
+/// How a topic's records are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// The subject's latest schema is DevCycle's own (this id): [`direct`] writes the body.
+    Direct(u32),
+    /// Another schema is the latest: `apache_avro` encodes the record against it.
+    Generic,
+}
+
+/// The writer for a subject whose latest registered schema is `latest` (with this id), given
+/// DevCycle's own schema for the record.
+pub fn writer_for(id: u32, latest: &str, ours: &Schema) -> Writer {
+    match Schema::parse_str(latest) {
+        Ok(s) if s.canonical_form() == ours.canonical_form() => Writer::Direct(id),
+        _ => Writer::Generic,
+    }
 }
 
 /// The named types of a schema (what its references resolve to), resolved once.
@@ -78,28 +104,63 @@ impl Codec {
             let names = names_of(&schema).map_err(EncodeError::Invalid)?;
             readers.insert(name.clone(), (schema, names));
         }
-        Ok(Codec { encoder: AvroEncoder::new(settings()?), decoder: AvroDecoder::new(settings()?), readers })
+        Ok(Codec {
+            encoder: AvroEncoder::new(settings()?),
+            decoder: AvroDecoder::new(settings()?),
+            registry: settings()?,
+            readers,
+            writers: Mutex::default(),
+        })
+    }
+
+    /// How records of DevCycle's schema `name` are written to `topic`: looked up in the
+    /// registry once per topic (concurrent first uses share the lookup).
+    pub async fn writer(&self, topic: &str, name: &str) -> Result<Writer, EncodeError> {
+        let cell = {
+            let mut writers = self.writers.lock().expect("lock");
+            match writers.get(topic) {
+                Some(c) => c.clone(),
+                None => writers.entry(topic.to_string()).or_default().clone(),
+            }
+        };
+        let writer = cell
+            .get_or_try_init(|| async {
+                let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false);
+                let latest = get_schema_by_subject(&self.registry, &strategy).await.map_err(encode_error)?;
+                let (ours, _) =
+                    self.readers.get(name).ok_or_else(|| EncodeError::Invalid(format!("no schema {name}")))?;
+                Ok::<_, EncodeError>(if latest.references.is_empty() {
+                    writer_for(latest.id, &latest.schema, ours)
+                } else {
+                    Writer::Generic
+                })
+            })
+            .await?;
+        Ok(*writer)
     }
 
     async fn encode(&self, topic: &str, value: Value) -> Result<Vec<u8>, EncodeError> {
         let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false);
-        self.encoder.encode_value(value, &strategy).await.map_err(|e| {
-            if e.retriable {
-                EncodeError::Unavailable(e.to_string())
-            } else {
-                EncodeError::Invalid(e.to_string())
-            }
-        })
+        self.encoder.encode_value(value, &strategy).await.map_err(encode_error)
     }
 
     pub async fn encode_request(&self, topic: &str, r: &TaskRequest) -> Result<Vec<u8>, EncodeError> {
-        self.encode(topic, request_to_value(r)).await
+        match self.writer(topic, "TaskRequest").await? {
+            Writer::Direct(id) => Ok(direct::framed(id, |out| direct::request(out, r))),
+            Writer::Generic => self.encode(topic, request_to_value(r)).await,
+        }
     }
     pub async fn encode_result(&self, topic: &str, r: &TaskResult) -> Result<Vec<u8>, EncodeError> {
-        self.encode(topic, result_to_value(r)).await
+        match self.writer(topic, "TaskResult").await? {
+            Writer::Direct(id) => Ok(direct::framed(id, |out| direct::result(out, r))),
+            Writer::Generic => self.encode(topic, result_to_value(r)).await,
+        }
     }
     pub async fn encode_event(&self, topic: &str, e: &TaskEvent) -> Result<Vec<u8>, EncodeError> {
-        self.encode(topic, event_to_value(e)).await
+        match self.writer(topic, "TaskEvent").await? {
+            Writer::Direct(id) => Ok(direct::framed(id, |out| direct::event(out, e))),
+            Writer::Generic => self.encode(topic, event_to_value(e)).await,
+        }
     }
 
     /// Decodes a wire-format record into a value of the reader schema `reader`.
@@ -121,6 +182,14 @@ impl Codec {
     }
     pub async fn decode_result(&self, payload: Option<&[u8]>) -> Result<TaskResult, DecodeError> {
         result_from_value(self.decode_value("TaskResult", payload).await?)
+    }
+}
+
+fn encode_error(e: SRCError) -> EncodeError {
+    if e.retriable {
+        EncodeError::Unavailable(e.to_string())
+    } else {
+        EncodeError::Invalid(e.to_string())
     }
 }
 

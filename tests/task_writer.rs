@@ -135,7 +135,8 @@ async fn one_bad_row_fails_only_its_own_caller() {
         sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'running'").fetch_one(&deps.pool).await.unwrap();
     assert_eq!(n, 50);
     // The failed row's event went with it (events have no foreign key of their own).
-    let events: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT task_id FROM task_events").fetch_all(&deps.pool).await.unwrap();
+    let events: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT task_id FROM task_events").fetch_all(&deps.pool).await.unwrap();
     assert_eq!(events.len(), 50);
     assert!(!events.contains(&bad.task_id), "no event for the task whose write failed");
 }
