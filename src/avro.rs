@@ -114,29 +114,31 @@ impl Codec {
     }
 
     /// How records of DevCycle's schema `name` are written to `topic`: looked up in the
-    /// registry once per topic (concurrent first uses share the lookup).
+    /// registry once per topic (concurrent first uses share the lookup). Known writers are
+    /// answered without the lookup's state, which is boxed, so the futures of the encoders
+    /// (held by every task while it publishes) stay small.
     pub async fn writer(&self, topic: &str, name: &str) -> Result<Writer, EncodeError> {
         let cell = {
             let mut writers = self.writers.lock().expect("lock");
             match writers.get(topic) {
-                Some(c) => c.clone(),
+                Some(c) => match c.get() {
+                    Some(w) => return Ok(*w),
+                    None => c.clone(),
+                },
                 None => writers.entry(topic.to_string()).or_default().clone(),
             }
         };
-        let writer = cell
-            .get_or_try_init(|| async {
-                let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false);
-                let latest = get_schema_by_subject(&self.registry, &strategy).await.map_err(encode_error)?;
-                let (ours, _) =
-                    self.readers.get(name).ok_or_else(|| EncodeError::Invalid(format!("no schema {name}")))?;
-                Ok::<_, EncodeError>(if latest.references.is_empty() {
-                    writer_for(latest.id, &latest.schema, ours)
-                } else {
-                    Writer::Generic
-                })
+        let lookup = async {
+            let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false);
+            let latest = get_schema_by_subject(&self.registry, &strategy).await.map_err(encode_error)?;
+            let (ours, _) = self.readers.get(name).ok_or_else(|| EncodeError::Invalid(format!("no schema {name}")))?;
+            Ok::<_, EncodeError>(if latest.references.is_empty() {
+                writer_for(latest.id, &latest.schema, ours)
+            } else {
+                Writer::Generic
             })
-            .await?;
-        Ok(*writer)
+        };
+        Ok(*Box::pin(cell.get_or_try_init(|| lookup)).await?)
     }
 
     async fn encode(&self, topic: &str, value: Value) -> Result<Vec<u8>, EncodeError> {
@@ -147,19 +149,19 @@ impl Codec {
     pub async fn encode_request(&self, topic: &str, r: &TaskRequest) -> Result<Vec<u8>, EncodeError> {
         match self.writer(topic, "TaskRequest").await? {
             Writer::Direct(id) => Ok(direct::framed(id, |out| direct::request(out, r))),
-            Writer::Generic => self.encode(topic, request_to_value(r)).await,
+            Writer::Generic => Box::pin(self.encode(topic, request_to_value(r))).await,
         }
     }
     pub async fn encode_result(&self, topic: &str, r: &TaskResult) -> Result<Vec<u8>, EncodeError> {
         match self.writer(topic, "TaskResult").await? {
             Writer::Direct(id) => Ok(direct::framed(id, |out| direct::result(out, r))),
-            Writer::Generic => self.encode(topic, result_to_value(r)).await,
+            Writer::Generic => Box::pin(self.encode(topic, result_to_value(r))).await,
         }
     }
     pub async fn encode_event(&self, topic: &str, e: &TaskEvent) -> Result<Vec<u8>, EncodeError> {
         match self.writer(topic, "TaskEvent").await? {
             Writer::Direct(id) => Ok(direct::framed(id, |out| direct::event(out, e))),
-            Writer::Generic => self.encode(topic, event_to_value(e)).await,
+            Writer::Generic => Box::pin(self.encode(topic, event_to_value(e))).await,
         }
     }
 

@@ -110,7 +110,9 @@ impl Cache {
             args.push(k.to_string());
             args.push(v);
         }
-        let _: i64 = self.pool.eval(script, vec![self.task_key(id)], args).await?;
+        // Boxed: fred's command future is ~6 KB, and every task holds this one while it
+        // publishes (its own future would carry it inline).
+        let _: i64 = Box::pin(self.pool.eval(script, vec![self.task_key(id)], args)).await?;
         Ok(())
     }
 
