@@ -549,6 +549,11 @@ impl Stages {
         Stages(m)
     }
 
+    /// How many times `name` (a stage or the batches) was recorded.
+    pub fn count(&self, name: &str) -> f64 {
+        self.0.get(name).map_or(0.0, |(_, count)| *count)
+    }
+
     /// Means between `before` and now: where a task's time went.
     pub fn since(before: &Stages) -> String {
         let now = Stages::take();
