@@ -8,12 +8,13 @@
 
 use super::quota::check_quota;
 use super::receipts::receipt;
+use super::record::{read_body, record_of, RecordIn};
 use super::{
-    declared, end_producer_span, enqueue_record, header, overall, producer_span, redis_down, settle, value_schema,
+    declared, end_producer_span, enqueue_parsed, header, overall, producer_span, redis_down, settle, value_schema,
     wants_async, Line,
 };
 use crate::catalog::TopicDecl;
-use crate::ingress::body::{body_error, json_body, only_names, raw_members};
+use crate::ingress::body::{body_error, json_body, only_names};
 use crate::ingress::envelope::{error_with, ok_with, raw_json};
 use crate::ingress::{ApiError, Ctx, HttpResponse};
 use crate::otlp::Span;
@@ -21,7 +22,6 @@ use fred::prelude::*;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::{Request, StatusCode};
-use serde_json::value::RawValue;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
@@ -67,22 +67,20 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     let (span, forwarded) = producer_span(ctx, &req, decl);
     let body = json_body(req, s.gateway.max_body_bytes).await?;
     let text = std::str::from_utf8(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let members = raw_members(text).map_err(body_error)?;
+    let body_in = read_body(text).map_err(body_error)?;
     // The idempotency hash covers the whole body (and the respond-async preference).
     let body_hash = idem_header.as_ref().map(|_| {
         let tree: Json = serde_json::from_str(text).expect("the body parsed already");
         let canonical = serde_json::to_vec(&tree).expect("a JSON value serializes");
         format!("{}:{}", if is_async { "async" } else { "sync" }, hex(&Sha256::digest(&canonical)))
     });
-    // `{records: [...]}` or one record; each record stays JSON text until it is encoded.
-    let records: Vec<&str> = match members.iter().rev().find(|(k, _)| k == "records") {
-        Some((_, raw)) => {
-            only_names(members.iter().map(|(k, _)| k.as_ref()), &["records"])?;
-            let list: Vec<&RawValue> = serde_json::from_str(raw.get())
-                .map_err(|_| ApiError::validation("records", "must be an array of records"))?;
-            list.into_iter().map(RawValue::get).collect()
+    // `{records: [...]}` or one record; each record's value stays JSON text until it is encoded.
+    let records: Vec<Result<RecordIn<'_>, Line>> = match body_in.records {
+        Some(list) => {
+            only_names(body_in.members.iter().map(|(k, _)| k.as_ref()), &["records"])?;
+            list.ok_or_else(|| ApiError::validation("records", "must be an array of records"))?
         }
-        None => vec![text],
+        None => vec![record_of(body_in.members).map_err(|e| Line::failed("MALFORMED_JSON", e.to_string()))],
     };
     if records.is_empty() {
         return Err(ApiError::validation("records", "must hold at least one record"));
@@ -138,7 +136,7 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
         idem = Idem::Reserved { redis_key, hash };
     }
 
-    let result = run(ctx, decl, &records, &forwarded, is_async, span).await;
+    let result = run(ctx, decl, records, &forwarded, is_async, span).await;
     let ttl = s.gateway.idempotency_ttl_secs as i64;
     if let Idem::Reserved { redis_key, hash } = idem {
         let pool = ctx.deps.cache.pool();
@@ -164,7 +162,7 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
 async fn run(
     ctx: &Ctx,
     decl: &TopicDecl,
-    records: &[&str],
+    records: Vec<Result<RecordIn<'_>, Line>>,
     forwarded: &[(String, Vec<u8>)],
     is_async: bool,
     mut span: Span,
@@ -179,8 +177,8 @@ async fn run(
     let kafka_topic = ctx.deps.catalog.topic_name(&decl.name);
     let mut lines: Vec<Option<Line>> = vec![None; records.len()];
     let mut pending = Vec::new();
-    for (i, rec) in records.iter().enumerate() {
-        match enqueue_record(&ctx.deps, &kafka_topic, decl, schema.as_deref(), forwarded, rec) {
+    for (i, rec) in records.into_iter().enumerate() {
+        match rec.and_then(|r| enqueue_parsed(&ctx.deps, &kafka_topic, decl, schema.as_deref(), forwarded, &r)) {
             Ok(fut) => pending.push((i, fut)),
             Err(line) => lines[i] = Some(line),
         }

@@ -203,8 +203,19 @@ fn enqueue_record(
     forwarded: &[(String, Vec<u8>)],
     rec: &str,
 ) -> Result<crate::kafka::Pending, Line> {
-    let rec = record::parse_record(rec)?;
-    let p = record::prepare(&rec, decl, schema, forwarded, deps.settings.gateway.max_record_bytes)?;
+    enqueue_parsed(deps, kafka_topic, decl, schema, forwarded, &record::parse_record(rec)?)
+}
+
+/// Validates, encodes and queues one record already read.
+fn enqueue_parsed(
+    deps: &crate::app::Deps,
+    kafka_topic: &str,
+    decl: &TopicDecl,
+    schema: Option<&LatestSchema>,
+    forwarded: &[(String, Vec<u8>)],
+    rec: &record::RecordIn<'_>,
+) -> Result<crate::kafka::Pending, Line> {
+    let p = record::prepare(rec, decl, schema, forwarded, deps.settings.gateway.max_record_bytes)?;
     let out = OutRecord {
         topic: kafka_topic,
         key: p.key.as_deref(),

@@ -1,17 +1,45 @@
-//! One record of a produce request: read from its JSON text ([`parse_record`]: the value is
-//! kept as text, to be converted to Avro while it is parsed), then validated and encoded
-//! ([`prepare`]).
+//! One record of a produce request: read from its JSON text ([`parse_record`], a stream's line)
+//! or with the whole body in one pass ([`read_body`]), its value kept as text to be converted to
+//! Avro while it is parsed; then validated and encoded ([`prepare`]).
 //!
 //! Invariant: a record is encoded only when all of its fields are valid; every failure is that
 //! record's report line, never the whole request's.
 
 use super::{Line, REJECTED, TOO_LARGE, VALIDATION};
 use crate::catalog::{TopicDecl, ValueFormat};
+use crate::gateway::JsonKey;
 use crate::gateway::LatestSchema;
 use crate::ingress::body::raw_members;
 use base64::Engine as _;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
+use std::borrow::Cow;
+
+/// The scalar visits of a visitor that takes every JSON value other than an object or array as
+/// `$other`.
+macro_rules! not_this {
+    ($other:expr) => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+    };
+}
 
 /// How far ahead of the broker's clock a record's timestamp may be: Kafka 4 refuses more
 /// (`message.timestamp.after.max.ms`, one hour by default).
@@ -29,18 +57,125 @@ pub(super) struct RecordIn<'a> {
 pub(super) fn parse_record(text: &str) -> Result<RecordIn<'_>, Line> {
     let malformed = |e: serde_json::Error| Line::failed("MALFORMED_JSON", e.to_string());
     let members = raw_members(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Line::failed(VALIDATION, "record: must be a JSON object"),
+        serde_json::error::Category::Data => not_an_object(),
         _ => malformed(e),
     })?;
+    record_of(members).map_err(malformed)
+}
+
+fn not_an_object() -> Line {
+    Line::failed(VALIDATION, "record: must be a JSON object")
+}
+
+/// A record from its members (values unparsed): the fields other than `value` parsed.
+pub(super) fn record_of<'a>(members: Vec<(Cow<'a, str>, &'a RawValue)>) -> Result<RecordIn<'a>, serde_json::Error> {
     let mut rec = RecordIn { fields: Map::new(), value: None };
     for (key, raw) in members {
         if key == "value" {
             rec.value = Some(raw);
         } else {
-            rec.fields.insert(key.into_owned(), serde_json::from_str(raw.get()).map_err(malformed)?);
+            rec.fields.insert(key.into_owned(), serde_json::from_str(raw.get())?);
         }
     }
     Ok(rec)
+}
+
+/// A request body as read in one pass: the records of `{"records": [...]}` (each read while the
+/// body is, its value kept as text), or the members of a body that is one record.
+pub(super) struct BodyIn<'a> {
+    /// The last `records` member: its records, or `None` when it is not an array.
+    pub(super) records: Option<Option<Vec<Result<RecordIn<'a>, Line>>>>,
+    /// Every other member.
+    pub(super) members: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+/// Reads a request body in one pass. A syntax error, or a body that is not an object (a data
+/// error), is the whole request's; a record that is not an object is that record's line.
+pub(super) fn read_body(text: &str) -> Result<BodyIn<'_>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let body = de.deserialize_map(BodyVisitor)?;
+    de.end()?;
+    Ok(body)
+}
+
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = BodyIn<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyIn<'de>, A::Error> {
+        let mut body = BodyIn { records: None, members: Vec::new() };
+        while let Some(JsonKey(key)) = map.next_key()? {
+            if key == "records" {
+                body.records = Some(map.next_value::<Records>()?.0);
+            } else {
+                body.members.push((key, map.next_value()?));
+            }
+        }
+        Ok(body)
+    }
+}
+
+/// `records`: an array of records, or `None` for anything else.
+struct Records<'a>(Option<Vec<Result<RecordIn<'a>, Line>>>);
+
+impl<'de> Deserialize<'de> for Records<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Records<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of records")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Records<'de>, S::Error> {
+                let mut out = Vec::new();
+                while let Some(Slot(rec)) = seq.next_element()? {
+                    out.push(rec);
+                }
+                Ok(Records(Some(out)))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Records<'de>, M::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Records(None))
+            }
+            not_this!(Records(None));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One element of `records`: the record, or its line when it is not an object.
+struct Slot<'a>(Result<RecordIn<'a>, Line>);
+
+impl<'de> Deserialize<'de> for Slot<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Slot<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a record")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Slot<'de>, M::Error> {
+                let mut rec = RecordIn { fields: Map::new(), value: None };
+                while let Some(JsonKey(key)) = map.next_key()? {
+                    if key == "value" {
+                        rec.value = Some(map.next_value()?);
+                    } else {
+                        rec.fields.insert(key.into_owned(), map.next_value()?);
+                    }
+                }
+                Ok(Slot(Ok(rec)))
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Slot<'de>, S::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Slot(Err(not_an_object())))
+            }
+            not_this!(Slot(Err(not_an_object())));
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One record ready for Kafka.
@@ -130,4 +265,72 @@ pub(super) fn prepare(
         return Err(Line::failed(TOO_LARGE, format!("record is {size} bytes; the limit is {max_record_bytes}")));
     }
     Ok(Prepared { key, value, headers, partition, timestamp })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as the tests look at it: its field names and its value's text.
+    type Seen = (Vec<String>, Option<String>);
+
+    fn lines_of(body: &str) -> Vec<Result<Seen, String>> {
+        let body = read_body(body).expect("reads");
+        let records = body.records.expect("has records").expect("an array");
+        records
+            .into_iter()
+            .map(|r| match r {
+                Ok(rec) => Ok((rec.fields.keys().cloned().collect(), rec.value.map(|v| v.get().to_string()))),
+                Err(Line::Failed { code, message, .. }) => Err(format!("{code}: {message}")),
+                Err(other) => panic!("unexpected line {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_body_of_records_is_read_in_one_pass_each_record_its_own_outcome() {
+        let got = lines_of(
+            r#"{"records": [{"key": "k", "value": {"x": [1, "a"]}, "partition": 0}, 5, [1, {}], null,
+            {"value": null}, {"headers": {"h": "v"}}]}"#,
+        );
+        let bad = || Err(format!("{VALIDATION}: record: must be a JSON object"));
+        assert_eq!(
+            got,
+            vec![
+                Ok((vec!["key".into(), "partition".into()], Some(r#"{"x": [1, "a"]}"#.into()))),
+                bad(),
+                bad(),
+                bad(),
+                Ok((vec![], Some("null".into()))),
+                Ok((vec!["headers".into()], None)),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_last_records_member_counts_and_other_members_are_kept() {
+        let body = read_body(r#"{"records": 1, "extra": true, "records": [{"value": 2}]}"#).unwrap();
+        assert_eq!(body.members.iter().map(|(k, _)| k.as_ref()).collect::<Vec<_>>(), vec!["extra"]);
+        assert_eq!(body.records.unwrap().unwrap().len(), 1);
+        let not_array = read_body(r#"{"records": {"value": 1}}"#).unwrap();
+        assert!(matches!(not_array.records, Some(None)));
+    }
+
+    #[test]
+    fn a_single_record_body_keeps_its_members_unparsed() {
+        let body = read_body(r#"{"key": "k\u00e9", "value": {"a": 1}}"#).unwrap();
+        assert!(body.records.is_none());
+        let rec = record_of(body.members).unwrap();
+        assert_eq!(rec.fields.get("key"), Some(&Json::String("ké".into())));
+        assert_eq!(rec.value.map(RawValue::get), Some(r#"{"a": 1}"#));
+    }
+
+    #[test]
+    fn syntax_errors_and_non_objects_fail_the_whole_body() {
+        use serde_json::error::Category;
+        assert_eq!(read_body(r#"{"records": [{"value": 1}"#).err().map(|e| e.classify()), Some(Category::Eof));
+        assert_eq!(read_body(r#"{"records": [}"#).err().map(|e| e.classify()), Some(Category::Syntax));
+        assert_eq!(read_body("[1]").err().map(|e| e.classify()), Some(Category::Data));
+        assert_eq!(read_body(r#"{"value": 1} x"#).err().map(|e| e.classify()), Some(Category::Syntax));
+    }
 }
