@@ -28,6 +28,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
 
 const DEV_SECRET: &str = "dev-insecure-secret-key-change-me-0000000000";
 
+/// At most this many group-commit writers per processor (each holds a Postgres connection).
+pub const MAX_TASK_WRITERS: usize = 16;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -197,6 +200,9 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
     pub migrate_on_start: bool,
+    /// Group-commit writer loops of each processor's task writer (each with a connection of its
+    /// own, besides `max_connections`; see `db::batch`).
+    pub task_writers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -377,6 +383,9 @@ impl Settings {
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be positive"));
         }
+        if !(1..=MAX_TASK_WRITERS).contains(&self.database.task_writers) {
+            return Err(invalid("database.task_writers", format!("must be from 1 to {MAX_TASK_WRITERS}")));
+        }
         if self.auth.max_sessions == 0 || self.auth.access_token_ttl_secs == 0 || self.auth.refresh_token_ttl_secs == 0
         {
             return Err(invalid("auth", "max_sessions and token lifetimes must be positive"));
@@ -552,6 +561,10 @@ mod tests {
         assert!(e.to_string().contains("kafka.linger_ms"), "{e}");
         let s = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__KAFKA__LINGER_MS", "5")])).unwrap();
         assert_eq!(s.kafka.linger_ms, 5);
+        let e = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__DATABASE__TASK_WRITERS", "0")])).unwrap_err();
+        assert!(e.to_string().contains("database.task_writers"), "{e}");
+        let s = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__DATABASE__TASK_WRITERS", "3")])).unwrap();
+        assert_eq!(s.database.task_writers, 3);
     }
 
     #[test]

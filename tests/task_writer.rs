@@ -29,7 +29,7 @@ fn batch_count() -> f64 {
 async fn concurrent_transitions_keep_per_task_semantics() {
     let deps = devcycle::app::Deps::connect(common::test_settings()).await.expect("connect");
     let pool = deps.pool.clone();
-    let writer = TaskWriter::spawn(pool.clone()).expect("writer thread");
+    let writer = TaskWriter::spawn(pool.clone(), 2).expect("writer thread");
     let reqs: Vec<TaskRequest> = (0..300).map(|i| TaskRequest::new("echo", json!({ "i": i }))).collect();
 
     let sources: Vec<Source> = (0..300).map(src).collect();
@@ -116,7 +116,7 @@ async fn concurrent_transitions_keep_per_task_semantics() {
 #[tokio::test]
 async fn one_bad_row_fails_only_its_own_caller() {
     let deps = devcycle::app::Deps::connect(common::test_settings()).await.expect("connect");
-    let writer = TaskWriter::spawn(deps.pool.clone()).expect("writer thread");
+    let writer = TaskWriter::spawn(deps.pool.clone(), 2).expect("writer thread");
     let good: Vec<TaskRequest> = (0..50).map(|i| TaskRequest::new("echo", json!({ "i": i }))).collect();
     // No such agent: the row breaks the foreign key, in the same batch as the good ones.
     let bad = TaskRequest::new("no-such-agent", json!({}));
@@ -145,7 +145,7 @@ async fn one_bad_row_fails_only_its_own_caller() {
 async fn a_finish_with_its_start_writes_the_attempt_once_with_both_events_in_order() {
     let deps = devcycle::app::Deps::connect(common::test_settings()).await.expect("connect");
     let pool = deps.pool.clone();
-    let writer = TaskWriter::spawn(pool.clone()).expect("writer thread");
+    let writer = TaskWriter::spawn(pool.clone(), 2).expect("writer thread");
     let reqs: Vec<TaskRequest> = (0..150).map(|i| TaskRequest::new("echo", json!({ "i": i }))).collect();
     // 0..50: new; 50..100: started once before (a redelivered attempt); 100..150: already final.
     for r in &reqs[50..100] {

@@ -30,7 +30,7 @@ async fn threads_become(want: usize) -> usize {
 #[tokio::test]
 async fn the_writer_thread_serves_until_the_last_handle_is_dropped() {
     let deps = devcycle::app::Deps::connect(common::test_settings()).await.expect("connect");
-    let writer = TaskWriter::spawn(deps.pool.clone()).expect("writer thread");
+    let writer = TaskWriter::spawn(deps.pool.clone(), 2).expect("writer thread");
     assert_eq!(threads_become(1).await, 1);
     let other = writer.clone();
     drop(writer);

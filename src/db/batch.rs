@@ -1,6 +1,6 @@
 //! Group commit for task transitions. The `start` and `finish` of many concurrent tasks go
-//! through one bounded channel to a few writer loops (on a thread and connections of their own:
-//! see [`TaskWriter::spawn`]); each loop takes what is waiting (up to
+//! through one bounded channel to `database.task_writers` writer loops (on a thread and
+//! connections of their own: see [`TaskWriter::spawn`]); each loop takes what is waiting (up to
 //! [`MAX_BATCH`]) and applies it with one call of the `apply_task_transitions_v2` function
 //! (migrations/20261126000007): one round trip, one transaction. Then it answers every caller.
 //! A finish may include its start: a task that ended quickly is written once, with both of its
@@ -28,8 +28,6 @@ use uuid::Uuid;
 
 /// Most transitions applied in one transaction.
 pub const MAX_BATCH: usize = 512;
-/// Writer loops; while one commits, the next gathers a batch.
-pub const WRITERS: usize = 2;
 
 enum Op {
     Start,
@@ -61,16 +59,20 @@ pub struct TaskWriter {
 }
 
 impl TaskWriter {
-    /// Starts the writer loops and the status reader on a thread of their own, with their own
-    /// connections (`pool`'s options, [`WRITERS`] + 1 of them, opened when first used). On the
+    /// Starts `writers` writer loops and the status reader on a thread of their own, with their
+    /// own connections (`pool`'s options, `writers` + 1 of them, opened when first used). On the
     /// processor's runtime each of their awaits (a reply from Postgres) queued behind every
     /// ready task future: with a thousand tasks in flight that was as long again as the commit
     /// itself. The thread ends when the last handle is dropped and its loops have finished.
-    pub fn spawn(pool: PgPool) -> std::io::Result<TaskWriter> {
-        let (tx, rx) = mpsc::channel(MAX_BATCH * WRITERS * 2);
+    /// While one writer commits, the transitions arriving meanwhile wait in the channel for the
+    /// next commit (one writer) or for another writer's (several). On two cores one writer gave
+    /// the lower end-to-end latency at the same throughput (load-tests/RESULTS.md).
+    pub fn spawn(pool: PgPool, writers: usize) -> std::io::Result<TaskWriter> {
+        let writers = writers.max(1);
+        let (tx, rx) = mpsc::channel(MAX_BATCH * writers * 2);
         let (peeks, peek_rx) = mpsc::channel(MAX_BATCH * 2);
         let options = PgPoolOptions::new()
-            .max_connections(WRITERS as u32 + 1)
+            .max_connections(writers as u32 + 1)
             .acquire_timeout(pool.options().get_acquire_timeout());
         let connect = pool.connect_options();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -79,7 +81,7 @@ impl TaskWriter {
                 let own = options.connect_lazy_with((*connect).clone());
                 let rx = Arc::new(Mutex::new(rx));
                 let mut loops = tokio::task::JoinSet::new();
-                for _ in 0..WRITERS {
+                for _ in 0..writers {
                     loops.spawn(writer(own.clone(), rx.clone()));
                 }
                 loops.spawn(peeker(own.clone(), peek_rx));

@@ -40,7 +40,7 @@ pub fn launch(
     shutdown: CancellationToken,
 ) -> BoxFuture<'static, Result<(), RunnerError>> {
     let running: Running = Arc::default();
-    let writer = match TaskWriter::spawn(deps.pool.clone()) {
+    let writer = match TaskWriter::spawn(deps.pool.clone(), deps.settings.database.task_writers) {
         Ok(w) => w,
         Err(e) => return Box::pin(async move { Err(RunnerError::Start(e)) }),
     };
