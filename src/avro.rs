@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-mod direct;
+pub(crate) mod direct;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

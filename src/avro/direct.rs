@@ -18,8 +18,9 @@ pub fn framed(id: u32, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     out
 }
 
-/// `int` and `long`: zigzag, then base-128 varint.
-fn long(out: &mut Vec<u8>, v: i64) {
+/// Avro `long`/`int`: zig-zag, then a little-endian base-128 varint (an `int` in range encodes
+/// to the same bytes as the equal `long`). Also the gateway's JSON-to-Avro writer's.
+pub(crate) fn long(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);
@@ -28,9 +29,14 @@ fn long(out: &mut Vec<u8>, v: i64) {
     out.push(z as u8);
 }
 
+/// Avro `bytes` (and a `string`'s UTF-8): the length, then the bytes.
+pub(crate) fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+    long(out, b.len() as i64);
+    out.extend_from_slice(b);
+}
+
 fn string(out: &mut Vec<u8>, s: &str) {
-    long(out, s.len() as i64);
-    out.extend_from_slice(s.as_bytes());
+    bytes(out, s.as_bytes());
 }
 
 /// `{"type": "string", "logicalType": "uuid"}`: the hyphenated lower-case text.

@@ -15,6 +15,7 @@
 //! a partial datum and must be discarded. Error messages name the path (`value.a.b[2]`); the
 //! path is rendered only when something fails.
 
+use crate::avro::direct::{bytes, long};
 use crate::avro::Names;
 use apache_avro::schema::UuidSchema;
 use apache_avro::Schema;
@@ -49,22 +50,6 @@ fn fail(path: &Path<'_>, want: &str, got: &Json) -> String {
     let shown =
         if shown.chars().count() > 60 { format!("{}...", shown.chars().take(60).collect::<String>()) } else { shown };
     format!("{path}: expected {want}, got {shown}")
-}
-
-/// Avro `long`/`int`: zig-zag, then a little-endian base-128 varint (an `int` in range encodes
-/// to the same bytes as the equal `long`).
-fn long(out: &mut Vec<u8>, n: i64) {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-    long(out, b.len() as i64);
-    out.extend_from_slice(b);
 }
 
 fn base64_bytes(path: &Path<'_>, json: &Json) -> Result<Vec<u8>, String> {

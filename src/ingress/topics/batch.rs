@@ -10,7 +10,7 @@ use super::quota::check_quota;
 use super::receipts::receipt;
 use super::record::{read_body, record_of, RecordIn};
 use super::{
-    declared, end_producer_span, enqueue_parsed, header, overall, producer_span, redis_down, settle, value_schema,
+    declared, end_producer_span, enqueue_record, header, overall, producer_span, redis_down, settle, value_schema,
     wants_async, Line,
 };
 use crate::catalog::TopicDecl;
@@ -178,7 +178,7 @@ async fn run(
     let mut lines: Vec<Option<Line>> = vec![None; records.len()];
     let mut pending = Vec::new();
     for (i, rec) in records.into_iter().enumerate() {
-        match rec.and_then(|r| enqueue_parsed(&ctx.deps, &kafka_topic, decl, schema.as_deref(), forwarded, &r)) {
+        match rec.and_then(|r| enqueue_record(&ctx.deps, &kafka_topic, decl, schema.as_deref(), forwarded, &r)) {
             Ok(fut) => pending.push((i, fut)),
             Err(line) => lines[i] = Some(line),
         }

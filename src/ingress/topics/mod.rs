@@ -193,21 +193,9 @@ fn wants_async(req: &Request<Incoming>) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
 }
 
-/// One record of a batch or a stream, as JSON text: read, validated, encoded and queued in the
+/// One record of a batch or a stream, already read: validated, encoded and queued in the
 /// producer (its delivery still to come), or the line saying why it was not.
 fn enqueue_record(
-    deps: &crate::app::Deps,
-    kafka_topic: &str,
-    decl: &TopicDecl,
-    schema: Option<&LatestSchema>,
-    forwarded: &[(String, Vec<u8>)],
-    rec: &str,
-) -> Result<crate::kafka::Pending, Line> {
-    enqueue_parsed(deps, kafka_topic, decl, schema, forwarded, &record::parse_record(rec)?)
-}
-
-/// Validates, encodes and queues one record already read.
-fn enqueue_parsed(
     deps: &crate::app::Deps,
     kafka_topic: &str,
     decl: &TopicDecl,

@@ -152,7 +152,10 @@ impl Stream {
             Ok(rec) => rec,
             Err(e) => return Box::pin(futures::future::ready(Line::failed("MALFORMED_JSON", e.to_string()))),
         };
-        match enqueue_record(&self.deps, kafka_topic, &self.decl, self.schema.as_deref(), &self.forwarded, rec) {
+        let queued = super::record::parse_record(rec).and_then(|r| {
+            enqueue_record(&self.deps, kafka_topic, &self.decl, self.schema.as_deref(), &self.forwarded, &r)
+        });
+        match queued {
             Ok(f) => Box::pin(async move { delivered(f.await) }),
             Err(l) => Box::pin(futures::future::ready(l)),
         }
