@@ -1,16 +1,12 @@
 //! Request bodies: content type, size limit and JSON parsing, each failure with its status.
 
 use super::ApiError;
-use crate::gateway::JsonKey;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::Request;
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::Value;
-use std::borrow::Cow;
 
 /// Reads a JSON object body of at most `limit` bytes whose strings hold no NUL character
 /// (PostgreSQL text and jsonb cannot store one: refused with 422 rather than failing later).
@@ -72,28 +68,7 @@ pub async fn json_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         .to_bytes())
 }
 
-/// The members of the JSON object `text`, their values unparsed (borrowed from `text`). The
-/// error is a syntax error or, for JSON that is not an object, a data error.
-pub fn raw_members(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde_json::Error> {
-    struct Members;
-    impl<'de> Visitor<'de> for Members {
-        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(JsonKey(k)) = map.next_key()? {
-                out.push((k, map.next_value()?));
-            }
-            Ok(out)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(text);
-    de.deserialize_map(Members).and_then(|m| de.end().map(|()| m))
-}
-
-/// The answer to a body [`raw_members`] refused: not JSON 400, not an object 422.
+/// The answer to a body that could not be read as a JSON object: not JSON 400, not an object 422.
 pub fn body_error(e: serde_json::Error) -> ApiError {
     match e.classify() {
         serde_json::error::Category::Data => ApiError::validation("body", "must be a JSON object"),

@@ -8,7 +8,7 @@
 
 use super::quota::check_quota;
 use super::receipts::receipt;
-use super::record::{read_body, record_of, RecordIn};
+use super::record::{parse_record, read_body, RecordIn};
 use super::{
     declared, end_producer_span, enqueue_record, header, overall, producer_span, redis_down, settle, value_schema,
     wants_async, Line,
@@ -77,10 +77,10 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     // `{records: [...]}` or one record; each record's value stays JSON text until it is encoded.
     let records: Vec<Result<RecordIn<'_>, Line>> = match body_in.records {
         Some(list) => {
-            only_names(body_in.members.iter().map(|(k, _)| k.as_ref()), &["records"])?;
+            only_names(body_in.others.iter().map(|k| k.as_ref()), &["records"])?;
             list.ok_or_else(|| ApiError::validation("records", "must be an array of records"))?
         }
-        None => vec![record_of(body_in.members).map_err(|e| Line::failed("MALFORMED_JSON", e.to_string()))],
+        None => vec![parse_record(text)],
     };
     if records.is_empty() {
         return Err(ApiError::validation("records", "must hold at least one record"));

@@ -9,7 +9,6 @@ use super::{Line, REJECTED, TOO_LARGE, VALIDATION};
 use crate::catalog::{TopicDecl, ValueFormat};
 use crate::gateway::JsonKey;
 use crate::gateway::LatestSchema;
-use crate::ingress::body::raw_members;
 use base64::Engine as _;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -55,38 +54,24 @@ pub(super) struct RecordIn<'a> {
 /// Reads a record from its JSON text: not JSON is `MALFORMED_JSON`, not an object a validation
 /// error.
 pub(super) fn parse_record(text: &str) -> Result<RecordIn<'_>, Line> {
-    let malformed = |e: serde_json::Error| Line::failed("MALFORMED_JSON", e.to_string());
-    let members = raw_members(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => not_an_object(),
-        _ => malformed(e),
-    })?;
-    record_of(members).map_err(malformed)
+    match serde_json::from_str::<Slot>(text) {
+        Ok(Slot(rec)) => rec,
+        Err(e) => Err(Line::failed("MALFORMED_JSON", e.to_string())),
+    }
 }
 
 fn not_an_object() -> Line {
     Line::failed(VALIDATION, "record: must be a JSON object")
 }
 
-/// A record from its members (values unparsed): the fields other than `value` parsed.
-pub(super) fn record_of<'a>(members: Vec<(Cow<'a, str>, &'a RawValue)>) -> Result<RecordIn<'a>, serde_json::Error> {
-    let mut rec = RecordIn { fields: Map::new(), value: None };
-    for (key, raw) in members {
-        if key == "value" {
-            rec.value = Some(raw);
-        } else {
-            rec.fields.insert(key.into_owned(), serde_json::from_str(raw.get())?);
-        }
-    }
-    Ok(rec)
-}
-
 /// A request body as read in one pass: the records of `{"records": [...]}` (each read while the
-/// body is, its value kept as text), or the members of a body that is one record.
+/// body is, its value kept as text), and the names of its other members (a body without
+/// `records` is one record, read by [`parse_record`]).
 pub(super) struct BodyIn<'a> {
     /// The last `records` member: its records, or `None` when it is not an array.
     pub(super) records: Option<Option<Vec<Result<RecordIn<'a>, Line>>>>,
-    /// Every other member.
-    pub(super) members: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// The names of every other member.
+    pub(super) others: Vec<Cow<'a, str>>,
 }
 
 /// Reads a request body in one pass. A syntax error, or a body that is not an object (a data
@@ -106,12 +91,13 @@ impl<'de> Visitor<'de> for BodyVisitor {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyIn<'de>, A::Error> {
-        let mut body = BodyIn { records: None, members: Vec::new() };
+        let mut body = BodyIn { records: None, others: Vec::new() };
         while let Some(JsonKey(key)) = map.next_key()? {
             if key == "records" {
                 body.records = Some(map.next_value::<Records>()?.0);
             } else {
-                body.members.push((key, map.next_value()?));
+                map.next_value::<IgnoredAny>()?;
+                body.others.push(key);
             }
         }
         Ok(body)
@@ -310,17 +296,19 @@ mod tests {
     #[test]
     fn the_last_records_member_counts_and_other_members_are_kept() {
         let body = read_body(r#"{"records": 1, "extra": true, "records": [{"value": 2}]}"#).unwrap();
-        assert_eq!(body.members.iter().map(|(k, _)| k.as_ref()).collect::<Vec<_>>(), vec!["extra"]);
+        assert_eq!(body.others, vec!["extra"]);
         assert_eq!(body.records.unwrap().unwrap().len(), 1);
         let not_array = read_body(r#"{"records": {"value": 1}}"#).unwrap();
         assert!(matches!(not_array.records, Some(None)));
     }
 
     #[test]
-    fn a_single_record_body_keeps_its_members_unparsed() {
-        let body = read_body(r#"{"key": "k\u00e9", "value": {"a": 1}}"#).unwrap();
+    fn a_single_record_body_keeps_its_value_unparsed() {
+        let text = r#"{"key": "k\u00e9", "value": {"a": 1}}"#;
+        let body = read_body(text).unwrap();
         assert!(body.records.is_none());
-        let rec = record_of(body.members).unwrap();
+        assert_eq!(body.others, vec!["key", "value"]);
+        let rec = parse_record(text).unwrap();
         assert_eq!(rec.fields.get("key"), Some(&Json::String("ké".into())));
         assert_eq!(rec.value.map(RawValue::get), Some(r#"{"a": 1}"#));
     }
