@@ -41,6 +41,32 @@ async fn a_cancelled_queued_task_never_starts() {
     ingress.stop().await;
 }
 
+/// A builtin agent runs without a status read first (it has no side effects). One that fails
+/// retryably on a task cancelled while queued must still not be retried or dead-lettered: the
+/// stored `cancelled` is published at once, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_queued_task_of_a_builtin_agent_failing_retryably_is_not_retried() {
+    let ingress = TestApp::spawn_with(|_| {}).await;
+    let deps = ingress.deps.clone();
+    ingress.stop().await;
+    let ingress = TestApp::start(deps.clone(), Mode::Ingress).await;
+    let agent = json!({"name": "flaky", "executor": "builtin", "config": {"mode": "fail", "retryable": true}});
+    assert_eq!(ingress.post("/v1/agents", &agent).await.0, 201);
+    let id = ingress.submit("flaky", json!({"x": 1})).await;
+    let (s, b) = ingress.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let processor = TestApp::start(deps, Mode::Process("agent-executor".into())).await;
+    let results = ingress.read_results(&[id], WAIT).await;
+    assert_eq!((results[0].0.status, results[0].0.attempts), (TaskStatus::Cancelled, 0));
+    // Retries would come 200 and 400 ms apart (the processor file's backoff), then the dead
+    // letter: give them time to show.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ingress.record_count("devcycle.dead-letters"), 0, "not dead-lettered");
+    assert_eq!(statuses(&ingress, id).await, ["cancelled"]);
+    processor.stop().await;
+    ingress.stop().await;
+}
+
 /// Cancels a running task and waits for its `cancelled` result, which must come well before
 /// the task would have ended by itself.
 async fn cancel_stops(app: &TestApp, id: uuid::Uuid) {

@@ -282,6 +282,33 @@ async fn a_redelivered_final_task_is_not_run_again(running_after_ms: u64) {
     app.stop().await;
 }
 
+/// A builtin agent (no side effects) runs without a status read first: a redelivered final
+/// task may run again, but nothing is written and the stored result is published again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_final_task_of_a_builtin_agent_is_published_as_stored() {
+    let app = TestApp::spawn().await;
+    let id = app.submit("echo", json!({"n": 1})).await;
+    app.wait_status(id, "succeeded", WAIT).await;
+    let before = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
+    let mut req = devcycle::domain::TaskRequest::new("echo", json!({"n": 2}));
+    req.task_id = id;
+    app.produce_request(&req, None).await;
+    let results = app.read_results(&[id, id], WAIT).await;
+    for (r, _) in &results {
+        assert_eq!(
+            (r.status, r.attempts, &r.output),
+            (TaskStatus::Succeeded, 1, &Some(json!({"n": 1}))),
+            "{results:?}"
+        );
+    }
+    let after = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
+    assert_eq!((after.attempts, after.updated_at, after.output), (before.attempts, before.updated_at, before.output));
+    let statuses: Vec<String> =
+        devcycle::db::tasks::events(&app.deps.pool, id).await.unwrap().into_iter().map(|e| e.1).collect();
+    assert_eq!(statuses, ["running", "succeeded"]);
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_final_task_is_not_run_again_when_quick_tasks_are_written_once() {
     a_redelivered_final_task_is_not_run_again(200).await;

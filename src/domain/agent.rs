@@ -30,6 +30,13 @@ impl ExecutorKind {
             _ => None,
         }
     }
+
+    /// Whether running an agent of this kind can change anything outside DevCycle (a program's
+    /// effects, an HTTP call). One that cannot may run before its task's status is known: the
+    /// write that follows keeps a final task as it was.
+    pub fn has_side_effects(self) -> bool {
+        !matches!(self, ExecutorKind::Builtin)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

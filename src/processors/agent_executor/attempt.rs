@@ -1,8 +1,11 @@
 //! One attempt at a task: run the agent, write what came of it, publish it.
 //!
 //! With `timeouts.running_after_ms` = 0, `running` is written (group commit) before the agent
-//! runs. Otherwise the task's row is read first (a task already final, by a redelivery or a
-//! cancel while queued, is not run again) and the agent starts at once:
+//! runs. Otherwise the agent starts at once, after a read of the task's status when its
+//! executor has side effects (a task already final, by a redelivery or a cancel while queued,
+//! is not run again). An agent without side effects (builtin) runs without that read: the
+//! write of its outcome leaves a final task as it was and the stored state is published, as a
+//! read would have; a retryable failure reads the status before retrying. Then:
 //! - ended within `running_after_ms`: one write holds the start and the outcome, with both
 //!   events (`running`, then the final one), published in that order;
 //! - still running then: `running` is written while the agent goes on, and announced (Redis,
@@ -50,12 +53,11 @@ impl AgentExecutor {
     ) -> Result<(), ProcessError> {
         let running_after = Duration::from_millis(self.spec.timeouts.running_after_ms);
         let p = &meta.publisher;
-        if !running_after.is_zero() {
-            let status = timed("check", self.writer.status(req.task_id)).await?;
-            if status.is_some_and(TaskStatus::is_terminal) {
-                if let Some(row) = tasks::get(&self.deps.pool, req.task_id).await? {
-                    return self.republish(p, row).await;
-                }
+        // Whether the status is still to be read, should the outcome be a retry.
+        let unchecked = !running_after.is_zero() && !agent.executor.has_side_effects();
+        if !running_after.is_zero() && !unchecked {
+            if let Some(row) = self.final_row(req).await? {
+                return self.republish(p, row).await;
             }
         }
         let started_at = Utc::now();
@@ -72,6 +74,12 @@ impl AgentExecutor {
         if !running_after.is_zero() {
             if let Ok(result) = tokio::time::timeout(running_after, &mut run).await {
                 let verdict = verdict(agent, result, exec, started);
+                // A final task is not retried: what was stored is published again.
+                if unchecked && matches!(verdict, Verdict::Retry { .. }) {
+                    if let Some(row) = self.final_row(req).await? {
+                        return self.republish(p, row).await;
+                    }
+                }
                 let next = self.write(req, meta, src, verdict, Some(started_at)).await;
                 return self.complete(meta, next, trace).await;
             }
@@ -123,6 +131,15 @@ impl AgentExecutor {
         };
         let ((), next) = tokio::join!(announce, work);
         self.complete(meta, next, trace).await
+    }
+
+    /// The task's row when it is already final (read through the batched status reads).
+    async fn final_row(&self, req: &TaskRequest) -> Result<Option<TaskRow>, ProcessError> {
+        let status = timed("check", self.writer.status(req.task_id)).await?;
+        if !status.is_some_and(TaskStatus::is_terminal) {
+            return Ok(None);
+        }
+        Ok(tasks::get(&self.deps.pool, req.task_id).await?)
     }
 
     /// Writes what came of the attempt; `started` when its start is written with it.
