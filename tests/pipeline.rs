@@ -318,3 +318,25 @@ async fn a_redelivered_final_task_is_not_run_again_when_quick_tasks_are_written_
 async fn a_redelivered_final_task_is_not_run_again_when_running_is_written_first() {
     a_redelivered_final_task_is_not_run_again(0).await;
 }
+
+/// A submission's `key` is its request record's key; one without a key gives a keyless record
+/// (the producer's sticky partitioner places it), with the task id in the value either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_s_key_is_its_record_key_and_none_without() {
+    use rdkafka::Message;
+    let app = TestApp::spawn_with(|s| s.run.processors.clear()).await;
+    let (s, b) = app.post("/v1/tasks", &json!({"agent": "echo", "input": {"n": 1}, "key": "k-1"})).await;
+    assert_eq!(s, 202, "{b}");
+    let keyed: uuid::Uuid = b["data"]["task_id"].as_str().unwrap().parse().unwrap();
+    let keyless = app.submit("echo", json!({"n": 2})).await;
+    let consumer = app.consumer(&app.topic("devcycle.task-requests"));
+    let mut keys = std::collections::BTreeMap::new();
+    while keys.len() < 2 {
+        let m = tokio::time::timeout(WAIT, consumer.recv()).await.expect("request record").unwrap();
+        let req = app.deps.codec.decode_request(m.payload()).await.unwrap();
+        keys.insert(req.task_id, m.key().map(<[u8]>::to_vec));
+    }
+    assert_eq!(keys[&keyed].as_deref(), Some(b"k-1".as_slice()));
+    assert_eq!(keys[&keyless], None);
+    app.stop().await;
+}

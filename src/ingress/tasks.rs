@@ -96,7 +96,9 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         crate::avro::EncodeError::Invalid(m) => ApiError::Internal(m),
     })?;
     let submitted_at = request.submitted_at.to_rfc3339();
-    let key = sub.key.unwrap_or_else(|| request.task_id.to_string());
+    // The client's ordering key, if any. Without one the record has no key, so the producer's
+    // sticky partitioner fills one partition's batch at a time instead of one batch per task.
+    let key = sub.key;
     let mut headers = vec![("request_id", ctx.request_id.clone().into_bytes())];
     if let Some(t) = &traceparent {
         headers.push(("traceparent", t.clone().into_bytes()));
@@ -107,7 +109,7 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         deps.cache.set_queued(request.task_id, &request.agent, &submitted_at, request.submitted_by.as_deref()),
         deps.producer.send(OutRecord {
             topic: &topic,
-            key: Some(key.as_bytes()),
+            key: key.as_deref().map(str::as_bytes),
             value: Some(&payload),
             headers,
             partition: None

@@ -7,6 +7,7 @@
 
 pub mod dlq;
 mod offsets;
+mod ordering;
 mod publish;
 mod runner;
 mod scheduler;

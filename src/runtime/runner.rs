@@ -12,17 +12,18 @@
 //! - a stall that lasts the whole window (see [`super::watchdog`]) ends the runner with
 //!   [`RunnerError::Stalled`], so that the process exits and its supervisor restarts it.
 
+use super::ordering::ordering_key;
 use super::txn::Transactions;
 use super::watchdog::{check_interval, GroupSeen, Stall, Watchdog};
 use super::worker::{spawn_worker, Done, Shared, Work};
 use super::{PartitionOffsets, Processor, Scheduler};
-use crate::catalog::{Guarantee, Ordering, ProcessorSpec};
+use crate::catalog::{Guarantee, ProcessorSpec};
 use crate::events::{processor_gauges, ProcessorStalled};
 use crate::kafka::{client_config, Producer};
 use crate::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
@@ -338,18 +339,6 @@ fn set_paused(consumer: &StreamConsumer<RunnerContext>, pause: bool) -> bool {
         }
     }
     pause
-}
-
-pub(super) fn ordering_key(ordering: Ordering, m: &OwnedMessage) -> Option<Vec<u8>> {
-    match ordering {
-        Ordering::Unordered => None,
-        Ordering::Partition => Some(format!("{}:{}", m.topic(), m.partition()).into_bytes()),
-        Ordering::Key => {
-            let mut k = format!("{}:{}:", m.topic(), m.partition()).into_bytes();
-            k.extend_from_slice(m.key().unwrap_or_default());
-            Some(k)
-        }
-    }
 }
 
 fn apply_rebalances(

@@ -49,7 +49,7 @@ pub(super) struct Shared<P: Processor> {
 }
 
 pub(super) fn spawn_worker<P: Processor>(shared: Arc<Shared<P>>, work: Work, done_tx: mpsc::Sender<Done>) {
-    let key = super::runner::ordering_key(shared.spec.ordering, &work.msg);
+    let key = super::ordering::ordering_key(shared.spec.ordering, &work.msg);
     tokio::spawn(async move {
         let tp = (work.msg.topic().to_string(), work.msg.partition());
         let offset = work.msg.offset();
