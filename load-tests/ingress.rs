@@ -50,15 +50,15 @@ async fn spawn_bare(shutdown: CancellationToken) -> SocketAddr {
 
 /// `conc` senders for `secs`, each sending its own `batches[i]` (key, Avro bytes) records
 /// together and awaiting all their acks before the next round (closed loop, like one HTTP
-/// connection posting a batch). `fresh_keys`: a new UUID key for every record sent (as the
-/// ingress keys each submission by its new task id). Returns (acked, failed, records/s).
+/// connection posting a batch). `keyed`: each record under its key; else without a key (as the
+/// ingress produces a submission that has none). Returns (acked, failed, records/s).
 async fn drive_producer(
     p: &FutureProducer,
     topic: &str,
     batches: &[Arc<Records>],
     conc: usize,
     secs: u64,
-    fresh_keys: bool,
+    keyed: bool,
 ) -> (u64, u64, f64) {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
@@ -68,14 +68,9 @@ async fn drive_producer(
         workers.spawn(async move {
             let (mut ok, mut errors) = (0u64, 0u64);
             while Instant::now() < deadline {
-                let keys: Vec<String> = if fresh_keys {
-                    batch.iter().map(|_| uuid::Uuid::new_v4().to_string()).collect()
-                } else {
-                    batch.iter().map(|(k, _)| k.clone()).collect()
-                };
-                let sends = batch.iter().zip(&keys).map(|((_, value), key)| {
-                    let rec = FutureRecord::to(&topic).key(key.as_bytes()).payload(value.as_slice());
-                    p.send(rec, Duration::from_secs(10))
+                let sends = batch.iter().map(|(key, value)| {
+                    let rec = FutureRecord::to(&topic).payload(value.as_slice());
+                    p.send(if keyed { rec.key(key.as_bytes()) } else { rec }, Duration::from_secs(10))
                 });
                 for r in join_all(sends).await {
                     match r {
@@ -148,7 +143,7 @@ async fn single(
     let payload = encode_all(deps, topic, &[echo_request()]).await.remove(0).1;
     let dc_req = [http_request(dc_addr, "POST", "/v1/tasks", Some(token), SUBMIT_BODY)];
     let bare_req = [http_request(bare_addr, "POST", "/v1/tasks", Some(token), SUBMIT_BODY)];
-    // The raw producer sends the same bytes under a fresh key per record.
+    // The raw producer sends the same bytes without a key, as the ingress does.
     let raw = vec![Arc::new(vec![(String::new(), payload.clone())])];
     println!("# ingress: devcycle {dc_addr}, bare hyper {bare_addr}, topic {topic}, {secs} s per run");
     println!("# Avro TaskRequest payload: {} bytes; peak RSS resettable: {peak_resettable}", payload.len());
@@ -156,7 +151,7 @@ async fn single(
     // Warm up every path (connections, schema cache, agent cache, producer metadata).
     let _ = drive_http(dc_addr, &dc_req, 4, 1.0, false, None).await;
     let _ = drive_http(bare_addr, &bare_req, 4, 1.0, false, None).await;
-    let _ = drive_producer(producer, topic, &raw, 4, 1, true).await;
+    let _ = drive_producer(producer, topic, &raw, 4, 1, false).await;
 
     println!();
     println!(
@@ -184,7 +179,7 @@ async fn single(
             row.push(r.rps());
         }
         reset_peak_rss();
-        let (ok, errors, rate) = drive_producer(producer, topic, &raw, c, secs, true).await;
+        let (ok, errors, rate) = drive_producer(producer, topic, &raw, c, secs, false).await;
         let (hwm, _) = rss_mib();
         println!("| raw-producer (acks=all) | {c} in flight | {ok} | {errors} | {rate:.0} | | | | | | {hwm:.1} |");
         summary.push((c, row[0], row[1], rate));
@@ -232,7 +227,7 @@ async fn batched(
     );
 
     let _ = drive_http(dc_addr, &bodies, 4, 1.0, false, None).await;
-    let _ = drive_producer(producer, topic, &raw, 4, 1, false).await;
+    let _ = drive_producer(producer, topic, &raw, 4, 1, true).await;
 
     println!();
     println!(
@@ -257,7 +252,7 @@ async fn batched(
             error_notes.push(format!("devcycle at {c} conns:{}", r.errors_text()));
         }
         reset_peak_rss();
-        let (ok, errors, rate) = drive_producer(producer, topic, &raw, c, secs, false).await;
+        let (ok, errors, rate) = drive_producer(producer, topic, &raw, c, secs, true).await;
         let (hwm, _) = rss_mib();
         println!(
             "| raw-producer (acks=all) | {c}×{n} in flight | {} | {ok} | {errors} | {rate:.0} | | | | | | {hwm:.1} |",
