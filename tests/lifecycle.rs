@@ -15,19 +15,30 @@ async fn statuses(app: &TestApp, id: uuid::Uuid) -> Vec<String> {
     devcycle::db::tasks::events(&app.deps.pool, id).await.unwrap().into_iter().map(|e| e.1).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_queued_task_never_starts() {
-    // Ingress only: the task stays queued.
+/// A task of `agent` (created from `definition` first, if given) submitted while only the
+/// ingress runs, and cancelled while queued; then a processor starts. Returns (ingress,
+/// processor, task id).
+async fn cancelled_while_queued(agent: &str, definition: Option<serde_json::Value>) -> (TestApp, TestApp, uuid::Uuid) {
     let ingress = TestApp::spawn_with(|_| {}).await;
     let deps = ingress.deps.clone();
     ingress.stop().await;
     let ingress = TestApp::start(deps.clone(), Mode::Ingress).await;
-    let id = ingress.submit("echo", json!({"x": 1})).await;
+    if let Some(d) = definition {
+        assert_eq!(ingress.post("/v1/agents", &d).await.0, 201);
+    }
+    let id = ingress.submit(agent, json!({"x": 1})).await;
     let (s, b) = ingress.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["data"]["status"], "cancelled");
-    // Now a processor reads the request: it must not run it, and says so on the results topic.
+    // Now a processor reads the request.
     let processor = TestApp::start(deps, Mode::Process("agent-executor".into())).await;
+    (ingress, processor, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_queued_task_never_starts() {
+    // It must not run, and says so on the results topic.
+    let (ingress, processor, id) = cancelled_while_queued("echo", None).await;
     let results = ingress.read_results(&[id], WAIT).await;
     assert_eq!(results[0].0.status, TaskStatus::Cancelled);
     assert_eq!(statuses(&ingress, id).await, ["cancelled"]);
@@ -46,16 +57,8 @@ async fn a_cancelled_queued_task_never_starts() {
 /// stored `cancelled` is published at once, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_queued_task_of_a_builtin_agent_failing_retryably_is_not_retried() {
-    let ingress = TestApp::spawn_with(|_| {}).await;
-    let deps = ingress.deps.clone();
-    ingress.stop().await;
-    let ingress = TestApp::start(deps.clone(), Mode::Ingress).await;
-    let agent = json!({"name": "flaky", "executor": "builtin", "config": {"mode": "fail", "retryable": true}});
-    assert_eq!(ingress.post("/v1/agents", &agent).await.0, 201);
-    let id = ingress.submit("flaky", json!({"x": 1})).await;
-    let (s, b) = ingress.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
-    assert_eq!(s, 200, "{b}");
-    let processor = TestApp::start(deps, Mode::Process("agent-executor".into())).await;
+    let flaky = json!({"name": "flaky", "executor": "builtin", "config": {"mode": "fail", "retryable": true}});
+    let (ingress, processor, id) = cancelled_while_queued("flaky", Some(flaky)).await;
     let results = ingress.read_results(&[id], WAIT).await;
     assert_eq!((results[0].0.status, results[0].0.attempts), (TaskStatus::Cancelled, 0));
     // Retries would come 200 and 400 ms apart (the processor file's backoff), then the dead

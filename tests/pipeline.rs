@@ -250,8 +250,30 @@ async fn a_task_done_within_running_after_is_written_once_and_a_longer_one_shows
     app.stop().await;
 }
 
-/// A request redelivered after its task ended (a crash before the offset commit) publishes the
-/// stored result again and does not run the agent again: its command counts its runs in a file.
+/// Runs a task of `agent` to `succeeded`, then redelivers its request (a crash before the
+/// offset commit) with another input: the stored result is published again, unchanged, and
+/// nothing is written.
+async fn redeliver_a_final_task(app: &TestApp, agent: &str) {
+    let id = app.submit(agent, json!({"n": 1})).await;
+    app.wait_status(id, "succeeded", WAIT).await;
+    let before = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
+    let mut req = devcycle::domain::TaskRequest::new(agent, json!({"n": 2}));
+    req.task_id = id;
+    app.produce_request(&req, None).await;
+    let results = app.read_results(&[id, id], WAIT).await;
+    for (r, _) in &results {
+        let want = (TaskStatus::Succeeded, 1, &Some(json!({"n": 1})));
+        assert_eq!((r.status, r.attempts, &r.output), want, "{results:?}");
+    }
+    let after = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
+    assert_eq!((after.attempts, after.updated_at, after.output), (before.attempts, before.updated_at, before.output));
+    let statuses: Vec<String> =
+        devcycle::db::tasks::events(&app.deps.pool, id).await.unwrap().into_iter().map(|e| e.1).collect();
+    assert_eq!(statuses, ["running", "succeeded"]);
+}
+
+/// A redelivered final task of an agent with side effects does not run again: its command
+/// counts its runs in a file.
 async fn a_redelivered_final_task_is_not_run_again(running_after_ms: u64) {
     let app = TestApp::spawn_with(|s| {
         let edits = [("running_after_ms", running_after_ms.to_string())];
@@ -262,20 +284,7 @@ async fn a_redelivered_final_task_is_not_run_again(running_after_ms: u64) {
     let script = format!("echo run >> '{}'; cat", runs.display());
     let agent = json!({"name": "counted", "executor": "command", "config": {"program": "sh", "args": ["-c", script]}});
     assert_eq!(app.post("/v1/agents", &agent).await.0, 201);
-    let id = app.submit("counted", json!({"n": 1})).await;
-    app.wait_status(id, "succeeded", WAIT).await;
-    let before = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
-
-    let mut req = devcycle::domain::TaskRequest::new("counted", json!({"n": 1}));
-    req.task_id = id;
-    app.produce_request(&req, None).await;
-    let results = app.read_results(&[id, id], WAIT).await;
-    assert!(results.iter().all(|(r, _)| r.status == TaskStatus::Succeeded && r.attempts == 1), "{results:?}");
-    let after = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
-    assert_eq!((after.attempts, after.updated_at), (before.attempts, before.updated_at));
-    let statuses: Vec<String> =
-        devcycle::db::tasks::events(&app.deps.pool, id).await.unwrap().into_iter().map(|e| e.1).collect();
-    assert_eq!(statuses, ["running", "succeeded"]);
+    redeliver_a_final_task(&app, "counted").await;
     // Give a second run time to show before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1, "the agent ran once");
@@ -287,25 +296,7 @@ async fn a_redelivered_final_task_is_not_run_again(running_after_ms: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_final_task_of_a_builtin_agent_is_published_as_stored() {
     let app = TestApp::spawn().await;
-    let id = app.submit("echo", json!({"n": 1})).await;
-    app.wait_status(id, "succeeded", WAIT).await;
-    let before = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
-    let mut req = devcycle::domain::TaskRequest::new("echo", json!({"n": 2}));
-    req.task_id = id;
-    app.produce_request(&req, None).await;
-    let results = app.read_results(&[id, id], WAIT).await;
-    for (r, _) in &results {
-        assert_eq!(
-            (r.status, r.attempts, &r.output),
-            (TaskStatus::Succeeded, 1, &Some(json!({"n": 1}))),
-            "{results:?}"
-        );
-    }
-    let after = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
-    assert_eq!((after.attempts, after.updated_at, after.output), (before.attempts, before.updated_at, before.output));
-    let statuses: Vec<String> =
-        devcycle::db::tasks::events(&app.deps.pool, id).await.unwrap().into_iter().map(|e| e.1).collect();
-    assert_eq!(statuses, ["running", "succeeded"]);
+    redeliver_a_final_task(&app, "echo").await;
     app.stop().await;
 }
 
