@@ -263,8 +263,7 @@ async fn a_gateway_batch_is_one_producer_span_whose_context_its_records_carry() 
         let headers = common::header_pairs(&m);
         assert!(headers.contains(&("traceparent".to_string(), want.clone())), "{headers:?}");
         assert!(headers.contains(&("tracestate".to_string(), "vendor=1".to_string())), "{headers:?}");
-        // Submitted without a key: the record has none (the task id is in its value).
-        assert!(m.key().is_none());
+        assert!(m.key().is_some());
         seen += 1;
     }
     app.stop().await;
