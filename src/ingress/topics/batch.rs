@@ -8,7 +8,7 @@
 
 use super::quota::check_quota;
 use super::receipts::receipt;
-use super::record::{parse_record, read_body, RecordIn};
+use super::record::{read_body, RecordIn};
 use super::{
     declared, end_producer_span, enqueue_record, header, overall, producer_span, redis_down, settle, value_schema,
     wants_async, Line,
@@ -80,7 +80,7 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
             only_names(body_in.others.iter().map(|k| k.as_ref()), &["records"])?;
             list.ok_or_else(|| ApiError::validation("records", "must be an array of records"))?
         }
-        None => vec![parse_record(text)],
+        None => vec![Ok(body_in.record)],
     };
     if records.is_empty() {
         return Err(ApiError::validation("records", "must hold at least one record"));

@@ -46,6 +46,7 @@ const MAX_FUTURE_TIMESTAMP_MS: i64 = 3_600_000;
 const RECORD_FIELDS: &[&str] = &["key", "value", "headers", "partition", "timestamp"];
 
 /// A record as sent: its fields other than `value` parsed, the `value` as JSON text.
+#[derive(Default)]
 pub(super) struct RecordIn<'a> {
     fields: Map<String, Json>,
     value: Option<&'a RawValue>,
@@ -65,13 +66,15 @@ fn not_an_object() -> Line {
 }
 
 /// A request body as read in one pass: the records of `{"records": [...]}` (each read while the
-/// body is, its value kept as text), and the names of its other members (a body without
-/// `records` is one record, read by [`parse_record`]).
+/// body is, its value kept as text), and its other members, which are the one record of a body
+/// without `records`.
 pub(super) struct BodyIn<'a> {
     /// The last `records` member: its records, or `None` when it is not an array.
     pub(super) records: Option<Option<Vec<Result<RecordIn<'a>, Line>>>>,
-    /// The names of every other member.
+    /// The names of every other member, in the body's order.
     pub(super) others: Vec<Cow<'a, str>>,
+    /// Every other member, as a record.
+    pub(super) record: RecordIn<'a>,
 }
 
 /// Reads a request body in one pass. A syntax error, or a body that is not an object (a data
@@ -91,13 +94,13 @@ impl<'de> Visitor<'de> for BodyVisitor {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BodyIn<'de>, A::Error> {
-        let mut body = BodyIn { records: None, others: Vec::new() };
+        let mut body = BodyIn { records: None, others: Vec::new(), record: RecordIn::default() };
         while let Some(JsonKey(key)) = map.next_key()? {
             if key == "records" {
                 body.records = Some(map.next_value::<Records>()?.0);
             } else {
-                map.next_value::<IgnoredAny>()?;
-                body.others.push(key);
+                body.others.push(key.clone());
+                take_member(&mut body.record, key, &mut map)?;
             }
         }
         Ok(body)
@@ -132,6 +135,20 @@ impl<'de> Deserialize<'de> for Records<'de> {
     }
 }
 
+/// Reads the value of member `key` into `rec`: `value` kept as text, any other as a field.
+fn take_member<'de, M: MapAccess<'de>>(
+    rec: &mut RecordIn<'de>,
+    key: Cow<'de, str>,
+    map: &mut M,
+) -> Result<(), M::Error> {
+    if key == "value" {
+        rec.value = Some(map.next_value()?);
+    } else {
+        rec.fields.insert(key.into_owned(), map.next_value()?);
+    }
+    Ok(())
+}
+
 /// One element of `records`: the record, or its line when it is not an object.
 struct Slot<'a>(Result<RecordIn<'a>, Line>);
 
@@ -144,13 +161,9 @@ impl<'de> Deserialize<'de> for Slot<'de> {
                 f.write_str("a record")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Slot<'de>, M::Error> {
-                let mut rec = RecordIn { fields: Map::new(), value: None };
+                let mut rec = RecordIn::default();
                 while let Some(JsonKey(key)) = map.next_key()? {
-                    if key == "value" {
-                        rec.value = Some(map.next_value()?);
-                    } else {
-                        rec.fields.insert(key.into_owned(), map.next_value()?);
-                    }
+                    take_member(&mut rec, key, &mut map)?;
                 }
                 Ok(Slot(Ok(rec)))
             }
@@ -308,9 +321,10 @@ mod tests {
         let body = read_body(text).unwrap();
         assert!(body.records.is_none());
         assert_eq!(body.others, vec!["key", "value"]);
-        let rec = parse_record(text).unwrap();
-        assert_eq!(rec.fields.get("key"), Some(&Json::String("ké".into())));
-        assert_eq!(rec.value.map(RawValue::get), Some(r#"{"a": 1}"#));
+        for rec in [body.record, parse_record(text).unwrap()] {
+            assert_eq!(rec.fields.get("key"), Some(&Json::String("ké".into())));
+            assert_eq!(rec.value.map(RawValue::get), Some(r#"{"a": 1}"#));
+        }
     }
 
     #[test]

@@ -53,9 +53,10 @@ impl AgentExecutor {
     ) -> Result<(), ProcessError> {
         let running_after = Duration::from_millis(self.spec.timeouts.running_after_ms);
         let p = &meta.publisher;
-        // Whether the status is still to be read, should the outcome be a retry.
-        let unchecked = !running_after.is_zero() && !agent.executor.has_side_effects();
-        if !running_after.is_zero() && !unchecked {
+        // An agent with side effects runs only once its task is known not to be final; one
+        // without runs at once and reads the status only before a retry.
+        let reads_first = agent.executor.has_side_effects();
+        if !running_after.is_zero() && reads_first {
             if let Some(row) = self.final_row(req).await? {
                 return self.republish(p, row).await;
             }
@@ -75,7 +76,7 @@ impl AgentExecutor {
             if let Ok(result) = tokio::time::timeout(running_after, &mut run).await {
                 let verdict = verdict(agent, result, exec, started);
                 // A final task is not retried: what was stored is published again.
-                if unchecked && matches!(verdict, Verdict::Retry { .. }) {
+                if !reads_first && matches!(verdict, Verdict::Retry { .. }) {
                     if let Some(row) = self.final_row(req).await? {
                         return self.republish(p, row).await;
                     }
