@@ -174,6 +174,19 @@ pub fn rss_mib() -> (f64, f64) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Tables
+
+/// Starts a results table: a blank line, the header and its alignment row. `align` has one
+/// character per column: `l` left-aligned (names), `r` right-aligned (numbers).
+pub fn table(columns: &[&str], align: &str) {
+    assert_eq!(columns.len(), align.len(), "one alignment per column");
+    let rule: String = align.chars().map(|a| if a == 'r' { "---:|" } else { "---|" }).collect();
+    println!();
+    println!("| {} |", columns.join(" | "));
+    println!("|{rule}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Histograms (µs, 1 µs .. 60 s, 3 significant digits)
 
 pub fn hist() -> Histogram<u64> {
@@ -191,6 +204,10 @@ pub fn pct(h: &Histogram<u64>, q: f64) -> String {
     }
     format!("{:.2}", h.value_at_quantile(q) as f64 / 1000.0)
 }
+
+/// The columns of [`latency_cells`], and of a peak RSS.
+pub const LAT: [&str; 5] = ["P50 ms", "P95 ms", "P99 ms", "P99.9 ms", "max ms"];
+pub const RSS: &str = "peak RSS MiB";
 
 /// The P50, P95, P99, P99.9 and max cells of a results table row (ms).
 pub fn latency_cells(h: &Histogram<u64>) -> String {

@@ -293,9 +293,7 @@ pub async fn run(a: Args) {
         statuses(&health.errors),
     );
     println!("# peak RSS of the whole process (ingress + processor + generator + clients) during the open loop: {hwm:.1} MiB (resettable: {peak_resettable})");
-    println!();
-    println!("| metric | samples | errors | P50 ms | P95 ms | P99 ms | P99.9 ms | max ms | target | met |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    table(&[&["metric", "samples", "errors"][..], &LAT, &["target", "met"]].concat(), "lrrrrrrrll");
     let sub = load.from_schedule.as_ref().unwrap();
     let hl = health.from_schedule.as_ref().unwrap();
     row(

@@ -91,6 +91,13 @@ async fn drive_producer(
     (ok, errors, ok as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The notes on runs with failed requests, one line each.
+fn print_errors(notes: Vec<String>) {
+    for n in notes {
+        println!("# errors (status×count, 0 = broken exchange): {n}");
+    }
+}
+
 /// The gateway's JSON for a TaskRequest (the Avro schema's fields; `input` is JSON text).
 fn gateway_record(r: &TaskRequest) -> serde_json::Value {
     serde_json::json!({
@@ -153,11 +160,7 @@ async fn single(
     let _ = drive_http(bare_addr, &bare_req, 4, 1.0, false, None).await;
     let _ = drive_producer(producer, topic, &raw, 4, 1, false).await;
 
-    println!();
-    println!(
-        "| target | conns | requests | errors | req/s | P50 ms | P95 ms | P99 ms | P99.9 ms | max ms | peak RSS MiB |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    table(&[&["target", "conns", "requests", "errors", "req/s"][..], &LAT, &[RSS]].concat(), "lrrrrrrrrrr");
     let mut summary = Vec::new();
     let mut error_notes = Vec::new();
     for &c in conns {
@@ -184,12 +187,9 @@ async fn single(
         println!("| raw-producer (acks=all) | {c} in flight | {ok} | {errors} | {rate:.0} | | | | | | {hwm:.1} |");
         summary.push((c, row[0], row[1], rate));
     }
-    for n in error_notes {
-        println!("# errors (status×count, 0 = broken exchange): {n}");
-    }
-    println!();
-    println!("| conns | devcycle req/s | bare req/s | devcycle/bare (target ≥ 0.5 at 64) | raw producer rec/s | devcycle/raw producer |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    print_errors(error_notes);
+    let cols = ["conns", "devcycle req/s", "bare req/s", "devcycle/bare (target ≥ 0.5 at 64)", "raw producer rec/s"];
+    table(&[&cols[..], &["devcycle/raw producer"]].concat(), "rrrrrr");
     for (c, dc, bare, raw) in summary {
         println!("| {c} | {dc:.0} | {bare:.0} | {:.3} | {raw:.0} | {:.3} |", dc / bare, dc / raw);
     }
@@ -229,11 +229,8 @@ async fn batched(
     let _ = drive_http(dc_addr, &bodies, 4, 1.0, false, None).await;
     let _ = drive_producer(producer, topic, &raw, 4, 1, true).await;
 
-    println!();
-    println!(
-        "| target | conns | requests | records | errors | records/s | P50 ms | P95 ms | P99 ms | P99.9 ms | max ms | peak RSS MiB |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let cols = ["target", "conns", "requests", "records", "errors", "records/s"];
+    table(&[&cols[..], &LAT, &[RSS]].concat(), "lrrrrrrrrrrr");
     let mut summary = Vec::new();
     let mut error_notes = Vec::new();
     for &c in conns {
@@ -260,12 +257,8 @@ async fn batched(
         );
         summary.push((c, dc_rate, rate));
     }
-    for e in error_notes {
-        println!("# errors (status×count, 0 = broken exchange): {e}");
-    }
-    println!();
-    println!("| conns | devcycle records/s | raw producer records/s | devcycle/raw (target ≥ 0.7) |");
-    println!("|---:|---:|---:|---:|");
+    print_errors(error_notes);
+    table(&["conns", "devcycle records/s", "raw producer records/s", "devcycle/raw (target ≥ 0.7)"], "rrrr");
     for (c, dc, raw) in summary {
         println!("| {c} | {dc:.0} | {raw:.0} | {:.3} |", dc / raw);
     }

@@ -74,9 +74,8 @@ pub async fn run(tasks: usize, timeout_secs: u64) {
     let (n_results, first_ts, last_ts) = read_timestamps(&deps.settings, &res_topic, tasks).await;
     let span_s = (last_ts - first_ts) as f64 / 1000.0;
     let dc_rate = if span_s > 0.0 { (n_results.saturating_sub(1)) as f64 / span_s } else { f64::NAN };
-    println!();
-    println!("| target | records | terminal in PG | succeeded | first result s | all done s | first→last result s | rate/s | peak RSS MiB |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let cols = ["target", "records", "terminal in PG", "succeeded", "first result s", "all done s"];
+    table(&[&cols[..], &["first→last result s", "rate/s", RSS]].concat(), "lrrrrrrrr");
     println!(
         "| devcycle agent-executor | {tasks} | {done} | {succeeded} | {:.2} | {:.2} | {span_s:.2} | {dc_rate:.0} | {hwm:.1} |",
         first_seen.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),

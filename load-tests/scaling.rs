@@ -149,9 +149,9 @@ pub async fn run(tasks: usize, processors: Vec<usize>, partitions: i32, timeout_
         rows.push(Row { k, assignment, results, records, retried, span, rate, ts_rate, hwm });
     }
     let base = rows.iter().find(|r| r.k == 1).or(rows.first()).map(|r| r.rate).unwrap_or(f64::NAN);
-    println!();
-    println!("| processors | partitions each | tasks | results | result records | retried attempts | first→last result s | tasks/s (seen) | tasks/s (record timestamps) | vs 1 processor | peak RSS MiB (all instances) |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let cols = ["processors", "partitions each", "tasks", "results", "result records", "retried attempts"];
+    let more = ["first→last result s", "tasks/s (seen)", "tasks/s (record timestamps)", "vs 1 processor"];
+    table(&[&cols[..], &more, &["peak RSS MiB (all instances)"]].concat(), "rlrrrrrrrrr");
     for r in rows {
         println!(
             "| {} | {:?} | {tasks} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.1} |",

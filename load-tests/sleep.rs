@@ -93,9 +93,11 @@ pub async fn run(tasks: usize, ms: u64, timeout_secs: u64) {
     let waves = tasks.div_ceil(spec.concurrency.max(1));
     let ideal = waves as f64 * ms as f64 / 1000.0;
     println!("# tasks_in_flight per second (max of 100 ms samples): {per_second:?}");
-    println!();
-    println!("| tasks | sleep ms | concurrency | peak in flight (gauge, 100 ms samples) | peak at s | peak overlapping executions (results' started_at..finished_at) | results | succeeded | first result s | all results s | ideal s ({waves} waves) | peak RSS MiB (VmHWM) | max sampled RSS MiB |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let ideal_col = format!("ideal s ({waves} waves)");
+    let cols = ["tasks", "sleep ms", "concurrency", "peak in flight (gauge, 100 ms samples)", "peak at s"];
+    let more = ["peak overlapping executions (results' started_at..finished_at)", "results", "succeeded"];
+    let last = ["first result s", "all results s", &ideal_col, "peak RSS MiB (VmHWM)", "max sampled RSS MiB"];
+    table(&[&cols[..], &more, &last].concat(), "rrrrrrrrrrrrr");
     println!(
         "| {tasks} | {ms} | {} | {peak} | {:.1} | {overlap} | {} | {succeeded} | {:.2} | {:.2} | {ideal:.1} | {hwm:.1} | {peak_rss:.1} |",
         spec.concurrency,
