@@ -123,29 +123,30 @@ pub async fn run(secs: u64, conns: Vec<usize>, batch: Option<usize>) {
     let token = bench_token(&deps).await;
     let topic = deps.catalog.topic_name(REQUESTS);
     let producer = raw_producer(&deps.settings);
+    let b = Bench { deps: &deps, dc_addr, token: &token, producer: &producer, topic: &topic, secs, conns: &conns };
     match batch {
-        None => {
-            single(&deps, dc_addr, &token, &producer, &topic, secs, &conns, peak_resettable, shutdown.clone()).await
-        }
-        Some(n) => batched(&deps, dc_addr, &token, &producer, &topic, secs, &conns, n, peak_resettable).await,
+        None => single(&b, peak_resettable, shutdown.clone()).await,
+        Some(n) => batched(&b, n, peak_resettable).await,
     }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
     cleanup(&deps.settings, &deps.catalog, &deps.pool).await;
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn single(
-    deps: &Deps,
+/// What both kinds of run share: the ingress under test, its token, the raw producer, the
+/// requests topic, the seconds per run and the connection counts.
+struct Bench<'a> {
+    deps: &'a Deps,
     dc_addr: SocketAddr,
-    token: &str,
-    producer: &FutureProducer,
-    topic: &str,
+    token: &'a str,
+    producer: &'a FutureProducer,
+    topic: &'a str,
     secs: u64,
-    conns: &[usize],
-    peak_resettable: bool,
-    shutdown: CancellationToken,
-) {
+    conns: &'a [usize],
+}
+
+async fn single(b: &Bench<'_>, peak_resettable: bool, shutdown: CancellationToken) {
+    let Bench { deps, dc_addr, token, producer, topic, secs, conns } = *b;
     let bare_addr = spawn_bare(shutdown).await;
     let payload = encode_all(deps, topic, &[echo_request()]).await.remove(0).1;
     let dc_req = [http_request(dc_addr, "POST", "/v1/tasks", Some(token), SUBMIT_BODY)];
@@ -195,18 +196,8 @@ async fn single(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn batched(
-    deps: &Deps,
-    dc_addr: SocketAddr,
-    token: &str,
-    producer: &FutureProducer,
-    topic: &str,
-    secs: u64,
-    conns: &[usize],
-    n: usize,
-    peak_resettable: bool,
-) {
+async fn batched(b: &Bench<'_>, n: usize, peak_resettable: bool) {
+    let Bench { deps, dc_addr, token, producer, topic, secs, conns } = *b;
     // One batch of `n` distinct echo TaskRequests per connection, reused for every request of
     // that connection; the raw producer's sender i sends the same records' Avro bytes.
     let max_c = conns.iter().copied().max().unwrap_or(1);
