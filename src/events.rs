@@ -21,6 +21,10 @@ pub struct HttpLabels {
     pub status: u16,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
 }
@@ -63,6 +67,8 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub http_connections: Family<ListenerLabels, Gauge>,
+    pub http_connection_limit: Family<ListenerLabels, Counter>,
     pub produce_duration: Family<TopicLabels, Histogram, fn() -> Histogram>,
     pub produce_errors: Family<TopicLabels, Counter>,
     pub tasks_in_flight: Family<ProcessorLabels, Gauge>,
@@ -103,6 +109,8 @@ pub fn metrics() -> &'static Metrics {
         let m = Metrics {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency),
+            http_connections: Family::default(),
+            http_connection_limit: Family::default(),
             produce_duration: Family::new_with_constructor(latency),
             produce_errors: Family::default(),
             tasks_in_flight: Family::default(),
@@ -124,6 +132,12 @@ pub fn metrics() -> &'static Metrics {
         };
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
         r.register("http_request_duration_seconds", "HTTP request latency", m.http_duration.clone());
+        r.register("http_connections", "Open HTTP connections by listener (api, probes)", m.http_connections.clone());
+        r.register(
+            "http_connection_limit_reached",
+            "Times a listener reached its connection limit and stopped accepting",
+            m.http_connection_limit.clone(),
+        );
         r.register("kafka_produce_duration_seconds", "Time to a delivery report", m.produce_duration.clone());
         r.register("kafka_produce_errors", "Failed deliveries", m.produce_errors.clone());
         r.register("tasks_in_flight", "Records being processed", m.tasks_in_flight.clone());
@@ -228,6 +242,42 @@ impl HttpRequestCompleted<'_> {
                 status = self.status,
                 duration_ms,
                 "request completed"
+            );
+        }
+    }
+}
+
+/// An HTTP connection was accepted (`opened`) or closed on a listener (`api` or `probes`).
+pub struct HttpConnection<'a> {
+    pub listener: &'a str,
+    pub opened: bool,
+}
+impl HttpConnection<'_> {
+    pub fn emit(self) {
+        let g = metrics().http_connections.get_or_create(&ListenerLabels { listener: self.listener.into() }).clone();
+        if self.opened {
+            g.inc();
+        } else {
+            g.dec();
+        }
+    }
+}
+
+/// A listener has `limit` connections open and accepts no more until one closes; `log` says
+/// whether this occurrence is logged (the caller spaces the warnings out).
+pub struct HttpConnectionLimitReached<'a> {
+    pub listener: &'a str,
+    pub limit: usize,
+    pub log: bool,
+}
+impl HttpConnectionLimitReached<'_> {
+    pub fn emit(self) {
+        metrics().http_connection_limit.get_or_create(&ListenerLabels { listener: self.listener.into() }).inc();
+        if self.log {
+            tracing::warn!(
+                listener = self.listener,
+                limit = self.limit,
+                "connection limit reached; new connections wait in the listen backlog"
             );
         }
     }

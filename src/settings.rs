@@ -159,6 +159,10 @@ pub struct HttpSettings {
     pub port: u16,
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
+    /// Open connections served at once on the API port; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time for a request head to arrive, idle keep-alive wait included.
+    pub header_read_timeout_ms: u64,
     pub produce_timeout_ms: u64,
     pub retry_after_secs: u64,
     pub tls_cert_path: String,
@@ -379,6 +383,9 @@ impl Settings {
         }
         if self.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be positive"));
+        }
+        if self.http.max_connections == 0 || self.http.header_read_timeout_ms == 0 {
+            return Err(invalid("http", "max_connections and header_read_timeout_ms must be positive"));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be positive"));

@@ -3,7 +3,10 @@
 //! Invariants: every request gets a request id (the caller's valid `X-Request-ID` or a new one)
 //! echoed in the `X-Request-ID` header and the envelope; every response is a spec envelope;
 //! bodies are bounded by `http.max_body_bytes` and every request by `http.request_timeout_ms`;
-//! on shutdown the listener closes and open connections finish their current request.
+//! open connections by `http.max_connections` (at the limit nothing more is accepted until one
+//! closes), and the wait for a request head, idle keep-alive included, by
+//! `http.header_read_timeout_ms`; on shutdown the listener closes and open connections finish
+//! their current request.
 
 mod agents;
 mod auth;
@@ -22,7 +25,7 @@ pub use probes::Probes;
 pub use router::{Access, RateClass};
 
 use crate::app::Deps;
-use crate::events::HttpRequestCompleted;
+use crate::events::{HttpConnection, HttpConnectionLimitReached, HttpRequestCompleted};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
@@ -34,6 +37,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -44,6 +48,31 @@ pub struct Server {
     /// Serve only /health, /ready, /startup and /metrics (a processor's metrics port).
     probes_only: bool,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Connections served at once.
+    max_connections: usize,
+}
+
+/// How often reaching the connection limit is logged at most (each time is counted).
+const LIMIT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A connection's place under its listener's limit: the permit, and the open-connections gauge
+/// while it is held.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    listener: &'static str,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, listener: &'static str) -> Slot {
+        HttpConnection { listener, opened: true }.emit();
+        Slot { _permit: permit, listener }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        HttpConnection { listener: self.listener, opened: false }.emit();
+    }
 }
 
 /// The rustls acceptor for `http.tls_cert_path` / `http.tls_key_path` (None when unset).
@@ -75,7 +104,8 @@ impl Server {
         let addr = format!("{}:{}", deps.settings.http.host, deps.settings.http.port);
         let listener = TcpListener::bind(&addr).await?;
         tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "ingress listening");
-        Ok(Server { deps, listener, tls, probes_only: false })
+        let max_connections = deps.settings.http.max_connections;
+        Ok(Server { deps, listener, tls, probes_only: false, max_connections })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -86,7 +116,27 @@ impl Server {
     /// timeout).
     pub async fn serve(self, shutdown: CancellationToken) {
         let graceful = GracefulShutdown::new();
+        let listener = if self.probes_only { "probes" } else { "api" };
+        let limit = Arc::new(Semaphore::new(self.max_connections));
+        let header_read_timeout = Duration::from_millis(self.deps.settings.http.header_read_timeout_ms);
+        let mut logged: Option<Instant> = None;
         loop {
+            // A place for the next connection first: at the limit, nothing is accepted (the
+            // kernel's listen backlog holds new connections) until an open one closes.
+            let permit = match limit.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    let log = logged.is_none_or(|t| t.elapsed() >= LIMIT_LOG_EVERY);
+                    if log {
+                        logged = Some(Instant::now());
+                    }
+                    HttpConnectionLimitReached { listener, limit: self.max_connections, log }.emit();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        p = limit.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
+                    }
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => {
@@ -117,13 +167,15 @@ impl Server {
                     });
                     let watcher = graceful.watcher();
                     let tls = self.tls.clone();
+                    let slot = Slot::new(permit, listener);
                     tokio::spawn(async move {
+                        let _slot = slot;
                         let mut builder = http1::Builder::new();
-                        builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+                        builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
                         let served = match tls {
                             None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
                             Some(acceptor) => {
-                                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                                match tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc)).await,
                                     Ok(Err(e)) => {
                                         tracing::debug!(error = %e, peer = %peer, "TLS handshake failed");

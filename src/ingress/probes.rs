@@ -17,6 +17,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Connections the probe listener serves at once: kubelet probes and metrics scrapers need a
+/// few; the bound keeps a misbehaving client from taking the process's file descriptors.
+const PROBE_CONNECTIONS: usize = 64;
+
 /// A running probe listener.
 pub struct Probes {
     addr: SocketAddr,
@@ -37,7 +41,8 @@ impl Probes {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => {
                         tracing::info!(addr = %addr, "probes and metrics listening");
-                        Server { deps, listener, tls: None, probes_only: true }.serve(shutdown).await
+                        let max_connections = PROBE_CONNECTIONS;
+                        Server { deps, listener, tls: None, probes_only: true, max_connections }.serve(shutdown).await
                     }
                     Err(e) => tracing::error!(error = %e, "probe listener not registered; probes unavailable"),
                 }
