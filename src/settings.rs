@@ -31,6 +31,9 @@ const DEV_SECRET: &str = "dev-insecure-secret-key-change-me-0000000000";
 /// At most this many group-commit writers per processor (each holds a Postgres connection).
 pub const MAX_TASK_WRITERS: usize = 16;
 
+/// The most connections `http.max_connections` may allow (each holds a file descriptor).
+pub const MAX_HTTP_CONNECTIONS: usize = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -384,8 +387,11 @@ impl Settings {
         if self.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be positive"));
         }
-        if self.http.max_connections == 0 || self.http.header_read_timeout_ms == 0 {
-            return Err(invalid("http", "max_connections and header_read_timeout_ms must be positive"));
+        if !(1..=MAX_HTTP_CONNECTIONS).contains(&self.http.max_connections) {
+            return Err(invalid("http.max_connections", format!("must be from 1 to {MAX_HTTP_CONNECTIONS}")));
+        }
+        if self.http.header_read_timeout_ms == 0 {
+            return Err(invalid("http.header_read_timeout_ms", "must be positive"));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be positive"));
@@ -572,6 +578,12 @@ mod tests {
         assert!(e.to_string().contains("database.task_writers"), "{e}");
         let s = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__DATABASE__TASK_WRITERS", "3")])).unwrap();
         assert_eq!(s.database.task_writers, 3);
+        for bad in ["0", "1048577"] {
+            let e = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__HTTP__MAX_CONNECTIONS", bad)])).unwrap_err();
+            assert!(e.to_string().contains("http.max_connections"), "{e}");
+        }
+        let e = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__HTTP__HEADER_READ_TIMEOUT_MS", "0")])).unwrap_err();
+        assert!(e.to_string().contains("http.header_read_timeout_ms"), "{e}");
     }
 
     #[test]

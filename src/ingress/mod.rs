@@ -116,7 +116,7 @@ impl Server {
     /// timeout).
     pub async fn serve(self, shutdown: CancellationToken) {
         let graceful = GracefulShutdown::new();
-        let listener = if self.probes_only { "probes" } else { "api" };
+        let kind = if self.probes_only { "probes" } else { "api" };
         let limit = Arc::new(Semaphore::new(self.max_connections));
         let header_read_timeout = Duration::from_millis(self.deps.settings.http.header_read_timeout_ms);
         let mut logged: Option<Instant> = None;
@@ -130,7 +130,7 @@ impl Server {
                     if log {
                         logged = Some(Instant::now());
                     }
-                    HttpConnectionLimitReached { listener, limit: self.max_connections, log }.emit();
+                    HttpConnectionLimitReached { listener: kind, limit: self.max_connections, log }.emit();
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         p = limit.clone().acquire_owned() => p.expect("the connection semaphore is never closed"),
@@ -167,7 +167,7 @@ impl Server {
                     });
                     let watcher = graceful.watcher();
                     let tls = self.tls.clone();
-                    let slot = Slot::new(permit, listener);
+                    let slot = Slot::new(permit, kind);
                     tokio::spawn(async move {
                         let _slot = slot;
                         let mut builder = http1::Builder::new();
