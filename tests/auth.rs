@@ -384,6 +384,48 @@ async fn permissions_and_task_ownership() {
     app.stop().await;
 }
 
+/// Only the submitter (or a caller with `task:read:all`) cancels a task; anyone else gets 404,
+/// as for `GET`. A task cancelled while only queued keeps its submitter in Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_submitter_or_an_admin_cancels_a_task() {
+    // No processor: submitted tasks stay queued, known only from their hot status.
+    let deps = devcycle::app::Deps::connect(common::test_settings()).await.unwrap();
+    let app = TestApp::start(deps, devcycle::app::Mode::Ingress).await;
+    let (_, alice) = app.user_token("developer").await;
+    let (_, bob) = app.user_token("developer").await;
+    let alice_id = payload(&alice)["sub"].as_str().unwrap().to_string();
+    let mut ids: Vec<uuid::Uuid> = Vec::new();
+    for _ in 0..2 {
+        let (s, b) = post_with(&app, "/v1/tasks", &alice, &json!({"agent": "echo", "input": 1})).await;
+        assert_eq!(s, 202, "{b}");
+        ids.push(b["data"]["task_id"].as_str().unwrap().parse().unwrap());
+    }
+
+    // Bob cannot cancel Alice's task, and it is still queued.
+    let (s, b) = post_with(&app, &format!("/v1/tasks/{}/cancel", ids[0]), &bob, &json!({})).await;
+    assert_error(s, &b, 404, "NOT_FOUND");
+    assert!(devcycle::db::tasks::get(&app.deps.pool, ids[0]).await.unwrap().is_none(), "Bob's cancel wrote a row");
+    let (s, _, b) = get_with(&app, &format!("/v1/tasks/{}", ids[0]), &alice).await;
+    assert_eq!((s, b["data"]["status"].as_str()), (200, Some("queued")), "{b}");
+
+    // Alice can; the row keeps her as the submitter, so she still finds it without Redis.
+    let (s, b) = post_with(&app, &format!("/v1/tasks/{}/cancel", ids[0]), &alice, &json!({})).await;
+    assert_eq!((s, b["data"]["status"].as_str()), (200, Some("cancelled")), "{b}");
+    let row = devcycle::db::tasks::get(&app.deps.pool, ids[0]).await.unwrap().unwrap();
+    assert_eq!((row.status.as_str(), row.submitted_by.as_deref()), ("cancelled", Some(alice_id.as_str())));
+    app.deps.cache.forget_task(ids[0]).await.unwrap();
+    let (s, _, b) = get_with(&app, &format!("/v1/tasks/{}", ids[0]), &alice).await;
+    assert_eq!((s, b["data"]["status"].as_str()), (200, Some("cancelled")), "{b}");
+    // Once Postgres has the row, Bob is still refused.
+    let (s, b) = post_with(&app, &format!("/v1/tasks/{}/cancel", ids[0]), &bob, &json!({})).await;
+    assert_error(s, &b, 404, "NOT_FOUND");
+
+    // An admin (the test client) cancels anyone's task.
+    let (s, b) = app.post(&format!("/v1/tasks/{}/cancel", ids[1]), &json!({})).await;
+    assert_eq!((s, b["data"]["status"].as_str()), (200, Some("cancelled")), "{b}");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injection_strings_are_data() {
     let app = TestApp::spawn().await;

@@ -164,7 +164,16 @@ pub enum Cancel {
 
 /// Cancels a task that is not final. A task not yet started (no row) is recorded as cancelled
 /// when its agent is known (from the hot status), so the processor never starts it.
-pub async fn cancel(pool: &PgPool, id: Uuid, agent_hint: Option<&str>, by: Option<&str>) -> Result<Cancel, DbError> {
+/// Cancels a task that is not final. A task Postgres has no record of yet (queued, known from
+/// its hot status) is recorded `cancelled` with `agent_hint` and `owner` (its submitter), so
+/// the submitter still finds it once the hot status is gone.
+pub async fn cancel(
+    pool: &PgPool,
+    id: Uuid,
+    agent_hint: Option<&str>,
+    owner: Option<&str>,
+    by: Option<&str>,
+) -> Result<Cancel, DbError> {
     let mut tx = pool.begin().await?;
     let prior: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE task_id = $1 FOR UPDATE")
         .bind(id)
@@ -194,12 +203,13 @@ pub async fn cancel(pool: &PgPool, id: Uuid, agent_hint: Option<&str>, by: Optio
                 return Ok(Cancel::NotFound);
             };
             sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO tasks (task_id, agent, status, input, error, error_class, finished_at)
-                 VALUES ($1, $2, 'cancelled', 'null'::jsonb, $3, 'cancelled', now()) RETURNING {COLUMNS}"
+                "INSERT INTO tasks (task_id, agent, status, input, error, error_class, finished_at, submitted_by)
+                 VALUES ($1, $2, 'cancelled', 'null'::jsonb, $3, 'cancelled', now(), $4) RETURNING {COLUMNS}"
             )))
             .bind(id)
             .bind(agent)
             .bind(&message)
+            .bind(owner)
             .fetch_one(&mut *tx)
             .await?
         }

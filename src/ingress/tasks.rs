@@ -204,13 +204,26 @@ pub async fn get(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
     Ok(ok(StatusCode::OK, data, "Task status", &ctx.request_id))
 }
 
-/// `POST /v1/tasks/{id}/cancel`: a queued task never starts; a running one is stopped.
+/// `POST /v1/tasks/{id}/cancel`: a queued task never starts; a running one is stopped. As with
+/// `GET`, callers without `task:read:all` reach only their own tasks; others' are "not found".
 pub async fn cancel(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
     use crate::db::tasks::Cancel;
     let id = Uuid::parse_str(id).map_err(|_| ApiError::validation("task_id", "must be a UUID"))?;
     let deps = &ctx.deps;
-    let hint = deps.cache.get_status(id).await.ok().flatten().and_then(|f| f.get("agent").cloned());
-    match crate::db::tasks::cancel(&deps.pool, id, hint.as_deref(), None).await? {
+    let hot = deps.cache.get_status(id).await.ok().flatten().unwrap_or_default();
+    let (agent, owner) = (hot.get("agent"), hot.get("submitted_by"));
+    if let Some(me) = ctx.principal.as_ref().filter(|p| !p.can("task:read:all")).map(|p| p.id.as_str()) {
+        // The submitter: Postgres's record when there is one, else the hot status's.
+        let owner = match crate::db::tasks::get(&deps.pool, id).await? {
+            Some(row) => row.submitted_by,
+            None => owner.cloned(),
+        };
+        if owner.as_deref() != Some(me) {
+            return Err(ApiError::NotFound(format!("task {id}")));
+        }
+    }
+    let by = ctx.principal.as_ref().map(|p| p.id.as_str());
+    match crate::db::tasks::cancel(&deps.pool, id, agent.map(String::as_str), owner.map(String::as_str), by).await? {
         Cancel::Cancelled(row) => {
             let now = Utc::now().to_rfc3339();
             deps.cache
