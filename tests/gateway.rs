@@ -255,6 +255,22 @@ async fn idempotency_key_replays_the_first_answer() {
     let (s, _, _) = app.send(post(&body, "idem-3")).await;
     assert_eq!(s, 200);
     assert_eq!(app.record_count(TOPIC), 4);
+
+    // A key is its caller's own: another user's same key and body is a request of its own.
+    let (_, other_user) = app.user_token("developer").await;
+    let req = app.http.post(app.url(RECORDS)).bearer_auth(&other_user).header("idempotency-key", "idem-1");
+    let r = req.json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers().get("idempotent-replayed").is_none(), "another user's answer was replayed");
+    assert_ne!(r.text().await.unwrap(), t1);
+    assert_eq!(app.record_count(TOPIC), 6, "the other user's records were not written");
+
+    // A value nested deeper than a JSON tree may be gets its answer (the record's line), not a
+    // dropped connection.
+    let deep = format!("{{\"value\": {}{}}}", "[".repeat(200), "]".repeat(200));
+    let req = app.http.post(app.url(RECORDS)).bearer_auth(&app.token).header("idempotency-key", "idem-deep");
+    let (s, _, b) = app.send(req.header("content-type", "application/json").body(deep)).await;
+    assert_eq!((s, b["error"].as_str()), (422, Some("VALIDATION_ERROR")), "{b}");
     app.stop().await;
 }
 

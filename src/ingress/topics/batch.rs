@@ -36,9 +36,11 @@ struct Answer<'a> {
     records: &'a [Line],
 }
 
-/// The Redis answer stored for an idempotency key.
+/// The Redis answer stored for an idempotency key: the key is the caller's own (another
+/// caller's same key is another request).
 fn idem_key(ctx: &Ctx, topic: &str, key: &str) -> String {
-    format!("{}gateway:idem:{topic}:{key}", ctx.deps.cache.prefix())
+    let caller = ctx.principal.as_ref().map_or("-", |p| p.id.as_str());
+    format!("{}gateway:idem:{caller}:{topic}:{key}", ctx.deps.cache.prefix())
 }
 
 enum Idem {
@@ -68,10 +70,13 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     let body = json_body(req, s.gateway.max_body_bytes).await?;
     let text = std::str::from_utf8(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let body_in = read_body(text).map_err(body_error)?;
-    // The idempotency hash covers the whole body (and the respond-async preference).
+    // The idempotency hash covers the whole body (and the respond-async preference), in its
+    // compact form; a body nested deeper than a JSON tree may be (its values were only skipped
+    // over when read) is hashed as sent.
     let body_hash = idem_header.as_ref().map(|_| {
-        let tree: Json = serde_json::from_str(text).expect("the body parsed already");
-        let canonical = serde_json::to_vec(&tree).expect("a JSON value serializes");
+        let canonical = serde_json::from_str::<Json>(text)
+            .map(|tree| serde_json::to_vec(&tree).expect("a JSON value serializes"))
+            .unwrap_or_else(|_| text.as_bytes().to_vec());
         format!("{}:{}", if is_async { "async" } else { "sync" }, hex(&Sha256::digest(&canonical)))
     });
     // `{records: [...]}` or one record; each record's value stays JSON text until it is encoded.
