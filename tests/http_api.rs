@@ -65,7 +65,8 @@ async fn bad_input_gets_the_error_envelope_and_never_a_500() {
     assert_error(s, &b, 422, "VALIDATION_ERROR");
     let (s, b) = app.post("/v1/auth/login", &json!({"email": "a\0@example.com", "password": "x"})).await;
     assert_error(s, &b, 422, "VALIDATION_ERROR");
-    for path in ["/v1/agents?q=a%00b", "/v1/audit?action=a%00b", "/v1/audit?actor=%00"] {
+    let huge = "page=9223372036854775807";
+    for path in ["/v1/agents?q=a%00b", "/v1/audit?action=a%00b", "/v1/audit?actor=%00", &format!("/v1/audit?{huge}")] {
         let (s, b) = app.get(path).await;
         assert_error(s, &b, 422, "VALIDATION_ERROR");
     }

@@ -358,7 +358,12 @@ pub async fn list_audit(ctx: &Ctx, query: Option<&str>) -> Result<HttpResponse, 
                 since = Some(t.with_timezone(&Utc));
             }
             "page" => {
-                page = v.parse().ok().filter(|p| *p >= 1).ok_or_else(|| ApiError::validation("page", "must be ≥ 1"))?
+                // Bounded as the agents list's is, so the offset cannot overflow.
+                page = v
+                    .parse()
+                    .ok()
+                    .filter(|p| (1..=100_000).contains(p))
+                    .ok_or_else(|| ApiError::validation("page", "must be from 1 to 100000"))?
             }
             "per_page" => {
                 per_page = v
