@@ -16,8 +16,17 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Sets the field/value pairs ARGV[2..] on hash KEYS[1] (one HSET) and its TTL to ARGV[1]
-/// seconds.
+/// seconds, unless that would take a final status back to one that is not: a late `running`
+/// or `retrying` never hides a task's end (returns 0 then). The final statuses must match
+/// TaskStatus::is_terminal (a unit test compares them).
 const SET_FIELDS: &str = r#"
+local final = { succeeded = true, failed = true, dead_lettered = true, cancelled = true, expired = true }
+local new
+for i = 2, #ARGV, 2 do if ARGV[i] == 'status' then new = ARGV[i + 1] end end
+if new and not final[new] then
+  local current = redis.call('HGET', KEYS[1], 'status')
+  if current and final[current] then return 0 end
+end
 if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
@@ -217,5 +226,17 @@ impl Cache {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_script_knows_the_final_statuses() {
+        for s in TaskStatus::ALL {
+            assert_eq!(SET_FIELDS.contains(&format!(" {s} = true")), s.is_terminal(), "{s}");
+        }
     }
 }

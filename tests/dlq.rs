@@ -63,6 +63,30 @@ async fn retried_then_dead_lettered_then_replayed_once_fixed() {
     app.stop().await;
 }
 
+/// A task that fails retryably, then succeeds on its next attempt, shows no error: the hot
+/// status of the success does not keep the failed attempt's error fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_after_a_retry_shows_no_error() {
+    let app = TestApp::spawn_with(|s| {
+        // Time enough to fix the agent between the two attempts.
+        s.paths.processors = common::processors_with(&s.database.schema, &[("initial_backoff_ms", "4000".into())]);
+    })
+    .await;
+    let agent = json!({"name": "flaky", "executor": "builtin",
+                       "config": {"mode": "fail", "retryable": true, "error": "upstream is down"}});
+    let (s, b) = app.post("/v1/agents", &agent).await;
+    assert_eq!(s, 201, "{b}");
+    let id = app.submit("flaky", json!({"job": 2})).await;
+    let retrying = app.wait_status(id, "retrying", WAIT).await;
+    assert_eq!(retrying["error"], "upstream is down", "{retrying}");
+    let fix = app.http.patch(app.url("/v1/agents/flaky")).json(&json!({"config": {"mode": "echo"}}));
+    assert_eq!(app.send(fix).await.0, 200);
+    let done = app.wait_status(id, "succeeded", WAIT).await;
+    assert_eq!((done["attempts"].as_i64(), &done["output"]), (Some(2), &json!({"job": 2})), "{done}");
+    assert!(done["error"].is_null() && done["error_class"].is_null(), "the failed attempt's error stayed: {done}");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_agent_from_a_raw_producer_is_dead_lettered() {
     let app = TestApp::spawn().await;

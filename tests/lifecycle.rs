@@ -161,3 +161,28 @@ async fn a_timed_out_command_is_killed_and_counted_as_configured() {
     assert!(!std::path::Path::new(&marker).exists(), "the timed-out command kept running");
     app.stop().await;
 }
+
+/// The hot status never goes back from a final state: a `running` or `retrying` that lands late
+/// (after a cancel, or after another processor finished the task) is not written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_status_never_goes_back_from_a_final_state() {
+    let deps = devcycle::app::Deps::connect(common::test_settings()).await.unwrap();
+    let cache = &deps.cache;
+    let id = uuid::Uuid::new_v4();
+    let status = |fields: Option<devcycle::cache::StatusFields>| fields.unwrap()["status"].clone();
+    cache.set_status(id, vec![("status", "running".into()), ("attempts", "1".into())]).await.unwrap();
+    assert_eq!(status(cache.get_status(id).await.unwrap()), "running");
+    let cancelled = vec![("status", "cancelled".into()), ("error", "cancelled by request".into())];
+    cache.set_status(id, cancelled).await.unwrap();
+    for late in ["running", "retrying"] {
+        cache.set_status(id, vec![("status", late.into()), ("error", "late".into())]).await.unwrap();
+        let hot = cache.get_status(id).await.unwrap().unwrap();
+        assert_eq!((hot["status"].as_str(), hot["error"].as_str()), ("cancelled", "cancelled by request"), "{late}");
+    }
+    // A final state is still written over a final one, and fields without a status are written.
+    cache.set_status(id, vec![("status", "succeeded".into())]).await.unwrap();
+    assert_eq!(status(cache.get_status(id).await.unwrap()), "succeeded");
+    cache.set_status(id, vec![("updated_at", "now".into())]).await.unwrap();
+    assert_eq!(cache.get_status(id).await.unwrap().unwrap()["updated_at"], "now");
+    cache.forget_task(id).await.unwrap();
+}

@@ -93,15 +93,11 @@ impl AgentExecutor {
             ("finished_at", ts(row.finished_at)),
             ("updated_at", row.updated_at.to_rfc3339()),
         ];
-        if let Some(o) = &row.output {
-            fields.push(("output", o.to_string()));
-        }
-        if let Some(e) = &row.error {
-            fields.push(("error", e.clone()));
-        }
-        if let Some(c) = &row.error_class {
-            fields.push(("error_class", c.clone()));
-        }
+        // Absent ones are written empty (read as absent), so an earlier attempt's error does not
+        // stay beside a later success.
+        fields.push(("output", row.output.as_ref().map(|o| o.to_string()).unwrap_or_default()));
+        fields.push(("error", row.error.clone().unwrap_or_default()));
+        fields.push(("error_class", row.error_class.clone().unwrap_or_default()));
         self.deps.cache.set_status(row.task_id, fields).await?;
         Ok(())
     }
