@@ -106,6 +106,19 @@ async fn command_agent_runs_its_program() {
     let id = app.submit("broken", json!({})).await;
     let done = app.wait_status(id, "failed", WAIT).await;
     assert!(done["error"].as_str().unwrap().contains("it broke"), "{done}");
+
+    // Output with a NUL character (which Postgres cannot store) is recorded with U+FFFD in its
+    // place, once: not a failed write that runs the program again.
+    let (s, _) = app
+        .post(
+            "/v1/agents",
+            &json!({"name": "nul", "executor": "command", "config": {"program": "printf", "args": ["a\\0b"]}}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let id = app.submit("nul", json!({})).await;
+    let done = app.wait_status(id, "succeeded", WAIT).await;
+    assert_eq!((&done["output"], done["attempts"].as_i64()), (&json!("a\u{FFFD}b"), Some(1)), "{done}");
     app.stop().await;
 }
 

@@ -73,7 +73,11 @@ impl Executors {
             }
         };
         match tokio::time::timeout(timeout, run).await {
-            Ok(r) => r,
+            Ok(Ok(output)) => Ok(without_nul(output)),
+            Ok(Err(ExecError::Failed { class, message })) => Err(ExecError::Failed { class, message: text(message) }),
+            Ok(Err(ExecError::Retryable { class, message })) => {
+                Err(ExecError::Retryable { class, message: text(message) })
+            }
             // Dropping the future kills a command's child (kill_on_drop) and aborts HTTP calls.
             Err(_) => {
                 let message = format!("no result within {} ms", timeout.as_millis());
@@ -91,4 +95,38 @@ impl Executors {
 /// Output text as JSON: parsed when it is JSON, else a JSON string.
 pub(crate) fn output_json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
+}
+
+/// Postgres stores no NUL character (jsonb and text refuse it), and a write that fails is
+/// retried by running the agent again: so each NUL in an agent's output (strings and keys) or
+/// error text becomes U+FFFD, and the outcome is recorded as it came.
+fn without_nul(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(text(s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (text(k), without_nul(v))).collect()),
+        other => other,
+    }
+}
+
+fn text(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nul_characters_become_replacement_characters() {
+        let v = json!({"a\0": ["x\0y", 1, {"k": "\0"}], "n": null});
+        assert_eq!(without_nul(v), json!({"a\u{FFFD}": ["x\u{FFFD}y", 1, {"k": "\u{FFFD}"}], "n": null}));
+        assert_eq!(text("clean".into()), "clean");
+    }
 }
