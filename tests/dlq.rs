@@ -7,6 +7,7 @@ mod common;
 use common::TestApp;
 use devcycle::ops::dlq::{self, Filter};
 use devcycle::runtime::dlq as h;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use std::time::Duration;
 
@@ -178,5 +179,44 @@ async fn dlq_replay_shows_progress_on_stderr_when_not_a_terminal() {
     assert!(ok, "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.starts_with("would replay "), "{stdout}");
     assert!(!stderr.contains("dlq "), "{stderr}");
+    app.stop().await;
+}
+
+/// A record so near Kafka's size limit that its dead letter (its bytes plus the letter's
+/// headers) is refused is dead-lettered without its value, saying so, and the partition goes on;
+/// such a letter is not replayed (its value is at its source offset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_to_dead_letter_whole_is_dead_lettered_without_its_value() {
+    let app = TestApp::spawn().await;
+    let requests = app.topic("devcycle.task-requests");
+    let producer: FutureProducer = devcycle::kafka::client_config(&app.deps.settings.kafka, "big").create().unwrap();
+    // Not Avro, and within a few hundred bytes of librdkafka's default message.max.bytes.
+    let value = vec![b'x'; 999_700];
+    let record = FutureRecord::to(&requests).key("big").payload(&value).partition(0);
+    let offset = producer.send(record, Duration::from_secs(10)).await.unwrap().offset;
+    // A good task behind it on the same partition.
+    let good = devcycle::domain::TaskRequest::new("echo", json!({"after": "big"}));
+    app.produce_request(&good, Some(0)).await;
+    app.wait_status(good.task_id, "succeeded", WAIT).await;
+
+    let dlq = app.consumer(&app.topic("devcycle.dead-letters"));
+    let deadline = std::time::Instant::now() + WAIT;
+    let (payload, headers) = loop {
+        assert!(std::time::Instant::now() < deadline, "no dead letter for the large record");
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), dlq.recv()).await else { continue };
+        use rdkafka::Message;
+        if m.key() == Some(b"big".as_slice()) {
+            let headers: std::collections::BTreeMap<String, String> = common::header_pairs(&m).into_iter().collect();
+            break (m.payload().map(<[u8]>::to_vec), headers);
+        }
+    };
+    assert_eq!(payload, None, "the value was sent after all");
+    assert!(headers[h::H_VALUE_OMITTED].starts_with("999700 bytes: "), "{headers:?}");
+    assert_eq!(headers[h::H_OFFSET], offset.to_string());
+    assert_eq!(headers[h::H_CLASS], "bad_magic_byte");
+    assert!(
+        dlq::replay(&app.deps, &Filter::default(), false).await.unwrap().is_empty(),
+        "a letter without its value was replayed"
+    );
     app.stop().await;
 }

@@ -165,6 +165,9 @@ pub async fn replay_with(
         .await?
         .into_iter()
         .filter(|(_, replayed)| !replayed)
+        // A letter without its record's value has nothing to replay (the value is at its source
+        // offset, while retained).
+        .filter(|(letter, _)| letter.header(h::H_VALUE_OMITTED).is_none())
         .filter_map(|(letter, _)| letter.header(h::H_TOPIC).map(|source| (letter, source)))
         .take(filter.limit.unwrap_or(usize::MAX))
         .collect();

@@ -19,6 +19,9 @@ pub const H_PROCESSOR: &str = "dlq.processor";
 pub const H_ATTEMPTS: &str = "dlq.attempts";
 pub const H_FIRST: &str = "dlq.first.failure";
 pub const H_LAST: &str = "dlq.last.failure";
+/// Set when Kafka refused the letter with the record's value (too large with the headers): the
+/// value's size and Kafka's reason. The value is still at its source offset while retained.
+pub const H_VALUE_OMITTED: &str = "dlq.value.omitted";
 
 /// Everything needed to dead-letter one record.
 #[derive(Debug, Clone)]
@@ -36,9 +39,17 @@ pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Why the value is not in the letter (see [`H_VALUE_OMITTED`]); None: it is.
+    pub value_omitted: Option<String>,
 }
 
 impl DeadLetter {
+    /// The same letter without the record's value, saying why (Kafka refused it with the value).
+    pub fn without_value(self, reason: &str) -> DeadLetter {
+        let size = self.value.as_ref().map_or(0, Vec::len);
+        DeadLetter { value: None, value_omitted: Some(format!("{size} bytes: {reason}")), ..self }
+    }
+
     /// Publishes the dead letter to `topic` (acknowledged, or held for the record's transaction).
     pub async fn publish(&self, publisher: &Publisher, topic: &str) -> Result<(), ProduceError> {
         let mut headers: Vec<(&str, Vec<u8>)> =
@@ -57,6 +68,9 @@ impl DeadLetter {
             (H_LAST, self.last_failure.to_rfc3339()),
         ] {
             headers.push((k, v.into_bytes()));
+        }
+        if let Some(why) = &self.value_omitted {
+            headers.push((H_VALUE_OMITTED, why.clone().into_bytes()));
         }
         publisher
             .publish(OutRecord {

@@ -11,8 +11,8 @@ use super::runner::Tp;
 use super::{Output, ProcessError, Processor, Publisher, RecordMeta, RunnerHealth};
 use crate::avro::DecodeError;
 use crate::catalog::ProcessorSpec;
-use crate::events::{RecordDeadLettered, RecordRetrying};
-use crate::kafka::Producer;
+use crate::events::{DeadLetterRefused, DeadLetterValueOmitted, RecordDeadLettered, RecordRetrying};
+use crate::kafka::{ProduceError, Producer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
@@ -181,7 +181,7 @@ async fn dead_letter<P: Processor>(
     attempts: u32,
     first_failure: chrono::DateTime<chrono::Utc>,
 ) {
-    let letter = DeadLetter {
+    let mut letter = DeadLetter {
         class: class.to_string(),
         message: message.to_string(),
         source_topic: meta.topic.clone(),
@@ -195,11 +195,40 @@ async fn dead_letter<P: Processor>(
         key: msg.key().map(<[u8]>::to_vec),
         value: msg.payload().map(<[u8]>::to_vec),
         headers: meta.headers.clone(),
+        value_omitted: None,
     };
     let mut waits = 0u32;
-    while let Err(e) = letter.publish(&meta.publisher, &shared.dead_letter_topic).await {
-        waits += 1;
-        wait_unavailable(shared, "kafka", &e.to_string(), waits).await;
+    let written = loop {
+        match letter.publish(&meta.publisher, &shared.dead_letter_topic).await {
+            Ok(()) => break true,
+            // Refused for itself (a record near the size limit, plus the letter's headers): sent
+            // without the value, which stays at its source offset, so the partition goes on.
+            Err(ProduceError::Rejected(e)) if letter.value.is_some() => {
+                DeadLetterValueOmitted {
+                    processor: &shared.spec.name,
+                    topic: &meta.topic,
+                    offset: meta.offset,
+                    error: &e,
+                }
+                .emit();
+                letter = letter.without_value(&e.to_string());
+            }
+            Err(ProduceError::Rejected(e)) => {
+                DeadLetterRefused { processor: &shared.spec.name, topic: &meta.topic, offset: meta.offset, error: &e }
+                    .emit();
+                break false;
+            }
+            Err(e) => {
+                waits += 1;
+                wait_unavailable(shared, "kafka", &e.to_string(), waits).await;
+            }
+        }
+    };
+    // A durable end for the record: whatever waited before, nothing waits now.
+    shared.health.degraded.store(false, AtomicOrdering::Relaxed);
+    shared.health.kafka_waiting.store(false, AtomicOrdering::Relaxed);
+    if !written {
+        return;
     }
     RecordDeadLettered {
         processor: &shared.spec.name,
