@@ -1,6 +1,10 @@
 //! How handlers publish their output records: straight to Kafka (at-least-once: `publish`
 //! returns after the broker's ack), or into the record's transaction buffer (exactly-once: the
 //! runner produces the buffer and commits the record's offset in one Kafka transaction).
+//!
+//! Invariant (exactly-once): a record's transaction holds each output once. An attempt that
+//! failed after publishing (e.g. Redis unavailable after the result was held) is run again and
+//! publishes the same records again; the copies are not held twice.
 
 use crate::kafka::{OutRecord, ProduceError, Producer};
 use std::sync::{Arc, Mutex};
@@ -37,7 +41,13 @@ impl Publisher {
         match self {
             Publisher::Direct(p) => p.send(rec).await.map(|_| ()),
             Publisher::Transactional(buffer) => {
-                buffer.lock().expect("lock").push(Output {
+                let mut held = buffer.lock().expect("lock");
+                let same =
+                    |o: &Output| o.topic == rec.topic && o.key.as_deref() == rec.key && o.value.as_deref() == rec.value;
+                if held.iter().any(same) {
+                    return Ok(());
+                }
+                held.push(Output {
                     topic: rec.topic.to_string(),
                     key: rec.key.map(<[u8]>::to_vec),
                     value: rec.value.map(<[u8]>::to_vec),
@@ -82,5 +92,27 @@ impl Publisher {
             Publisher::Direct(_) => Vec::new(),
             Publisher::Transactional(b) => std::mem::take(&mut *b.lock().expect("lock")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec<'a>(topic: &'a str, value: &'a [u8]) -> OutRecord<'a> {
+        OutRecord { topic, key: Some(b"k"), value: Some(value), headers: vec![], partition: None }
+    }
+
+    #[tokio::test]
+    async fn a_transaction_holds_each_output_once() {
+        let p = Publisher::Transactional(Arc::default());
+        p.publish(rec("results", b"r")).await.unwrap();
+        p.publish(rec("events", b"e1")).await.unwrap();
+        // The same records again (a retried attempt), and one that differs.
+        p.publish(rec("results", b"r")).await.unwrap();
+        p.publish_in_order(vec![rec("events", b"e1"), rec("events", b"e2")]).await.unwrap();
+        let held: Vec<(String, Vec<u8>)> = p.take().into_iter().map(|o| (o.topic, o.value.unwrap())).collect();
+        let want = [("results", b"r".as_slice()), ("events", b"e1"), ("events", b"e2")];
+        assert_eq!(held, want.map(|(t, v)| (t.to_string(), v.to_vec())));
     }
 }
