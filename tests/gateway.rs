@@ -472,11 +472,24 @@ async fn per_user_produce_quotas_answer_429_and_write_nothing() {
         |n: usize| json!({"records": (0..n).map(|_| json!({"value": request_value("echo")})).collect::<Vec<_>>()});
     let (s, b) = app.post(RECORDS, &batch(3)).await;
     assert_eq!(s, 200, "{b}");
+    // An idempotent retry is answered from its stored answer, not charged: with the quota used
+    // up (3 records within the second), the first try of 3 more is refused and frees its key
+    // (its retry would run), and a replay of a stored answer is not refused.
+    let three = batch(3);
+    let keyed = |key: &str| app.http.post(app.url(RECORDS)).header("idempotency-key", key).json(&three);
+    let (s, _, b) = app.send(keyed("q-1")).await;
+    assert_eq!((s, b["error"].as_str()), (429, Some("RATE_LIMITED")), "{b}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, _, b) = app.send(keyed("q-2")).await;
+    assert_eq!(s, 200, "a new window: {b}");
+    let (s, h, b) = app.send(keyed("q-2")).await;
+    assert_eq!((s, h.get("idempotent-replayed").map(|v| v.to_str().unwrap())), (200, Some("true")), "{b}");
+    assert_eq!(app.record_count(TOPIC), 6);
     // More records than the per-second quota can ever allow: refused, whatever the window.
     let (s, h, b) = app.send(app.http.post(app.url(RECORDS)).json(&batch(4))).await;
     assert_eq!((s, b["error"].as_str()), (429, Some("RATE_LIMITED")), "{b}");
     assert!(h.contains_key("retry-after"), "{h:?}");
-    assert_eq!(app.record_count(TOPIC), 3, "a refused request writes nothing");
+    assert_eq!(app.record_count(TOPIC), 6, "a refused request writes nothing");
     app.stop().await;
 
     let app = ingress(|s| s.gateway.quota_bytes_per_sec = 200).await;

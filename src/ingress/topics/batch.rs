@@ -2,9 +2,10 @@
 //! produced together and answered once every record has its report (or at once with a receipt,
 //! `Prefer: respond-async`).
 //!
-//! Invariants: a request is charged to the caller's quotas whole, before anything is produced;
-//! an `Idempotency-Key` reserves its key before producing and stores the answer once (a 503, with
-//! nothing written, is not stored, so the retry runs); a key reused with another body is refused.
+//! Invariants: a request is charged to the caller's quotas whole, before anything is produced
+//! (a replayed answer is not charged: it writes nothing); an `Idempotency-Key` is the caller's
+//! own, reserves its key before producing and stores the answer once (a 503 or 429, with nothing
+//! written, is not stored, so the retry runs); a key reused with another body is refused.
 
 use super::quota::check_quota;
 use super::receipts::receipt;
@@ -101,10 +102,8 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
         ));
     }
 
-    // The bytes charged are the request body's (what the caller sent).
-    check_quota(ctx, records.len(), body.len()).await?;
-
-    // Idempotency: replay a stored answer, refuse a reused key with another body, or reserve.
+    // Idempotency first: a replay writes nothing, so it is not charged to the quotas.
+    // Replay a stored answer, refuse a reused key with another body, or reserve.
     let mut idem = Idem::None;
     if let (Some(k), Some(hash)) = (&idem_header, body_hash) {
         let redis_key = idem_key(ctx, topic, k);
@@ -139,6 +138,15 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
             };
         }
         idem = Idem::Reserved { redis_key, hash };
+    }
+
+    // The bytes charged are the request body's (what the caller sent). A refused request frees
+    // its key, so its retry runs.
+    if let Err(e) = check_quota(ctx, records.len(), body.len()).await {
+        if let Idem::Reserved { redis_key, .. } = &idem {
+            let _: Result<i64, _> = ctx.deps.cache.pool().del(redis_key).await;
+        }
+        return Err(e);
     }
 
     let result = run(ctx, decl, records, &forwarded, is_async, span).await;
