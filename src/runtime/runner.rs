@@ -214,7 +214,11 @@ pub async fn run_processor<P: Processor>(
             }
             _ = txn_tick.tick(), if txn.is_some() => {
                 if let Some(t) = txn.as_mut() {
-                    commit_transaction(t, &consumer, &offsets, &spec).await?;
+                    if commit_transaction(t, &consumer, &offsets, &spec).await? {
+                        watchdog.committed();
+                    } else {
+                        watchdog.commit_failed(Instant::now());
+                    }
                 }
             }
             Some(done) = done_rx.recv() => {
@@ -284,16 +288,16 @@ async fn commit_transaction(
     consumer: &StreamConsumer<RunnerContext>,
     offsets: &HashMap<Tp, (u64, PartitionOffsets)>,
     spec: &ProcessorSpec,
-) -> Result<(), RunnerError> {
+) -> Result<bool, RunnerError> {
     match t.commit(consumer, offsets).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         Err(KafkaError::Transaction(e)) if e.is_fatal() => {
             tracing::error!(processor = %spec.name, error = %e, "transactional producer fenced or failed");
             Err(RunnerError::Kafka(KafkaError::Transaction(e)))
         }
         Err(e) => {
             tracing::warn!(processor = %spec.name, error = %e, "transaction aborted; retrying");
-            Ok(())
+            Ok(false)
         }
     }
 }

@@ -4,8 +4,11 @@
 //! Invariants: an output is committed only together with the offset that covers its record
 //! (outputs of records past the contiguous watermark wait for a later transaction), so a
 //! read_committed consumer sees each output once and never an aborted one; on an abortable
-//! error the transaction is aborted and retried with the same outputs; a fatal error (fenced)
-//! stops the processor.
+//! error the transaction is aborted and retried with the same outputs; a retriable error of
+//! sending the offsets or committing is answered with the same call again, as librdkafka
+//! expects (it keeps that operation in progress, and refuses any other meanwhile), a bounded
+//! number of times; a fatal error (fenced) stops the processor, and commits failing for a whole
+//! stall window restart it (see `watchdog`).
 
 use super::publish::Output;
 use super::PartitionOffsets;
@@ -19,6 +22,31 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 type Tp = (String, i32);
+
+/// How many more times a retriable transactional step is called before the transaction is
+/// given up (each call waits up to `kafka.request_timeout_ms`).
+const STEP_RETRIES: u32 = 3;
+
+/// Runs `step` again while it fails with an error `retriable` accepts, at most `retries` more
+/// times; its last result.
+fn retrying<T, E>(
+    retries: u32,
+    retriable: impl Fn(&E) -> bool,
+    mut step: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let mut left = retries;
+    loop {
+        match step() {
+            Err(e) if left > 0 && retriable(&e) => left -= 1,
+            other => return other,
+        }
+    }
+}
+
+/// A transactional error that librdkafka wants answered with the same call again.
+fn retriable(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_retriable() && !t.txn_requires_abort() && !t.is_fatal())
+}
 
 pub struct Transactions {
     producer: FutureProducer,
@@ -126,8 +154,8 @@ impl Transactions {
             deliveries.push(self.producer.send_result(future_record(&rec)).map_err(|(e, _)| e)?);
         }
         tokio::task::block_in_place(|| {
-            self.producer.send_offsets_to_transaction(tpl, cgm, self.timeout)?;
-            self.producer.commit_transaction(self.timeout)
+            retrying(STEP_RETRIES, retriable, || self.producer.send_offsets_to_transaction(tpl, cgm, self.timeout))?;
+            retrying(STEP_RETRIES, retriable, || self.producer.commit_transaction(self.timeout))
         })?;
         for d in deliveries {
             match d.await {
@@ -137,5 +165,51 @@ impl Transactions {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retrying;
+
+    #[test]
+    fn a_retriable_step_is_called_again_a_bounded_number_of_times() {
+        // Fails retriably twice, then succeeds: three calls.
+        let mut calls = 0;
+        let r: Result<u32, &str> = retrying(
+            3,
+            |e| *e == "retriable",
+            || {
+                calls += 1;
+                if calls < 3 {
+                    Err("retriable")
+                } else {
+                    Ok(calls)
+                }
+            },
+        );
+        assert_eq!(r, Ok(3));
+        // Always retriable: the first call and three more, then the error.
+        let mut calls = 0;
+        let r: Result<(), &str> = retrying(
+            3,
+            |e| *e == "retriable",
+            || {
+                calls += 1;
+                Err("retriable")
+            },
+        );
+        assert_eq!((r, calls), (Err("retriable"), 4));
+        // Not retriable: one call.
+        let mut calls = 0;
+        let r: Result<(), &str> = retrying(
+            3,
+            |e| *e == "retriable",
+            || {
+                calls += 1;
+                Err("abort")
+            },
+        );
+        assert_eq!((r, calls), (Err("abort"), 1));
     }
 }

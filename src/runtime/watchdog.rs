@@ -21,6 +21,9 @@ pub enum Stall {
     KafkaErrors,
     /// Records wait for Kafka to take their outputs and none finished.
     OutputsRefused,
+    /// Exactly-once: every transaction commit has failed (finished records' outputs and offsets
+    /// are held, not committed).
+    CommitsFailing,
     /// The consumer has not been a settled group member (librdkafka's group state `up`, join
     /// state `steady`); the last state seen is named.
     GroupNotJoined { state: String, join_state: String },
@@ -31,6 +34,7 @@ impl std::fmt::Display for Stall {
         match self {
             Stall::KafkaErrors => f.write_str("Kafka errors and no record received or finished"),
             Stall::OutputsRefused => f.write_str("Kafka refused every output and no record finished"),
+            Stall::CommitsFailing => f.write_str("every transaction commit failed"),
             Stall::GroupNotJoined { state, join_state } => {
                 write!(f, "not a settled consumer-group member (group state {state}, join state {join_state})")
             }
@@ -75,11 +79,13 @@ pub struct Watchdog {
     last_progress: Instant,
     last_done: Instant,
     trouble_since: Option<Instant>,
+    /// Exactly-once: since when every transaction commit has failed.
+    commits_failing_since: Option<Instant>,
 }
 
 impl Watchdog {
     pub fn new(window: Duration, now: Instant) -> Watchdog {
-        Watchdog { window, last_progress: now, last_done: now, trouble_since: None }
+        Watchdog { window, last_progress: now, last_done: now, trouble_since: None, commits_failing_since: None }
     }
 
     /// A record arrived from Kafka.
@@ -92,6 +98,16 @@ impl Watchdog {
     pub fn finished(&mut self, now: Instant) {
         self.last_progress = now;
         self.last_done = now;
+    }
+
+    /// A transaction commit failed (exactly-once).
+    pub fn commit_failed(&mut self, now: Instant) {
+        self.commits_failing_since.get_or_insert(now);
+    }
+
+    /// A transaction committed (exactly-once).
+    pub fn committed(&mut self) {
+        self.commits_failing_since = None;
     }
 
     /// Kafka reported an error (to the consumer, or globally).
@@ -108,6 +124,9 @@ impl Watchdog {
         }
         if outputs_waiting && over(self.last_done) {
             return Some(Stall::OutputsRefused);
+        }
+        if self.commits_failing_since.is_some_and(over) {
+            return Some(Stall::CommitsFailing);
         }
         if over(group.settled_at) {
             return Some(Stall::GroupNotJoined { state: group.state.clone(), join_state: group.join_state.clone() });
@@ -166,6 +185,26 @@ mod tests {
         assert_eq!(dog.check(at(t0, 51), false, &group), Some(Stall::KafkaErrors));
         dog.received(at(t0, 52));
         assert_eq!(dog.check(at(t0, 70), false, &group), None, "a record arrived: the errors are over");
+    }
+
+    #[test]
+    fn failing_transaction_commits_are_a_stall_after_a_window_even_while_records_finish() {
+        let t0 = Instant::now();
+        let mut dog = Watchdog::new(W, t0);
+        let mut group = GroupSeen::new(t0);
+        dog.commit_failed(at(t0, 10));
+        for s in (11..=40).step_by(3) {
+            dog.received(at(t0, s));
+            dog.finished(at(t0, s));
+            dog.commit_failed(at(t0, s));
+            group.report("up", "steady", at(t0, s));
+        }
+        assert_eq!(dog.check(at(t0, 40), false, &group), None, "a window not yet over");
+        assert_eq!(dog.check(at(t0, 41), false, &group), Some(Stall::CommitsFailing));
+        // One commit that goes through ends it.
+        dog.committed();
+        dog.commit_failed(at(t0, 42));
+        assert_eq!(dog.check(at(t0, 60), false, &group), None);
     }
 
     #[test]
