@@ -213,6 +213,9 @@ pub async fn run_processor<P: Processor>(
                 }
             }
             _ = txn_tick.tick(), if txn.is_some() => {
+                // A revoke handled inside the last poll is applied first, so its partitions'
+                // outputs and offsets are never committed after they went to another member.
+                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut());
                 if let Some(t) = txn.as_mut() {
                     if commit_transaction(t, &consumer, &offsets, &spec).await? {
                         watchdog.committed();
@@ -268,6 +271,7 @@ pub async fn run_processor<P: Processor>(
         tracing::warn!(processor = %spec.name, "grace period over; abandoning in-flight records (they will be redelivered)");
         workers_cancel.cancel();
     }
+    apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut());
     if let Some(t) = txn.as_mut() {
         commit_transaction(t, &consumer, &offsets, &spec).await?;
     }
