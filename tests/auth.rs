@@ -426,6 +426,37 @@ async fn only_the_submitter_or_an_admin_cancels_a_task() {
     app.stop().await;
 }
 
+/// A task request produced through the HTTP gateway belongs to the caller who produced it,
+/// whatever `submitted_by` its value names; callers cannot set the header that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_caller_cannot_submit_a_task_in_another_user_s_name() {
+    let app = TestApp::spawn().await;
+    let (_, alice) = app.user_token("developer").await;
+    let (_, bob) = app.user_token("developer").await;
+    let (alice_id, bob_id) =
+        (payload(&alice)["sub"].as_str().unwrap().to_string(), payload(&bob)["sub"].as_str().unwrap().to_string());
+    let records = "/v1/topics/devcycle.task-requests/records";
+    let id = uuid::Uuid::new_v4();
+    let value = json!({"task_id": id.to_string(), "agent": "echo", "input": "{\"n\":1}",
+                       "submitted_at": "2026-01-02T03:04:05.678Z", "submitted_by": {"string": bob_id}});
+    let (s, b) = post_with(&app, records, &alice, &json!({"value": value})).await;
+    assert_eq!(s, 200, "{b}");
+    app.wait_status(id, "succeeded", Duration::from_secs(60)).await; // as admin
+    let row = devcycle::db::tasks::get(&app.deps.pool, id).await.unwrap().unwrap();
+    assert_eq!(row.submitted_by.as_deref(), Some(alice_id.as_str()), "the value's submitted_by was believed");
+    app.deps.cache.forget_task(id).await.unwrap();
+    let (s, _, b) = get_with(&app, &format!("/v1/tasks/{id}"), &bob).await;
+    assert_error(s, &b, 404, "NOT_FOUND");
+    assert_eq!(get_with(&app, &format!("/v1/tasks/{id}"), &alice).await.0, 200);
+
+    // The header naming the producer is the gateway's own.
+    let forged = json!({"value": value, "headers": {"devcycle.submitted_by": bob_id}});
+    let (s, b) = post_with(&app, records, &alice, &forged).await;
+    assert_eq!(s, 422, "{b}");
+    assert!(b.to_string().contains("the devcycle. prefix is reserved"), "{b}");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injection_strings_are_data() {
     let app = TestApp::spawn().await;

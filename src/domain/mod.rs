@@ -7,4 +7,4 @@ mod agent;
 mod task;
 
 pub use agent::{validate_agent_name, Agent, AgentStatus, ExecutorKind};
-pub use task::{TaskEvent, TaskRequest, TaskResult, TaskStatus};
+pub use task::{TaskEvent, TaskRequest, TaskResult, TaskStatus, SUBMITTED_BY_HEADER};

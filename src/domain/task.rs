@@ -74,6 +74,12 @@ impl FromStr for TaskStatus {
     }
 }
 
+/// The record header in which the HTTP gateway names the caller who produced a record. For a
+/// task request it is the task's owner, whatever the value's `submitted_by` says: a gateway
+/// caller cannot submit a task in another user's name. Callers cannot set it (nor any
+/// `devcycle.` header).
+pub const SUBMITTED_BY_HEADER: &str = "devcycle.submitted_by";
+
 /// A request to run `agent` on `input`, as carried by the requests topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRequest {

@@ -153,6 +153,7 @@ impl Processor for AgentExecutor {
     }
 
     async fn process(&self, req: &TaskRequest, meta: &RecordMeta) -> Result<(), ProcessError> {
+        let req = &*owned_by_producer(req, meta);
         let span = tracing::info_span!("task", task_id = %req.task_id, agent = %req.agent,
             request_id = req.request_id.as_deref().unwrap_or(""), attempt = meta.attempt,
             trace_id = tracing::field::Empty);
@@ -191,7 +192,18 @@ impl Processor for AgentExecutor {
         meta: &RecordMeta,
         error: &ProcessError,
     ) -> Result<(), ProcessError> {
-        self.record_dead_letter(req, meta, error).await
+        self.record_dead_letter(&owned_by_producer(req, meta), meta, error).await
+    }
+}
+
+/// The request with the owner that a record from the HTTP gateway names in its header (the
+/// caller who produced it), whatever the value's `submitted_by` says.
+fn owned_by_producer<'a>(req: &'a TaskRequest, meta: &RecordMeta) -> std::borrow::Cow<'a, TaskRequest> {
+    match meta.header(crate::domain::SUBMITTED_BY_HEADER) {
+        Some(by) if req.submitted_by.as_deref() != Some(by) => {
+            std::borrow::Cow::Owned(TaskRequest { submitted_by: Some(by.to_string()), ..req.clone() })
+        }
+        _ => std::borrow::Cow::Borrowed(req),
     }
 }
 

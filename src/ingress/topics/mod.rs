@@ -162,6 +162,9 @@ fn producer_span(ctx: &Ctx, req: &Request<Incoming>, decl: &TopicDecl) -> (Span,
     span.set("messaging.operation.type", "send");
     span.set("messaging.destination.name", topic);
     let mut forwarded = vec![("request_id".to_string(), ctx.request_id.clone().into_bytes())];
+    if let Some(p) = &ctx.principal {
+        forwarded.push((crate::domain::SUBMITTED_BY_HEADER.to_string(), p.id.clone().into_bytes()));
+    }
     if let Some(t) = span.traceparent() {
         forwarded.push(("traceparent".to_string(), t.into_bytes()));
     }

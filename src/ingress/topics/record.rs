@@ -209,6 +209,9 @@ pub(super) fn prepare(
         None | Some(Json::Null) => {}
         Some(Json::Object(h)) => {
             for (name, v) in h {
+                if name.starts_with("devcycle.") {
+                    return Err(bad(format!("headers.{name}: the devcycle. prefix is reserved")));
+                }
                 let v = v.as_str().ok_or_else(|| bad(format!("headers.{name}: must be a string")))?;
                 headers.push((name.clone(), v.as_bytes().to_vec()));
             }
