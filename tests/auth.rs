@@ -276,13 +276,19 @@ async fn password_policy_and_history() {
     assert_eq!(app.login(&email, PASSWORD).await.0, 200);
     assert_eq!(app.login(&email, &pw(5)).await.0, 401);
 
-    // An expired password cannot log in (but can still be changed).
+    // An expired password cannot log in, nor refresh a session's tokens (but can still be
+    // changed).
+    let (s, b) = app.login(&email, PASSWORD).await;
+    assert_eq!(s, 200, "{b}");
+    let refresh = json!({"refresh_token": b["data"]["refresh_token"].as_str().unwrap()});
     sqlx::query("UPDATE users SET password_changed_at = now() - interval '91 days' WHERE id = $1")
         .bind(user.id)
         .execute(&app.deps.pool)
         .await
         .unwrap();
     let (s, b) = app.login(&email, PASSWORD).await;
+    assert_error(s, &b, 403, "FORBIDDEN");
+    let (s, _, b) = post_public(&app, "/v1/auth/refresh", &refresh).await;
     assert_error(s, &b, 403, "FORBIDDEN");
     let (s, _, b) = post_public(&app, "/v1/auth/password", &change(PASSWORD, "Fresh-Passw0rd-99!")).await;
     assert_eq!(s, 200, "{b}");

@@ -186,8 +186,7 @@ pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, Ap
             Some(_) => {}
         }
     }
-    let max_age = Duration::days(deps.settings.auth.password_max_age_days as i64);
-    if user.password_changed_at + max_age < Utc::now() {
+    if password_expired(ctx, &user) {
         audit(ctx, Some(&uid), "login", "failure", Some(email), json!({"reason": "password_expired"})).await;
         return Err(ApiError::Forbidden("password expired; set a new one with POST /v1/auth/password".into()));
     }
@@ -211,6 +210,13 @@ pub async fn refresh(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, 
     let invalid = || ApiError::Unauthorized("invalid, expired or revoked refresh token".into());
     let owner = repo::refresh_owner(&deps.pool, &presented).await?.ok_or_else(invalid)?;
     let user = repo::by_id(&deps.pool, owner).await?.filter(|u| !u.disabled).ok_or_else(invalid)?;
+    // An expired password gets no new tokens, as it gets no login; the session stays, and ends
+    // when the password is changed.
+    if password_expired(ctx, &user) {
+        let uid = user.id.to_string();
+        audit(ctx, Some(&uid), "refresh", "failure", None, json!({"reason": "password_expired"})).await;
+        return Err(ApiError::Forbidden("password expired; set a new one with POST /v1/auth/password".into()));
+    }
     let t = issue(ctx, &user);
     let next_hash = core::token_hash(&t.refresh);
     match repo::rotate(&deps.pool, &presented, &session(&user, &t, &next_hash), deps.settings.auth.session_idle_secs)
@@ -228,6 +234,12 @@ pub async fn refresh(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, 
         }
         Refresh::Invalid => Err(invalid()),
     }
+}
+
+/// Whether `user`'s password is older than `auth.password_max_age_days` (the spec's 90 days).
+fn password_expired(ctx: &Ctx, user: &repo::User) -> bool {
+    let max_age = Duration::days(ctx.deps.settings.auth.password_max_age_days as i64);
+    user.password_changed_at + max_age < Utc::now()
 }
 
 /// `POST /v1/auth/logout`: ends the caller's session and deny-lists its access token.
