@@ -410,6 +410,28 @@ impl DeadLetterRefused<'_> {
     }
 }
 
+/// A task's outcome could not be written (Postgres unavailable): it is kept and written again,
+/// not run again. Logged on the first wait and every tenth.
+pub struct OutcomeWriteWaiting<'a> {
+    pub task_id: uuid::Uuid,
+    pub dependency: &'a str,
+    pub error: &'a str,
+    pub waits: u32,
+}
+impl OutcomeWriteWaiting<'_> {
+    pub fn emit(self) {
+        if self.waits == 1 || self.waits.is_multiple_of(10) {
+            tracing::warn!(
+                task_id = %self.task_id,
+                dependency = self.dependency,
+                error = self.error,
+                waits = self.waits,
+                "writing a task's outcome failed; keeping it and trying again"
+            );
+        }
+    }
+}
+
 /// A processor stalled (see `runtime::watchdog`) and exits so that its supervisor restarts it.
 pub struct ProcessorStalled<'a> {
     pub processor: &'a str,

@@ -1,5 +1,5 @@
-//! Losing Redis under a running ingress, without touching the shared Redis: the ingress talks
-//! to it through a TCP relay that the test cuts and restores.
+//! Losing Redis under a running ingress, or Postgres under a running task, without touching the
+//! shared services: the app talks to them through a TCP relay that the test cuts and restores.
 //!
 //! Redis holds the revocation list and the rate-limit counters, so the ingress fails closed: an
 //! API call answers 503 with the error envelope and `Retry-After` (nothing is produced), `/ready`
@@ -114,5 +114,41 @@ async fn losing_redis_answers_503_then_recovers_without_a_restart() {
     assert_eq!(app.record_count("devcycle.task-requests"), 2);
     let (status, body) = app.get("/ready").await;
     assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}
+
+/// Postgres lost while a task with side effects runs: its outcome is kept and written once
+/// Postgres is back; the agent (here: a command appending a line to a file) is not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_postgres_while_a_task_runs_does_not_run_it_again() {
+    let mut s = test_settings();
+    let url = reqwest::Url::parse(s.database.url.expose()).unwrap();
+    let relay = Relay::start(format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))).await;
+    let mut through = url.clone();
+    through.set_host(Some("127.0.0.1")).unwrap();
+    through.set_port(Some(relay.addr.port())).unwrap();
+    // A cut relay closes connections as they open, which sqlx's TLS negotiation reads as a
+    // protocol error; without it, as the unreachable server that a real outage is.
+    through.query_pairs_mut().append_pair("sslmode", "disable");
+    s.database.url = devcycle::settings::Secret::new(through.to_string());
+    let deps = Deps::connect(s).await.expect("connect through the relay");
+    let app = TestApp::start(deps, Mode::All).await;
+    let runs = std::env::temp_dir().join(format!("devcycle-runs-{}", uuid::Uuid::new_v4()));
+    let script = format!("echo run >> {}; sleep 1.5; echo done", runs.display());
+    let agent = json!({"name": "once", "executor": "command", "config": {"program": "sh", "args": ["-c", script]}});
+    let (status, body) = app.post("/v1/agents", &agent).await;
+    assert_eq!(status, 201, "{body}");
+    let id = app.submit("once", json!({})).await;
+    // `running` is written 200 ms in (running_after_ms); Postgres goes while the command runs
+    // and comes back after it ended.
+    app.wait_status(id, "running", Duration::from_secs(30)).await;
+    relay.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    relay.restore();
+    let done = app.wait_status(id, "succeeded", Duration::from_secs(60)).await;
+    let lines = std::fs::read_to_string(&runs).unwrap_or_default();
+    let _ = std::fs::remove_file(&runs);
+    assert_eq!(lines.lines().count(), 1, "the command ran {} times", lines.lines().count());
+    assert_eq!(done["attempts"], 1, "{done}");
     app.stop().await;
 }

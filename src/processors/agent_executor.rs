@@ -22,7 +22,7 @@ use crate::catalog::ProcessorSpec;
 use crate::db::batch::TaskWriter;
 use crate::db::tasks::{self, Outcome, Source, TaskRow};
 use crate::domain::{Agent, AgentStatus, TaskEvent, TaskRequest, TaskStatus};
-use crate::events::TaskStage;
+use crate::events::{OutcomeWriteWaiting, TaskStage};
 use crate::runtime::{ProcessError, Processor, Publisher, RecordMeta, RunnerError, RunnerHealth};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -113,7 +113,19 @@ impl AgentExecutor {
         outcome: &Outcome,
         started: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<(TaskRow, Vec<TaskEvent>), ProcessError> {
-        let (row, mut events) = timed("finish", self.writer.finish(req, src, outcome, started)).await?;
+        // The outcome is kept while Postgres is unavailable and written once it is back: handing
+        // the record back to the runner would run the agent (and its side effects) again.
+        let mut waits = 0u32;
+        let (row, mut events) = loop {
+            match timed("finish", self.writer.finish(req, src, outcome, started)).await.map_err(ProcessError::from) {
+                Err(ProcessError::Unavailable { dependency, message }) => {
+                    waits += 1;
+                    OutcomeWriteWaiting { task_id: req.task_id, dependency, error: &message, waits }.emit();
+                    tokio::time::sleep(Duration::from_millis((100u64 << waits.min(5)).min(3000))).await;
+                }
+                written => break written?,
+            }
+        };
         if events.is_empty() {
             events.extend(tasks::last_event(&self.deps.pool, row.task_id).await?);
         }
