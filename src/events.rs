@@ -370,43 +370,30 @@ impl RecordRetrying<'_> {
     }
 }
 
-/// Kafka refused a dead letter with its record's value (too large with the letter's headers):
-/// it is sent without the value, which stays at its source offset.
-pub struct DeadLetterValueOmitted<'a> {
-    pub processor: &'a str,
-    pub topic: &'a str,
-    pub offset: i64,
-    pub error: &'a rdkafka::error::KafkaError,
-}
-impl DeadLetterValueOmitted<'_> {
-    pub fn emit(self) {
-        tracing::warn!(
-            processor = self.processor,
-            topic = self.topic,
-            offset = self.offset,
-            error = %self.error,
-            "dead letter refused with the record's value; sending it without"
-        );
-    }
-}
-
-/// Kafka refused a dead letter even without its record's value: the record is left at its
-/// source offset, and the partition goes on.
+/// Kafka refused a dead letter for itself (too large with the letter's headers). With the
+/// record's value (`with_value`), it is sent again without it; without, the record is left at its
+/// source offset and the partition goes on.
 pub struct DeadLetterRefused<'a> {
     pub processor: &'a str,
     pub topic: &'a str,
     pub offset: i64,
     pub error: &'a rdkafka::error::KafkaError,
+    pub with_value: bool,
 }
 impl DeadLetterRefused<'_> {
     pub fn emit(self) {
-        tracing::error!(
-            processor = self.processor,
-            topic = self.topic,
-            offset = self.offset,
-            error = %self.error,
-            "dead letter refused by kafka even without the record's value; the record stays at its source offset"
-        );
+        let (processor, topic, offset, error) = (self.processor, self.topic, self.offset, self.error);
+        if self.with_value {
+            tracing::warn!(processor, topic, offset, error = %error, "dead letter refused with the record's value; sending it without");
+        } else {
+            tracing::error!(
+                processor,
+                topic,
+                offset,
+                error = %error,
+                "dead letter refused by kafka even without the record's value; the record stays at its source offset"
+            );
+        }
     }
 }
 

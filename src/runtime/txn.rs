@@ -174,42 +174,28 @@ mod tests {
 
     #[test]
     fn a_retriable_step_is_called_again_a_bounded_number_of_times() {
-        // Fails retriably twice, then succeeds: three calls.
-        let mut calls = 0;
-        let r: Result<u32, &str> = retrying(
-            3,
-            |e| *e == "retriable",
-            || {
-                calls += 1;
-                if calls < 3 {
-                    Err("retriable")
-                } else {
-                    Ok(calls)
-                }
-            },
-        );
-        assert_eq!(r, Ok(3));
-        // Always retriable: the first call and three more, then the error.
-        let mut calls = 0;
-        let r: Result<(), &str> = retrying(
-            3,
-            |e| *e == "retriable",
-            || {
-                calls += 1;
-                Err("retriable")
-            },
-        );
-        assert_eq!((r, calls), (Err("retriable"), 4));
-        // Not retriable: one call.
-        let mut calls = 0;
-        let r: Result<(), &str> = retrying(
-            3,
-            |e| *e == "retriable",
-            || {
-                calls += 1;
-                Err("abort")
-            },
-        );
-        assert_eq!((r, calls), (Err("abort"), 1));
+        /// The error each call gives, the call that succeeds (if any), the result and the calls.
+        type Case = (&'static str, Option<u32>, Result<u32, &'static str>, u32);
+        let cases: [Case; 3] = [
+            ("retriable", Some(3), Ok(3), 3),
+            ("retriable", None, Err("retriable"), 4),
+            ("abort", None, Err("abort"), 1),
+        ];
+        for (error, ok_at, want, want_calls) in cases {
+            let mut calls = 0u32;
+            let got = retrying(
+                3,
+                |e: &&str| *e == "retriable",
+                || {
+                    calls += 1;
+                    if ok_at.is_some_and(|n| calls >= n) {
+                        Ok(calls)
+                    } else {
+                        Err(error)
+                    }
+                },
+            );
+            assert_eq!((got, calls), (want, want_calls), "{error}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use super::runner::Tp;
 use super::{Output, ProcessError, Processor, Publisher, RecordMeta, RunnerHealth};
 use crate::avro::DecodeError;
 use crate::catalog::ProcessorSpec;
-use crate::events::{DeadLetterRefused, DeadLetterValueOmitted, RecordDeadLettered, RecordRetrying};
+use crate::events::{DeadLetterRefused, RecordDeadLettered, RecordRetrying};
 use crate::kafka::{ProduceError, Producer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use std::sync::atomic::Ordering as AtomicOrdering;
@@ -203,20 +203,14 @@ async fn dead_letter<P: Processor>(
             Ok(()) => break true,
             // Refused for itself (a record near the size limit, plus the letter's headers): sent
             // without the value, which stays at its source offset, so the partition goes on.
-            Err(ProduceError::Rejected(e)) if letter.value.is_some() => {
-                DeadLetterValueOmitted {
-                    processor: &shared.spec.name,
-                    topic: &meta.topic,
-                    offset: meta.offset,
-                    error: &e,
-                }
-                .emit();
-                letter = letter.without_value(&e.to_string());
-            }
             Err(ProduceError::Rejected(e)) => {
-                DeadLetterRefused { processor: &shared.spec.name, topic: &meta.topic, offset: meta.offset, error: &e }
-                    .emit();
-                break false;
+                let with_value = letter.value.is_some();
+                let (processor, topic, offset) = (&shared.spec.name, &meta.topic, meta.offset);
+                DeadLetterRefused { processor, topic, offset, error: &e, with_value }.emit();
+                if !with_value {
+                    break false;
+                }
+                letter = letter.without_value(&e.to_string());
             }
             Err(e) => {
                 waits += 1;
