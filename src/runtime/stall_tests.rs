@@ -1,6 +1,7 @@
 //! The runner against librdkafka's mock cluster (no real broker): a consumer that cannot settle
 //! in its group makes the runner exit with a stall once the window is over; a settled, idle
-//! consumer keeps running however long nothing arrives.
+//! consumer keeps running however long nothing arrives; a handler that panics has its record
+//! dead-lettered.
 
 use super::watchdog::Stall;
 use super::{DecodeError, ProcessError, Processor, RecordMeta, RunnerConfig, RunnerError, RunnerHealth};
@@ -52,6 +53,17 @@ async fn run(
     run: Duration,
     health: Arc<RunnerHealth>,
 ) -> Result<(), RunnerError> {
+    run_processor(kafka, window, run, health, Arc::new(Idle)).await
+}
+
+/// Runs `processor` for at most `run`, with a stall window of `window`.
+async fn run_processor<P: Processor>(
+    kafka: &KafkaSettings,
+    window: Duration,
+    run: Duration,
+    health: Arc<RunnerHealth>,
+    processor: Arc<P>,
+) -> Result<(), RunnerError> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/processors/agent-executor.toml")).unwrap();
     let spec: ProcessorSpec = toml::from_str(&text).expect("shipped processor spec");
     let config = RunnerConfig {
@@ -68,7 +80,7 @@ async fn run(
         tokio::time::sleep(run).await;
         stop.cancel();
     });
-    super::run_processor(kafka, config, producer, Arc::new(Idle), health, shutdown).await
+    super::run_processor(kafka, config, producer, processor, health, shutdown).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,4 +115,53 @@ async fn a_settled_idle_consumer_outlives_many_windows() {
     let result = run(&kafka(&mock), Duration::from_secs(5), Duration::from_secs(16), health.clone()).await;
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(health.assigned.load(Ordering::SeqCst), 1, "it had joined and held the partition");
+}
+
+/// Panics on the record `boom`, takes any other.
+struct Panicky;
+
+#[async_trait]
+impl Processor for Panicky {
+    type Input = Vec<u8>;
+    async fn decode(&self, payload: Option<&[u8]>) -> Result<Vec<u8>, DecodeError> {
+        Ok(payload.unwrap_or_default().to_vec())
+    }
+    async fn process(&self, input: &Vec<u8>, _: &RecordMeta) -> Result<(), ProcessError> {
+        assert_ne!(input.as_slice(), b"boom", "a handler bug");
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_handler_panics_is_dead_lettered_and_its_partition_goes_on() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mock = mock();
+    mock.create_topic("stall-dead-letters", 1, 1).expect("mock dead-letter topic");
+    let kafka = kafka(&mock);
+    let producer: FutureProducer = crate::kafka::client_config(&kafka, "panic-test").create().unwrap();
+    for value in ["boom", "ok"] {
+        producer.send(FutureRecord::<str, str>::to(TOPIC).payload(value), Duration::from_secs(5)).await.unwrap();
+    }
+    let health = Arc::new(RunnerHealth::default());
+    // The mock coordinator holds the first join for 3 s.
+    let result =
+        run_processor(&kafka, Duration::from_secs(30), Duration::from_secs(8), health.clone(), Arc::new(Panicky)).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(health.in_flight.load(Ordering::SeqCst), 0, "a worker never reported back");
+
+    let reader: BaseConsumer = crate::kafka::reader_config(&kafka, "panic-letters").create().unwrap();
+    reader.subscribe(&["stall-dead-letters"]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let letter = loop {
+        assert!(std::time::Instant::now() < deadline, "no dead letter for the record whose handler panicked");
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+            break m.detach();
+        }
+    };
+    assert_eq!(letter.payload(), Some(b"boom".as_slice()));
+    let headers = letter.headers().expect("dead-letter headers");
+    let class = headers.iter().find(|h| h.key == super::dlq::H_CLASS).and_then(|h| h.value).unwrap();
+    assert_eq!(class, b"panic");
 }

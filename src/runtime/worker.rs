@@ -13,6 +13,7 @@ use crate::avro::DecodeError;
 use crate::catalog::ProcessorSpec;
 use crate::events::{DeadLetterRefused, RecordDeadLettered, RecordRetrying};
 use crate::kafka::{ProduceError, Producer};
+use futures::FutureExt;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
@@ -119,7 +120,10 @@ async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage, pub
     let mut waits = 0u32;
     loop {
         let meta = meta_of(msg, attempt, publisher);
-        let err = match shared.processor.process(&input, &meta).await {
+        // A handler that panics (a bug) fails its record for good: dead-lettered, so the
+        // partition goes on, instead of a worker that never reports back.
+        let processed = std::panic::AssertUnwindSafe(shared.processor.process(&input, &meta)).catch_unwind().await;
+        let err = match processed.unwrap_or_else(|panic| Err(panicked(panic))) {
             Ok(()) => {
                 shared.health.degraded.store(false, AtomicOrdering::Relaxed);
                 shared.health.kafka_waiting.store(false, AtomicOrdering::Relaxed);
@@ -233,4 +237,14 @@ async fn dead_letter<P: Processor>(
         offset: meta.offset,
     }
     .emit();
+}
+
+/// The failure a handler's panic stands for: permanent, with the panic's message.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> ProcessError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    ProcessError::Permanent { class: "panic".into(), message }
 }
