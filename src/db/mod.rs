@@ -34,10 +34,14 @@ pub enum DbError {
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
+            // A protocol error is the connection's, not the query's: e.g. a proxy that accepts
+            // and at once closes connections while the server is down (sqlx reads the closed
+            // TLS negotiation as an invalid answer).
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::Tls(_) => DbError::Unavailable(e),
             sqlx::Error::Database(d) => {
                 // Class 08 (connection), 53 (resources), 57 (operator intervention): transient.
@@ -90,4 +94,23 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 /// Whether Postgres answers a trivial query.
 pub async fn ping(pool: &PgPool) -> bool {
     sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DbError;
+
+    #[test]
+    fn connection_trouble_is_unavailable_and_query_trouble_is_not() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let unavailable = [
+            sqlx::Error::Io(io),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into()),
+        ];
+        for e in unavailable {
+            assert!(DbError::from(e).is_unavailable());
+        }
+        assert!(!DbError::from(sqlx::Error::RowNotFound).is_unavailable());
+    }
 }
