@@ -12,7 +12,7 @@ use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -104,10 +104,27 @@ async fn apply_one(
         Some((partitions, replication)) => {
             if partitions < decl.partitions {
                 let np = NewPartitions::new(name, decl.partitions as usize);
+                let mut raised = true;
                 for r in admin.create_partitions([&np], opts).await? {
-                    r.map_err(|(_, code)| topic_err(format!("raising partitions failed: {code}")))?;
+                    match r {
+                        Ok(_) => {}
+                        // Not an increase for the broker: the metadata read above was behind a
+                        // raise made just before (another run's), which it catches up with.
+                        Err((_, RDKafkaErrorCode::InvalidPartitions))
+                            if has_partitions(admin, name, timeout, decl.partitions).await? =>
+                        {
+                            raised = false
+                        }
+                        Err((_, code)) => return Err(topic_err(format!("raising partitions failed: {code}"))),
+                    }
                 }
-                changes.push(Change::PartitionsRaised { topic: name.into(), from: partitions, to: decl.partitions });
+                if raised {
+                    changes.push(Change::PartitionsRaised {
+                        topic: name.into(),
+                        from: partitions,
+                        to: decl.partitions,
+                    });
+                }
             } else if partitions > decl.partitions {
                 changes.push(Change::Warning {
                     topic: name.into(),
@@ -178,6 +195,22 @@ async fn align_configs(
 }
 
 /// (partitions, replication factor) of an existing topic, or None.
+/// Whether the topic's metadata shows at least `wanted` partitions within a few seconds.
+async fn has_partitions(
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+    timeout: Duration,
+    wanted: i32,
+) -> Result<bool, TopicsError> {
+    for _ in 0..20 {
+        if current_partitions(admin, name, timeout).await?.is_some_and(|(p, _)| p >= wanted) {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(false)
+}
+
 async fn current_partitions(
     admin: &AdminClient<DefaultClientContext>,
     name: &str,
