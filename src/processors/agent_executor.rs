@@ -121,7 +121,7 @@ impl AgentExecutor {
                 Err(ProcessError::Unavailable { dependency, message }) => {
                     waits += 1;
                     OutcomeWriteWaiting { task_id: req.task_id, dependency, error: &message, waits }.emit();
-                    tokio::time::sleep(Duration::from_millis((100u64 << waits.min(5)).min(3000))).await;
+                    tokio::time::sleep(crate::runtime::unavailable_pause(waits)).await;
                 }
                 written => break written?,
             }

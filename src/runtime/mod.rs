@@ -26,6 +26,12 @@ pub use scheduler::Scheduler;
 use crate::avro::DecodeError;
 use async_trait::async_trait;
 
+/// How long to wait before trying an unavailable dependency again, after `waits` waits: 200 ms
+/// doubling to 3 s.
+pub fn unavailable_pause(waits: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((100u64 << waits.min(5)).min(3000))
+}
+
 /// Where a record came from, and its Kafka metadata, as handlers may read it.
 #[derive(Debug, Clone)]
 pub struct RecordMeta {

@@ -125,8 +125,7 @@ async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage, pub
         let processed = std::panic::AssertUnwindSafe(shared.processor.process(&input, &meta)).catch_unwind().await;
         let err = match processed.unwrap_or_else(|panic| Err(panicked(panic))) {
             Ok(()) => {
-                shared.health.degraded.store(false, AtomicOrdering::Relaxed);
-                shared.health.kafka_waiting.store(false, AtomicOrdering::Relaxed);
+                recovered(shared);
                 return;
             }
             Err(e) => e,
@@ -164,12 +163,18 @@ async fn handle_record<P: Processor>(shared: &Shared<P>, msg: &OwnedMessage, pub
     }
 }
 
+/// A record reached a durable end: no dependency is waited on now (see [`wait_unavailable`]).
+fn recovered<P: Processor>(shared: &Shared<P>) {
+    shared.health.degraded.store(false, AtomicOrdering::Relaxed);
+    shared.health.kafka_waiting.store(false, AtomicOrdering::Relaxed);
+}
+
 async fn wait_unavailable<P: Processor>(shared: &Shared<P>, dependency: &str, message: &str, waits: u32) {
     shared.health.degraded.store(true, AtomicOrdering::Relaxed);
     if dependency == "kafka" {
         shared.health.kafka_waiting.store(true, AtomicOrdering::Relaxed);
     }
-    let pause = Duration::from_millis((100u64 << waits.min(5)).min(3000));
+    let pause = super::unavailable_pause(waits);
     if waits == 1 || waits.is_multiple_of(10) {
         tracing::warn!(processor = %shared.spec.name, dependency, error = message, waits, "dependency unavailable; waiting");
     }
@@ -223,8 +228,7 @@ async fn dead_letter<P: Processor>(
         }
     };
     // A durable end for the record: whatever waited before, nothing waits now.
-    shared.health.degraded.store(false, AtomicOrdering::Relaxed);
-    shared.health.kafka_waiting.store(false, AtomicOrdering::Relaxed);
+    recovered(shared);
     if !written {
         return;
     }
