@@ -436,6 +436,37 @@ impl ProcessorStalled<'_> {
     }
 }
 
+/// Revoked partitions were handed over to the group after their running records ended (or
+/// after the grace period, with `abandoned` records still running: their new owner may run
+/// them again).
+pub struct PartitionsHandedOver<'a> {
+    pub processor: &'a str,
+    pub partitions: usize,
+    pub waited: Duration,
+    pub abandoned: usize,
+}
+impl PartitionsHandedOver<'_> {
+    pub fn emit(self) {
+        let waited_ms = self.waited.as_millis() as u64;
+        if self.abandoned == 0 {
+            tracing::info!(
+                processor = self.processor,
+                partitions = self.partitions,
+                waited_ms,
+                "revoked partitions handed over"
+            );
+        } else {
+            tracing::warn!(
+                processor = self.processor,
+                partitions = self.partitions,
+                waited_ms,
+                abandoned = self.abandoned,
+                "revoked partitions handed over with records still running (grace period over); their new owner may run them again"
+            );
+        }
+    }
+}
+
 /// The ingress's Kafka producer failed every record for a whole window while the cluster
 /// answered a new client: the process exits for a restart.
 pub struct IngressProducerStalled {

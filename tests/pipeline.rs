@@ -344,3 +344,71 @@ async fn a_submission_s_key_is_its_record_key_and_none_without() {
     assert_eq!(keys[&keyless], None);
     app.stop().await;
 }
+
+/// How many partitions each member of `group` holds, from the broker's description of the group
+/// (each member's assignment in the consumer protocol: version, then per topic its name and
+/// partitions, then user data).
+fn partitions_per_member(app: &TestApp, group: &str) -> Vec<usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = devcycle::kafka::reader_config(&app.deps.settings.kafka, "describe").create().unwrap();
+    let list = c.fetch_group_list(Some(group), Duration::from_secs(10)).expect("group description");
+    let count = |b: &[u8]| -> usize {
+        let int = |at: usize, n: usize| b.get(at..at + n).map_or(0, |x| x.iter().fold(0i64, |v, y| v << 8 | *y as i64));
+        let (mut at, mut partitions) = (6, 0);
+        for _ in 0..int(2, 4) {
+            at += 2 + int(at, 2) as usize;
+            let n = int(at, 4) as usize;
+            at += 4 + 4 * n;
+            partitions += n;
+        }
+        partitions
+    };
+    list.groups().iter().flat_map(|g| g.members()).map(|m| count(m.assignment().unwrap_or_default())).collect()
+}
+
+/// Scaling out while tasks run: the member losing partitions hands them over only once their
+/// running tasks have ended, so the new member finds those tasks final and does not run them
+/// again (their side effects would happen twice). One task per partition, each a command that
+/// counts its runs and takes 6 s; a second processor joins the group while they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_joining_while_tasks_run_does_not_run_them_again() {
+    let app = TestApp::spawn().await;
+    let runs = std::env::temp_dir().join(format!("devcycle-runs-{}", uuid::Uuid::new_v4()));
+    let script = format!("echo run >> '{}'; sleep 6; cat", runs.display());
+    let agent = json!({"name": "slow", "executor": "command", "config": {"program": "sh", "args": ["-c", script]}});
+    assert_eq!(app.post("/v1/agents", &agent).await.0, 201);
+    let partitions = 6;
+    let mut ids = Vec::new();
+    for p in 0..partitions {
+        let req = devcycle::domain::TaskRequest::new("slow", json!({"p": p}));
+        ids.push(req.task_id);
+        app.produce_request(&req, Some(p)).await;
+    }
+    for id in &ids {
+        app.wait_status(*id, "running", WAIT).await;
+    }
+    let second = TestApp::start(app.deps.clone(), devcycle::app::Mode::Process("agent-executor".into())).await;
+    // The group settles with partitions on both members.
+    let group = app.deps.catalog.group_name("devcycle.agent-executor");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let members = partitions_per_member(&app, &group);
+        if members.len() == 2 && members.iter().all(|n| *n > 0) {
+            assert_eq!(members.iter().sum::<usize>(), partitions as usize, "{members:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the group never settled on two members: {members:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for id in &ids {
+        let done = app.wait_status(*id, "succeeded", WAIT).await;
+        assert_eq!(done["attempts"], 1, "{done}");
+    }
+    // Give a second run on the new member time to show before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lines = std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
+    let _ = std::fs::remove_file(&runs);
+    assert_eq!(lines, partitions as usize, "each task's command ran once");
+    second.stop().await;
+    app.stop().await;
+}

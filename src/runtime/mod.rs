@@ -9,6 +9,7 @@ pub mod dlq;
 mod offsets;
 mod ordering;
 mod publish;
+mod revoke;
 mod runner;
 mod scheduler;
 #[cfg(test)]

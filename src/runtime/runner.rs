@@ -13,17 +13,19 @@
 //!   [`RunnerError::Stalled`], so that the process exits and its supervisor restarts it.
 
 use super::ordering::ordering_key;
+use super::revoke::{Ready, Revokes};
 use super::txn::Transactions;
 use super::watchdog::{check_interval, GroupSeen, Stall, Watchdog};
 use super::worker::{spawn_worker, Done, Shared, Work};
 use super::{PartitionOffsets, Processor, Scheduler};
 use crate::catalog::{Guarantee, ProcessorSpec};
-use crate::events::{processor_gauges, ProcessorStalled};
+use crate::events::{processor_gauges, PartitionsHandedOver, ProcessorStalled};
 use crate::kafka::{client_config, Producer};
 use crate::settings::KafkaSettings;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
@@ -61,12 +63,18 @@ pub(super) type Tp = (String, i32);
 
 enum RebalanceEvent {
     Assigned(Vec<Tp>),
+    /// Unassigned already (lost, or the consumer is closing).
     Revoked(Vec<Tp>),
+    /// Held: the runner unassigns these once their running records end.
+    Revoking(Vec<Tp>, TopicPartitionList),
 }
 
 struct RunnerContext {
     events: Mutex<Vec<RebalanceEvent>>,
     paused: AtomicBool,
+    /// Whether revokes are held for running records (cleared when the runner stops, so that
+    /// closing the consumer unassigns at once).
+    hold_revokes: AtomicBool,
     /// Set by librdkafka's global errors (e.g. every broker down), which need not surface as a
     /// consumer error; the stall watchdog counts them as trouble.
     trouble: AtomicBool,
@@ -90,21 +98,41 @@ impl ClientContext for RunnerContext {
     }
 }
 impl ConsumerContext for RunnerContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(list) = rebalance {
-            self.events.lock().expect("lock").push(RebalanceEvent::Revoked(tps(list)));
-        }
-    }
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(list) = rebalance {
-            // librdkafka keeps a partition's pause flag across unassign/assign; set it to what
-            // the runner wants now, or a partition paused before a rebalance stays paused.
-            if self.paused.load(AtomicOrdering::SeqCst) {
-                let _ = consumer.pause(list);
-            } else {
-                let _ = consumer.resume(list);
+    /// rdkafka's default rebalance, except that a revoke of partitions this member still owns is
+    /// held (see [`super::revoke`]): the runner unassigns them once their running records end.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = assigned {
+                    tracing::error!(error = %e, "assigning partitions failed");
+                }
+                // librdkafka keeps a partition's pause flag across unassign/assign; set it to
+                // what the runner wants now, or a partition paused before a rebalance stays paused.
+                if self.paused.load(AtomicOrdering::SeqCst) {
+                    let _ = consumer.pause(tpl);
+                } else {
+                    let _ = consumer.resume(tpl);
+                }
+                self.events.lock().expect("lock").push(RebalanceEvent::Assigned(tps(tpl)));
             }
-            self.events.lock().expect("lock").push(RebalanceEvent::Assigned(tps(list)));
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
+                if cooperative && self.hold_revokes.load(AtomicOrdering::SeqCst) && !consumer.assignment_lost() =>
+            {
+                self.events.lock().expect("lock").push(RebalanceEvent::Revoking(tps(tpl), tpl.clone()));
+            }
+            _ => {
+                if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    self.events.lock().expect("lock").push(RebalanceEvent::Revoked(tps(tpl)));
+                } else {
+                    tracing::error!(error = %RDKafkaErrorCode::from(err), "rebalance failed");
+                }
+                let unassigned = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = unassigned {
+                    tracing::error!(error = %e, "unassigning partitions failed");
+                }
+            }
         }
     }
 }
@@ -132,6 +160,7 @@ pub async fn run_processor<P: Processor>(
     let context = RunnerContext {
         events: Mutex::new(Vec::new()),
         paused: AtomicBool::new(false),
+        hold_revokes: AtomicBool::new(true),
         trouble: AtomicBool::new(false),
         group: Mutex::new(GroupSeen::new(Instant::now())),
     };
@@ -181,9 +210,13 @@ pub async fn run_processor<P: Processor>(
     let mut paused = false;
     let mut lag_tick = tokio::time::interval(check_interval(stall_after));
     let mut watchdog = Watchdog::new(stall_after, Instant::now());
+    // A held revoke ends within the shutdown grace, and well inside the stall window (the group
+    // is not settled meanwhile).
+    let mut revokes = Revokes::new(Duration::from_millis(spec.timeouts.shutdown_grace_ms).min(stall_after / 2));
 
     loop {
         while let Some((_, work)) = scheduler.start_next() {
+            revokes.started((work.msg.topic().to_string(), work.msg.partition()));
             spawn_worker(shared.clone(), work, done_tx.clone());
         }
         in_flight_gauge.set(scheduler.running() as i64);
@@ -195,10 +228,12 @@ pub async fn run_processor<P: Processor>(
             paused = set_paused(&consumer, false);
         }
         paused_gauge.set(paused as i64);
+        let revoke_deadline = revokes.next_deadline();
 
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(revoke_deadline.unwrap_or_else(Instant::now).into()), if revoke_deadline.is_some() => {}
             _ = lag_tick.tick() => {
                 record_lag(&consumer, &offsets, &group_label);
                 let now = Instant::now();
@@ -215,7 +250,7 @@ pub async fn run_processor<P: Processor>(
             _ = txn_tick.tick(), if txn.is_some() => {
                 // A revoke handled inside the last poll is applied first, so its partitions'
                 // outputs and offsets are never committed after they went to another member.
-                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut());
+                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
                 if let Some(t) = txn.as_mut() {
                     if commit_transaction(t, &consumer, &offsets, &spec).await? {
                         watchdog.committed();
@@ -226,16 +261,20 @@ pub async fn run_processor<P: Processor>(
             }
             Some(done) = done_rx.recv() => {
                 watchdog.finished(Instant::now());
-                complete(&consumer, &mut offsets, &mut scheduler, &spec, done, txn.as_mut());
+                complete(&consumer, &mut offsets, &mut scheduler, &mut revokes, &spec, done, txn.as_mut());
             }
             msg = consumer.recv() => {
-                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut());
+                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
                 match msg {
                     Ok(m) => {
                         watchdog.received(Instant::now());
                         consumed.inc();
                         let m = m.detach();
                         let tp = (m.topic().to_string(), m.partition());
+                        if revokes.is_revoking(&tp) {
+                            // Fetched before the revoke; its new owner reads it again.
+                            continue;
+                        }
                         let entry = offsets.entry(tp).or_insert_with(|| {
                             generation += 1;
                             (generation, PartitionOffsets::default())
@@ -252,9 +291,12 @@ pub async fn run_processor<P: Processor>(
                 }
             }
         }
-        apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut());
+        apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
+        hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, false).await?;
     }
 
+    // Closing the consumer unassigns at once from here on.
+    consumer.context().hold_revokes.store(false, AtomicOrdering::SeqCst);
     // Shutdown: drop what has not started, let in-flight work finish within the grace period.
     let dropped = scheduler.discard(|_| true);
     let grace = Duration::from_millis(spec.timeouts.shutdown_grace_ms);
@@ -262,7 +304,9 @@ pub async fn run_processor<P: Processor>(
     let drain = async {
         while scheduler.running() > 0 {
             match done_rx.recv().await {
-                Some(done) => complete(&consumer, &mut offsets, &mut scheduler, &spec, done, txn.as_mut()),
+                Some(done) => {
+                    complete(&consumer, &mut offsets, &mut scheduler, &mut revokes, &spec, done, txn.as_mut())
+                }
                 None => break,
             }
         }
@@ -271,7 +315,8 @@ pub async fn run_processor<P: Processor>(
         tracing::warn!(processor = %spec.name, "grace period over; abandoning in-flight records (they will be redelivered)");
         workers_cancel.cancel();
     }
-    apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut());
+    apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
+    hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, true).await?;
     if let Some(t) = txn.as_mut() {
         commit_transaction(t, &consumer, &offsets, &spec).await?;
     }
@@ -349,6 +394,48 @@ fn set_paused(consumer: &StreamConsumer<RunnerContext>, pause: bool) -> bool {
     pause
 }
 
+/// Hands over the held revokes that are ready (see [`super::revoke`]): exactly-once commits the
+/// finished records' outputs and offsets first; at-least-once has stored them, and librdkafka
+/// commits stored offsets when it unassigns.
+async fn hand_over(
+    consumer: &StreamConsumer<RunnerContext>,
+    offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
+    revokes: &mut Revokes,
+    mut txn: Option<&mut Transactions>,
+    spec: &ProcessorSpec,
+    all: bool,
+) -> Result<(), RunnerError> {
+    if revokes.is_empty() {
+        return Ok(());
+    }
+    let ready = revokes.take_ready(Instant::now(), all);
+    if ready.is_empty() {
+        return Ok(());
+    }
+    if let Some(t) = txn.as_deref_mut() {
+        commit_transaction(t, consumer, offsets, spec).await?;
+    }
+    for Ready { revoke, abandoned } in ready {
+        for tp in &revoke.list {
+            offsets.remove(tp);
+            if let Some(t) = txn.as_deref_mut() {
+                t.forget(tp);
+            }
+        }
+        if let Err(e) = consumer.incremental_unassign(&revoke.tpl) {
+            tracing::warn!(processor = %spec.name, error = %e, "unassigning revoked partitions failed");
+        }
+        PartitionsHandedOver {
+            processor: &spec.name,
+            partitions: revoke.list.len(),
+            waited: revoke.since.elapsed(),
+            abandoned,
+        }
+        .emit();
+    }
+    Ok(())
+}
+
 fn apply_rebalances(
     consumer: &StreamConsumer<RunnerContext>,
     offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
@@ -356,6 +443,7 @@ fn apply_rebalances(
     generation: &mut u64,
     health: &RunnerHealth,
     mut txn: Option<&mut Transactions>,
+    revokes: &mut Revokes,
 ) {
     let events = std::mem::take(&mut *consumer.context().events.lock().expect("lock"));
     for event in events {
@@ -379,6 +467,16 @@ fn apply_rebalances(
                     scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p));
                 tracing::info!(partitions = list.len(), dropped, "partitions revoked");
             }
+            RebalanceEvent::Revoking(list, tpl) => {
+                let dropped =
+                    scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p));
+                tracing::info!(
+                    partitions = list.len(),
+                    dropped,
+                    "partitions revoked; waiting for their running records"
+                );
+                revokes.hold(list, tpl, Instant::now());
+            }
         }
     }
     health.assigned.store(offsets.len(), AtomicOrdering::Relaxed);
@@ -388,11 +486,13 @@ fn complete(
     consumer: &StreamConsumer<RunnerContext>,
     offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
     scheduler: &mut Scheduler<Vec<u8>, Work>,
+    revokes: &mut Revokes,
     spec: &ProcessorSpec,
     done: Done,
     txn: Option<&mut Transactions>,
 ) {
     scheduler.finish(done.key.as_ref());
+    revokes.finished(&done.tp);
     let Some((generation, tracker)) = offsets.get_mut(&done.tp) else { return };
     if *generation != done.generation {
         return;
