@@ -264,8 +264,8 @@ async fn a_task_done_within_running_after_is_written_once_and_a_longer_one_shows
 }
 
 /// Runs a task of `agent` to `succeeded`, then redelivers its request (a crash before the
-/// offset commit) with another input: the stored result is published again, unchanged, and
-/// nothing is written.
+/// offset commit) with another input: the stored result and events are published again,
+/// unchanged, and nothing is written.
 async fn redeliver_a_final_task(app: &TestApp, agent: &str) {
     let id = app.submit(agent, json!({"n": 1})).await;
     app.wait_status(id, "succeeded", WAIT).await;
@@ -283,6 +283,10 @@ async fn redeliver_a_final_task(app: &TestApp, agent: &str) {
     let statuses: Vec<String> =
         devcycle::db::tasks::events(&app.deps.pool, id).await.unwrap().into_iter().map(|e| e.1).collect();
     assert_eq!(statuses, ["running", "succeeded"]);
+    // The attempt's events are published again, all of them (a quick task's `running` is
+    // published with its final event: a crash before publishing would otherwise lose it).
+    let published = published_statuses(app, id, 4).await;
+    assert_eq!(published, ["running", "succeeded", "running", "succeeded"]);
 }
 
 /// A redelivered final task of an agent with side effects does not run again: its command

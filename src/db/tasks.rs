@@ -131,29 +131,36 @@ pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<(Option<String>, Stri
         .await?)
 }
 
-/// The latest recorded event of a task (re-published unchanged after a redelivery).
-pub async fn last_event(pool: &PgPool, id: Uuid) -> Result<Option<TaskEvent>, DbError> {
-    let row = sqlx::query(
+/// The recorded events of a task's latest attempt, oldest first (re-published unchanged after a
+/// redelivery: all of them, because a quick task stores its `running` with its final event and
+/// a crash before publishing loses both, not only the last).
+pub async fn attempt_events(pool: &PgPool, id: Uuid) -> Result<Vec<TaskEvent>, DbError> {
+    let rows = sqlx::query(
         "SELECT e.event_id, e.task_id, t.agent, e.from_status, e.to_status, e.attempt, e.message, e.at, e.request_id
-         FROM task_events e JOIN tasks t USING (task_id) WHERE e.task_id = $1 ORDER BY e.id DESC LIMIT 1",
+         FROM task_events e JOIN tasks t USING (task_id)
+         WHERE e.task_id = $1 AND e.attempt = (SELECT max(attempt) FROM task_events WHERE task_id = $1)
+         ORDER BY e.id",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_all(pool)
     .await?;
-    let Some(r) = row else { return Ok(None) };
-    let from: Option<String> = r.try_get("from_status")?;
-    let to: String = r.try_get("to_status")?;
-    Ok(Some(TaskEvent {
-        event_id: r.try_get("event_id")?,
-        task_id: r.try_get("task_id")?,
-        agent: r.try_get("agent")?,
-        from_status: from.and_then(|s| s.parse().ok()),
-        to_status: to.parse().unwrap_or(TaskStatus::Failed),
-        attempt: r.try_get("attempt")?,
-        message: r.try_get("message")?,
-        at: r.try_get("at")?,
-        request_id: r.try_get("request_id")?,
-    }))
+    rows.iter()
+        .map(|r| -> Result<TaskEvent, DbError> {
+            let from: Option<String> = r.try_get("from_status")?;
+            let to: String = r.try_get("to_status")?;
+            Ok(TaskEvent {
+                event_id: r.try_get("event_id")?,
+                task_id: r.try_get("task_id")?,
+                agent: r.try_get("agent")?,
+                from_status: from.and_then(|s| s.parse().ok()),
+                to_status: to.parse().unwrap_or(TaskStatus::Failed),
+                attempt: r.try_get("attempt")?,
+                message: r.try_get("message")?,
+                at: r.try_get("at")?,
+                request_id: r.try_get("request_id")?,
+            })
+        })
+        .collect()
 }
 
 pub enum Cancel {

@@ -104,8 +104,8 @@ impl AgentExecutor {
     }
 
     /// Writes an outcome to Postgres (with the attempt's start when `started` is given): the
-    /// row as it now reads and the events to publish, in order (the recorded last one when the
-    /// task was already final: re-published unchanged).
+    /// row as it now reads and the events to publish, in order (the last attempt's recorded ones
+    /// when the task was already final: re-published unchanged).
     async fn record(
         &self,
         req: &TaskRequest,
@@ -127,15 +127,16 @@ impl AgentExecutor {
             }
         };
         if events.is_empty() {
-            events.extend(tasks::last_event(&self.deps.pool, row.task_id).await?);
+            events = tasks::attempt_events(&self.deps.pool, row.task_id).await?;
         }
         Ok((row, events))
     }
 
-    /// Publishes a task that is already final as it was recorded (result, last event, Redis).
+    /// Publishes a task that is already final as it was recorded (result, the last attempt's
+    /// events, Redis).
     async fn republish(&self, p: &Publisher, row: TaskRow) -> Result<(), ProcessError> {
-        let event = tasks::last_event(&self.deps.pool, row.task_id).await?;
-        self.publish_final(p, &row, event.as_slice()).await
+        let events = tasks::attempt_events(&self.deps.pool, row.task_id).await?;
+        self.publish_final(p, &row, &events).await
     }
 
     fn timeout_for(&self, agent: &Agent) -> Duration {
