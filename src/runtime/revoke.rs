@@ -16,14 +16,12 @@
 //!   once: another member owns them already, or the member is leaving.
 
 use super::runner::Tp;
-use rdkafka::TopicPartitionList;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// A revoke waiting for its partitions' running records.
 pub(super) struct Revoking {
     pub list: Vec<Tp>,
-    pub tpl: TopicPartitionList,
     pub since: Instant,
     deadline: Instant,
 }
@@ -61,9 +59,9 @@ impl Revokes {
         }
     }
 
-    /// Holds a revoke of `tpl` until its partitions' running records finish.
-    pub fn hold(&mut self, list: Vec<Tp>, tpl: TopicPartitionList, now: Instant) {
-        self.pending.push(Revoking { list, tpl, since: now, deadline: now + self.grace });
+    /// Holds a revoke of `list` until its partitions' running records finish.
+    pub fn hold(&mut self, list: Vec<Tp>, now: Instant) {
+        self.pending.push(Revoking { list, since: now, deadline: now + self.grace });
     }
 
     /// Whether `tp` is being revoked (its records are not started).
@@ -117,7 +115,7 @@ mod tests {
         r.started(tp(0));
         r.started(tp(0));
         r.started(tp(1));
-        r.hold(vec![tp(0)], TopicPartitionList::new(), t0);
+        r.hold(vec![tp(0)], t0);
         assert!(r.is_revoking(&tp(0)) && !r.is_revoking(&tp(1)));
         r.finished(&tp(0));
         assert!(r.take_ready(t0, false).is_empty(), "one record of partition 0 still runs");
@@ -133,9 +131,9 @@ mod tests {
         let grace = Duration::from_secs(30);
         let mut r = Revokes::new(grace);
         r.started(tp(0));
-        r.hold(vec![tp(0)], TopicPartitionList::new(), t0);
+        r.hold(vec![tp(0)], t0);
         r.started(tp(2));
-        r.hold(vec![tp(2)], TopicPartitionList::new(), t0 + Duration::from_secs(10));
+        r.hold(vec![tp(2)], t0 + Duration::from_secs(10));
         assert_eq!(r.next_deadline(), Some(t0 + grace));
         assert!(r.take_ready(t0 + grace - Duration::from_millis(1), false).is_empty());
         let ready = r.take_ready(t0 + grace, false);

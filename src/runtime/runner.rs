@@ -57,6 +57,8 @@ pub struct RunnerHealth {
     /// Set while records wait for Kafka to take their outputs; cleared when one succeeds.
     pub kafka_waiting: AtomicBool,
     pub started: AtomicBool,
+    /// Partitions revoked but held until their running records end (see [`super::revoke`]).
+    pub revoking: AtomicUsize,
 }
 
 pub(super) type Tp = (String, i32);
@@ -66,7 +68,7 @@ enum RebalanceEvent {
     /// Unassigned already (lost, or the consumer is closing).
     Revoked(Vec<Tp>),
     /// Held: the runner unassigns these once their running records end.
-    Revoking(Vec<Tp>, TopicPartitionList),
+    Revoking(Vec<Tp>),
 }
 
 struct RunnerContext {
@@ -75,6 +77,8 @@ struct RunnerContext {
     /// Whether revokes are held for running records (cleared when the runner stops, so that
     /// closing the consumer unassigns at once).
     hold_revokes: AtomicBool,
+    /// The partitions of held revokes, not yet unassigned.
+    held: Mutex<Vec<Tp>>,
     /// Set by librdkafka's global errors (e.g. every broker down), which need not surface as a
     /// consumer error; the stall watchdog counts them as trouble.
     trouble: AtomicBool,
@@ -84,6 +88,14 @@ struct RunnerContext {
 
 fn tps(list: &TopicPartitionList) -> Vec<Tp> {
     list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+fn tpl(list: &[Tp]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in list {
+        tpl.add_partition(topic, *partition);
+    }
+    tpl
 }
 
 impl ClientContext for RunnerContext {
@@ -120,7 +132,8 @@ impl ConsumerContext for RunnerContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
                 if cooperative && self.hold_revokes.load(AtomicOrdering::SeqCst) && !consumer.assignment_lost() =>
             {
-                self.events.lock().expect("lock").push(RebalanceEvent::Revoking(tps(tpl), tpl.clone()));
+                self.held.lock().expect("lock").extend(tps(tpl));
+                self.events.lock().expect("lock").push(RebalanceEvent::Revoking(tps(tpl)));
             }
             _ => {
                 if err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
@@ -132,6 +145,32 @@ impl ConsumerContext for RunnerContext {
                 if let Err(e) = unassigned {
                     tracing::error!(error = %e, "unassigning partitions failed");
                 }
+            }
+        }
+    }
+}
+
+/// The runner's consumer. However the runner ends (an error, a panic, its task dropped),
+/// closing the consumer (in its drop) must not wait for a held revoke: librdkafka's close waits
+/// for the application's unassign call, which would never come. So a drop first hands the held
+/// partitions over, and revokes from then on are not held.
+struct GroupConsumer(StreamConsumer<RunnerContext>);
+
+impl std::ops::Deref for GroupConsumer {
+    type Target = StreamConsumer<RunnerContext>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        let context = self.0.context();
+        context.hold_revokes.store(false, AtomicOrdering::SeqCst);
+        let held = std::mem::take(&mut *context.held.lock().expect("lock"));
+        if !held.is_empty() {
+            if let Err(e) = self.0.incremental_unassign(&tpl(&held)) {
+                tracing::warn!(error = %e, "unassigning held partitions failed");
             }
         }
     }
@@ -161,6 +200,7 @@ pub async fn run_processor<P: Processor>(
         events: Mutex::new(Vec::new()),
         paused: AtomicBool::new(false),
         hold_revokes: AtomicBool::new(true),
+        held: Mutex::new(Vec::new()),
         trouble: AtomicBool::new(false),
         group: Mutex::new(GroupSeen::new(Instant::now())),
     };
@@ -181,6 +221,7 @@ pub async fn run_processor<P: Processor>(
         .set("topic.metadata.refresh.interval.ms", "5000")
         .set("statistics.interval.ms", check_interval(stall_after).as_millis().to_string())
         .create_with_context(context)?;
+    let consumer = GroupConsumer(consumer);
     consumer.subscribe(&[&input_topic])?;
     health.started.store(true, AtomicOrdering::SeqCst);
     tracing::info!(processor = %spec.name, topic = %input_topic, group = %group, "processor started");
@@ -292,10 +333,10 @@ pub async fn run_processor<P: Processor>(
             }
         }
         apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
-        hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, false).await?;
+        hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, &health, false).await?;
     }
 
-    // Closing the consumer unassigns at once from here on.
+    // Nothing polls for a held revoke's records from here on.
     consumer.context().hold_revokes.store(false, AtomicOrdering::SeqCst);
     // Shutdown: drop what has not started, let in-flight work finish within the grace period.
     let dropped = scheduler.discard(|_| true);
@@ -316,7 +357,7 @@ pub async fn run_processor<P: Processor>(
         workers_cancel.cancel();
     }
     apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
-    hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, true).await?;
+    hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, &health, true).await?;
     if let Some(t) = txn.as_mut() {
         commit_transaction(t, &consumer, &offsets, &spec).await?;
     }
@@ -403,6 +444,7 @@ async fn hand_over(
     revokes: &mut Revokes,
     mut txn: Option<&mut Transactions>,
     spec: &ProcessorSpec,
+    health: &RunnerHealth,
     all: bool,
 ) -> Result<(), RunnerError> {
     if revokes.is_empty() {
@@ -422,7 +464,11 @@ async fn hand_over(
                 t.forget(tp);
             }
         }
-        if let Err(e) = consumer.incremental_unassign(&revoke.tpl) {
+        let mut held = consumer.context().held.lock().expect("lock");
+        held.retain(|tp| !revoke.list.contains(tp));
+        health.revoking.store(held.len(), AtomicOrdering::Relaxed);
+        drop(held);
+        if let Err(e) = consumer.incremental_unassign(&tpl(&revoke.list)) {
             tracing::warn!(processor = %spec.name, error = %e, "unassigning revoked partitions failed");
         }
         PartitionsHandedOver {
@@ -467,7 +513,7 @@ fn apply_rebalances(
                     scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p));
                 tracing::info!(partitions = list.len(), dropped, "partitions revoked");
             }
-            RebalanceEvent::Revoking(list, tpl) => {
+            RebalanceEvent::Revoking(list) => {
                 let dropped =
                     scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p));
                 tracing::info!(
@@ -475,7 +521,8 @@ fn apply_rebalances(
                     dropped,
                     "partitions revoked; waiting for their running records"
                 );
-                revokes.hold(list, tpl, Instant::now());
+                revokes.hold(list, Instant::now());
+                health.revoking.store(consumer.context().held.lock().expect("lock").len(), AtomicOrdering::Relaxed);
             }
         }
     }

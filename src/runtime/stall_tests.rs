@@ -1,7 +1,7 @@
 //! The runner against librdkafka's mock cluster (no real broker): a consumer that cannot settle
 //! in its group makes the runner exit with a stall once the window is over; a settled, idle
 //! consumer keeps running however long nothing arrives; a handler that panics has its record
-//! dead-lettered.
+//! dead-lettered; a runner that ends while it holds a revoke still closes its consumer.
 
 use super::watchdog::Stall;
 use super::{DecodeError, ProcessError, Processor, RecordMeta, RunnerConfig, RunnerError, RunnerHealth};
@@ -32,8 +32,12 @@ impl Processor for Idle {
 const TOPIC: &str = "stall-requests";
 
 fn mock() -> MockCluster<'static, DefaultProducerContext> {
+    mock_with(1)
+}
+
+fn mock_with(partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
     let mock = MockCluster::new(1).expect("mock cluster");
-    mock.create_topic(TOPIC, 1, 1).expect("mock topic");
+    mock.create_topic(TOPIC, partitions, 1).expect("mock topic");
     mock
 }
 
@@ -64,12 +68,23 @@ async fn run_processor<P: Processor>(
     health: Arc<RunnerHealth>,
     processor: Arc<P>,
 ) -> Result<(), RunnerError> {
+    run_in_group(kafka, &format!("stall-{}", uuid::Uuid::new_v4()), window, run, health, processor).await
+}
+
+async fn run_in_group<P: Processor>(
+    kafka: &KafkaSettings,
+    group: &str,
+    window: Duration,
+    run: Duration,
+    health: Arc<RunnerHealth>,
+    processor: Arc<P>,
+) -> Result<(), RunnerError> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/processors/agent-executor.toml")).unwrap();
     let spec: ProcessorSpec = toml::from_str(&text).expect("shipped processor spec");
     let config = RunnerConfig {
         spec,
         input_topic: TOPIC.into(),
-        group: format!("stall-{}", uuid::Uuid::new_v4()),
+        group: group.to_string(),
         dead_letter_topic: "stall-dead-letters".into(),
         stall_after: window,
     };
@@ -164,4 +179,73 @@ async fn a_record_whose_handler_panics_is_dead_lettered_and_its_partition_goes_o
     let headers = letter.headers().expect("dead-letter headers");
     let class = headers.iter().find(|h| h.key == super::dlq::H_CLASS).and_then(|h| h.value).unwrap();
     assert_eq!(class, b"panic");
+}
+
+/// Takes a minute per record.
+struct Slow;
+
+#[async_trait]
+impl Processor for Slow {
+    type Input = ();
+    async fn decode(&self, _: Option<&[u8]>) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    async fn process(&self, _: &(), _: &RecordMeta) -> Result<(), ProcessError> {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(())
+    }
+}
+
+/// A runner that ends (here: its task is aborted) while it holds a revoke for a running record
+/// hands the partition over as its consumer closes; otherwise librdkafka's close waits for ever
+/// for the unassign call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_dropped_while_it_holds_a_revoke_still_closes_its_consumer() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mock = mock_with(2);
+    let kafka = kafka(&mock);
+    let producer: FutureProducer = crate::kafka::client_config(&kafka, "revoke-test").create().unwrap();
+    for partition in 0..2 {
+        let record = FutureRecord::<str, str>::to(TOPIC).payload("slow").partition(partition);
+        producer.send(record, Duration::from_secs(5)).await.unwrap();
+    }
+    let group = format!("revoke-{}", uuid::Uuid::new_v4());
+    let health = Arc::new(RunnerHealth::default());
+    let runner = {
+        let (kafka, group, health) = (kafka.clone(), group.clone(), health.clone());
+        let (window, run) = (Duration::from_secs(60), Duration::from_secs(120));
+        tokio::spawn(async move { run_in_group(&kafka, &group, window, run, health, Arc::new(Slow)).await })
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    tokio::task::block_in_place(|| wait_for("both records running", &|| health.in_flight.load(Ordering::SeqCst) == 2));
+    // A second member joins: the runner is asked to give up one partition, whose record runs.
+    let joining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let member = {
+        let config = crate::kafka::client_config(&kafka, "revoke-member")
+            .set("group.id", &group)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "6000")
+            .clone();
+        let joining = joining.clone();
+        std::thread::spawn(move || {
+            let c: BaseConsumer = config.create().unwrap();
+            c.subscribe(&[TOPIC]).unwrap();
+            while joining.load(Ordering::SeqCst) {
+                let _ = c.poll(Duration::from_millis(100));
+            }
+        })
+    };
+    tokio::task::block_in_place(|| wait_for("a revoke held", &|| health.revoking.load(Ordering::SeqCst) == 1));
+    runner.abort();
+    let ended = tokio::time::timeout(Duration::from_secs(20), runner).await;
+    joining.store(false, Ordering::SeqCst);
+    member.join().unwrap();
+    assert!(ended.is_ok_and(|r| r.is_err_and(|e| e.is_cancelled())), "the runner's consumer never closed");
 }
