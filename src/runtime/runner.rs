@@ -150,10 +150,10 @@ impl ConsumerContext for RunnerContext {
     }
 }
 
-/// The runner's consumer. However the runner ends (an error, a panic, its task dropped),
-/// closing the consumer (in its drop) must not wait for a held revoke: librdkafka's close waits
-/// for the application's unassign call, which would never come. So a drop first hands the held
-/// partitions over, and revokes from then on are not held.
+/// The runner's consumer. However the runner ends (an error, a panic, its task dropped), its
+/// consumer's close (in the drop) revokes every partition through [`RunnerContext`]'s rebalance
+/// and waits for the unassign call: a revoke held then would never end, and the drop would hang.
+/// So revokes are not held from the drop on.
 struct GroupConsumer(StreamConsumer<RunnerContext>);
 
 impl std::ops::Deref for GroupConsumer {
@@ -165,14 +165,7 @@ impl std::ops::Deref for GroupConsumer {
 
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
-        let context = self.0.context();
-        context.hold_revokes.store(false, AtomicOrdering::SeqCst);
-        let held = std::mem::take(&mut *context.held.lock().expect("lock"));
-        if !held.is_empty() {
-            if let Err(e) = self.0.incremental_unassign(&tpl(&held)) {
-                tracing::warn!(error = %e, "unassigning held partitions failed");
-            }
-        }
+        self.0.context().hold_revokes.store(false, AtomicOrdering::SeqCst);
     }
 }
 
