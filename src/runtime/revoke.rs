@@ -64,6 +64,15 @@ impl Revokes {
         self.pending.push(Revoking { list, since: now, deadline: now + self.grace });
     }
 
+    /// Forgets `list` in the held revokes: those partitions were unassigned meanwhile (lost).
+    /// A revoke left with no partition ends.
+    pub fn forget(&mut self, list: &[Tp]) {
+        for revoke in &mut self.pending {
+            revoke.list.retain(|tp| !list.contains(tp));
+        }
+        self.pending.retain(|r| !r.list.is_empty());
+    }
+
     /// Whether `tp` is being revoked (its records are not started).
     pub fn is_revoking(&self, tp: &Tp) -> bool {
         self.pending.iter().any(|r| r.list.contains(tp))
@@ -123,6 +132,19 @@ mod tests {
         let ready = r.take_ready(t0, false);
         assert_eq!((ready.len(), ready[0].abandoned), (1, 0), "partition 1's record is not waited for");
         assert!(r.is_empty() && !r.is_revoking(&tp(0)));
+    }
+
+    #[test]
+    fn partitions_lost_while_held_are_no_longer_held() {
+        let t0 = Instant::now();
+        let mut r = Revokes::new(Duration::from_secs(30));
+        r.started(tp(0));
+        r.started(tp(1));
+        r.hold(vec![tp(0), tp(1)], t0);
+        r.forget(&[tp(0)]);
+        assert!(!r.is_revoking(&tp(0)) && r.is_revoking(&tp(1)));
+        r.forget(&[tp(1)]);
+        assert!(r.is_empty(), "a revoke with no partition left ends");
     }
 
     #[test]

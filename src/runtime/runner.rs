@@ -475,6 +475,11 @@ async fn hand_over(
     Ok(())
 }
 
+/// Drops the records of `list`'s partitions not yet started (their new owner reads them again).
+fn drop_unstarted(scheduler: &mut Scheduler<Vec<u8>, Work>, list: &[Tp]) -> usize {
+    scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p))
+}
+
 fn apply_rebalances(
     consumer: &StreamConsumer<RunnerContext>,
     offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
@@ -496,19 +501,23 @@ fn apply_rebalances(
                 }
             }
             RebalanceEvent::Revoked(list) => {
+                // Lost while held: those partitions are gone already, and may come back.
+                revokes.forget(&list);
+                let mut held = consumer.context().held.lock().expect("lock");
+                held.retain(|tp| !list.contains(tp));
+                health.revoking.store(held.len(), AtomicOrdering::Relaxed);
+                drop(held);
                 for tp in &list {
                     offsets.remove(tp);
                     if let Some(t) = txn.as_deref_mut() {
                         t.forget(tp);
                     }
                 }
-                let dropped =
-                    scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p));
+                let dropped = drop_unstarted(scheduler, &list);
                 tracing::info!(partitions = list.len(), dropped, "partitions revoked");
             }
             RebalanceEvent::Revoking(list) => {
-                let dropped =
-                    scheduler.discard(|w| list.iter().any(|(t, p)| w.msg.topic() == t && w.msg.partition() == *p));
+                let dropped = drop_unstarted(scheduler, &list);
                 tracing::info!(
                     partitions = list.len(),
                     dropped,
