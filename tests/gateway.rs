@@ -500,6 +500,49 @@ async fn per_user_produce_quotas_answer_429_and_write_nothing() {
     app.stop().await;
 }
 
+/// A stream whose client stops sending ends after `http.request_timeout_ms` with a final
+/// `REQUEST_TIMEOUT` line; the line it sent before is reported, and written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ndjson_stream_whose_client_goes_quiet_is_ended() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = ingress(|s| s.http.request_timeout_ms = 1500).await;
+    let line = format!("{}\n", json!({"key": "q0", "value": request_value("echo")}));
+    let head = format!(
+        "POST {RECORDS} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\ncontent-type: application/x-ndjson\r\n\
+         transfer-encoding: chunked\r\n\r\n{:x}\r\n{line}\r\n",
+        app.addr,
+        app.token,
+        line.len()
+    );
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // ... and then nothing: the body never ends. Read the answer to its last chunk.
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"\r\n0\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
+            .await
+            .expect("the stream ended")
+            .unwrap();
+        assert!(n > 0, "closed before the answer ended: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let lines: Vec<Value> =
+        text.split('\n').filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l.trim_end()).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_written(&lines[0]);
+    let done = &lines[1];
+    assert_eq!((done["done"].as_bool(), done["error_code"].as_str()), (Some(true), Some("REQUEST_TIMEOUT")), "{text}");
+    assert_eq!((done["records"].as_u64(), done["written"].as_u64()), (Some(1), Some(1)), "{text}");
+    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(10), "ended after {took:?}");
+    assert_eq!(read_records(&app, 1).await[0].key(), Some(b"q0".as_slice()));
+    app.stop().await;
+}
+
 /// Sends an ndjson stream with the admin's token; returns the status, the headers and each
 /// answer line with when it arrived (since the request was sent).
 async fn stream(app: &TestApp, lines: &[String]) -> (u16, reqwest::header::HeaderMap, Vec<(Value, Duration)>) {

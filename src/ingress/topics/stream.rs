@@ -3,7 +3,9 @@
 //!
 //! Invariants: every counted line gets exactly one report line, in order; a line waiting for
 //! its quota window stops the body from being read (TCP backpressure), never the reports of
-//! earlier lines; at most 1,024 lines are in flight.
+//! earlier lines; at most 1,024 lines are in flight; a client that sends nothing, or reads no
+//! report, for `http.request_timeout_ms` ends the stream (the stream as a whole is bounded by
+//! the gateway's body and record limits).
 
 use super::quota::Quota;
 use super::{declared, delivered, enqueue_record, value_schema, wants_async, Line};
@@ -162,14 +164,25 @@ impl Stream {
     }
 }
 
+/// Sends one answer line; false when the client went away or has read nothing for `idle`.
+async fn send_line(tx: &mut FrameSender, text: String, idle: Duration) -> bool {
+    use futures::SinkExt;
+    let frame = hyper::body::Frame::data(Bytes::from(text));
+    matches!(tokio::time::timeout(idle, tx.send(Ok(frame))).await, Ok(Ok(())))
+}
+
 /// Reads the body line by line and streams the reports. Lines are taken in order: the head line
 /// waits while its quota window is full, and meanwhile the body is not read (TCP backpressure
 /// slows the client) while reports of earlier lines keep flowing. Every counted line gets
-/// exactly one report line.
+/// exactly one report line. A body that sends nothing for `http.request_timeout_ms` while the
+/// stream waits for it ends the stream (`REQUEST_TIMEOUT` in the final line).
 async fn stream_task(st: Stream, mut body: Incoming, mut tx: FrameSender) {
-    use futures::{SinkExt, StreamExt};
+    use futures::StreamExt;
     use http_body_util::BodyExt;
     let g = &st.deps.settings.gateway;
+    let idle_limit = Duration::from_millis(st.deps.settings.http.request_timeout_ms);
+    let idle = tokio::time::sleep(idle_limit);
+    tokio::pin!(idle);
     let kafka_topic = st.deps.catalog.topic_name(&st.decl.name);
     let mut inflight: futures::stream::FuturesOrdered<LineFuture> = Default::default();
     // Complete lines read from the body and counted, not yet admitted.
@@ -210,6 +223,11 @@ async fn stream_task(st: Stream, mut body: Incoming, mut tx: FrameSender) {
             queued.pop_front();
             waited = Duration::ZERO;
         }
+        let wants_body = reading && queued.is_empty() && inflight.len() < 1024;
+        if !wants_body {
+            // Only time spent waiting for the client counts.
+            idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
+        }
         tokio::select! {
             biased;
             Some(line) = inflight.next(), if !inflight.is_empty() => {
@@ -217,13 +235,17 @@ async fn stream_task(st: Stream, mut body: Incoming, mut tx: FrameSender) {
                     Line::Written(_) => written += 1,
                     Line::Failed { .. } => failed += 1,
                 }
-                let text = format!("{}\n", line.to_json());
-                if tx.send(Ok(hyper::body::Frame::data(Bytes::from(text)))).await.is_err() {
-                    return; // the client went away
+                if !send_line(&mut tx, format!("{}\n", line.to_json()), idle_limit).await {
+                    return; // the client went away or reads nothing
                 }
             }
             () = &mut pause, if paused => paused = false,
-            frame = body.frame(), if reading && queued.is_empty() && inflight.len() < 1024 => {
+            () = &mut idle, if wants_body => {
+                reading = false;
+                abort = Some(("REQUEST_TIMEOUT", format!("no data from the client for {} ms", idle_limit.as_millis())));
+            }
+            frame = body.frame(), if wants_body => {
+                idle.as_mut().reset(tokio::time::Instant::now() + idle_limit);
                 match frame {
                     None => {
                         reading = false;
@@ -263,6 +285,6 @@ async fn stream_task(st: Stream, mut body: Incoming, mut tx: FrameSender) {
         done["error_code"] = json!(code);
         done["message"] = json!(message);
     }
-    let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from(format!("{done}\n"))))).await;
+    send_line(&mut tx, format!("{done}\n"), idle_limit).await;
     end_producer_span(st.span, written, failed);
 }
