@@ -122,11 +122,18 @@ pub struct ProcessorSpec {
     pub group: String,
     pub concurrency: usize,
     pub max_buffered: usize,
+    /// Bytes (keys and values) of the held records not yet started before the partitions pause.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
     pub ordering: Ordering,
     pub guarantee: Guarantee,
     pub retry: RetryPolicy,
     pub timeouts: Timeouts,
     pub outputs: Outputs,
+}
+
+fn default_max_buffered_bytes() -> usize {
+    64 << 20
 }
 
 #[derive(Debug, Clone)]
@@ -158,8 +165,11 @@ impl Catalog {
         let mut processors = BTreeMap::new();
         for path in files(&settings.paths.processors, "toml")? {
             let spec: ProcessorSpec = parse_toml(&path)?;
-            if spec.concurrency == 0 || spec.max_buffered < spec.concurrency {
-                return Err(invalid(&path, "need concurrency >= 1 and max_buffered >= concurrency"));
+            if spec.concurrency == 0 || spec.max_buffered < spec.concurrency || spec.max_buffered_bytes == 0 {
+                return Err(invalid(
+                    &path,
+                    "need concurrency >= 1, max_buffered >= concurrency and max_buffered_bytes >= 1",
+                ));
             }
             if spec.retry.max_attempts == 0 {
                 return Err(invalid(&path, "retry.max_attempts must be >= 1"));

@@ -5,7 +5,9 @@
 //! runner holds a revoke: librdkafka keeps this member in the group (heartbeating) until the
 //! application calls unassign, and the runner calls it once the revoked partitions' running
 //! records have finished here and their offsets are stored (exactly-once: committed with their
-//! outputs). The new owner then starts after them and finds those tasks final.
+//! outputs). The new owner then starts after them and finds those tasks final. Meanwhile
+//! librdkafka fetches nothing for this member (it pauses the whole assignment until the unassign
+//! call), so a held revoke also delays the partitions this member keeps, by at most the grace.
 //!
 //! Invariants:
 //! - no record of a partition being revoked is started (unstarted ones are dropped; the new

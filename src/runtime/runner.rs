@@ -3,11 +3,13 @@
 //!
 //! Invariants:
 //! - the poll loop never awaits a task, so long tasks never cost group membership; when more
-//!   than `max_buffered` records are held it pauses the assignment (and keeps polling);
+//!   than `max_buffered` records are held, or more than `max_buffered_bytes` wait to start, it
+//!   pauses the assignment (and keeps polling);
 //! - offsets are stored (and auto-committed by librdkafka, and on revoke and shutdown) only
 //!   from [`PartitionOffsets`] checkpoints: after every effect of a record is durable;
-//! - on revoke, unstarted records of the revoked partitions are dropped and late completions
-//!   of their in-flight records are ignored (the new owner redelivers; effects are idempotent);
+//! - on revoke, unstarted records of the revoked partitions are dropped, and the partitions are
+//!   handed over once their running records end (see [`super::revoke`]; within a grace period,
+//!   after which late completions are ignored and the new owner redelivers);
 //! - on shutdown: stop fetching, finish in-flight work within the grace period, commit, leave;
 //! - a stall that lasts the whole window (see [`super::watchdog`]) ends the runner with
 //!   [`RunnerError::Stalled`], so that the process exits and its supervisor restarts it.
@@ -52,6 +54,8 @@ pub enum RunnerError {
 pub struct RunnerHealth {
     pub assigned: AtomicUsize,
     pub in_flight: AtomicUsize,
+    /// Records held: running, and waiting to start.
+    pub held: AtomicUsize,
     /// Set while a dependency is unavailable (records are waiting on it).
     pub degraded: AtomicBool,
     /// Set while records wait for Kafka to take their outputs; cleared when one succeeds.
@@ -238,7 +242,7 @@ pub async fn run_processor<P: Processor>(
     let mut txn_tick = tokio::time::interval(Duration::from_millis(100));
     let group_label = shared.group.clone();
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(spec.max_buffered * 2);
-    let mut scheduler: Scheduler<Vec<u8>, Work> = Scheduler::new(spec.concurrency);
+    let mut scheduler: Scheduler<Vec<u8>, Work> = Scheduler::new(spec.concurrency).weighing(|w| record_bytes(&w.msg));
     let mut offsets: HashMap<Tp, (u64, PartitionOffsets)> = HashMap::new();
     let mut generation: u64 = 0;
     let mut paused = false;
@@ -255,10 +259,11 @@ pub async fn run_processor<P: Processor>(
         }
         in_flight_gauge.set(scheduler.running() as i64);
         health.in_flight.store(scheduler.running(), AtomicOrdering::Relaxed);
-        let held = scheduler.held();
-        if !paused && held >= spec.max_buffered {
+        let (held, bytes) = (scheduler.held(), scheduler.queued_bytes());
+        health.held.store(held, AtomicOrdering::Relaxed);
+        if !paused && (held >= spec.max_buffered || bytes >= spec.max_buffered_bytes) {
             paused = set_paused(&consumer, true);
-        } else if paused && held <= spec.max_buffered / 2 {
+        } else if paused && held <= spec.max_buffered / 2 && bytes <= spec.max_buffered_bytes / 2 {
             paused = set_paused(&consumer, false);
         }
         paused_gauge.set(paused as i64);
@@ -415,6 +420,11 @@ fn record_lag(consumer: &StreamConsumer<RunnerContext>, offsets: &HashMap<Tp, (u
             })
             .set((high - position).max(0));
     }
+}
+
+/// What a held record weighs: its key and value.
+fn record_bytes(m: &rdkafka::message::OwnedMessage) -> usize {
+    m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)
 }
 
 fn set_paused(consumer: &StreamConsumer<RunnerContext>, pause: bool) -> bool {

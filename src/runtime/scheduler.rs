@@ -1,7 +1,8 @@
 //! Ordering-aware work queue: items with the same ordering key run one at a time, in arrival
 //! order; items without a key (unordered) run as soon as a slot is free.
 //!
-//! Invariant: at most one item per key is ready or running at any time.
+//! Invariant: at most one item per key is ready or running at any time. With a weight (bytes),
+//! the queued bytes are the weights of the items not yet started.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -14,6 +15,8 @@ pub struct Scheduler<K, T> {
     running: usize,
     concurrency: usize,
     held: usize,
+    weigh: fn(&T) -> usize,
+    queued_bytes: usize,
 }
 
 impl<K: Hash + Eq + Clone, T> Scheduler<K, T> {
@@ -25,11 +28,20 @@ impl<K: Hash + Eq + Clone, T> Scheduler<K, T> {
             running: 0,
             concurrency,
             held: 0,
+            weigh: |_| 0,
+            queued_bytes: 0,
         }
+    }
+
+    /// Counts each item's weight (bytes) while it waits to start: see [`Self::queued_bytes`].
+    pub fn weighing(mut self, weigh: fn(&T) -> usize) -> Self {
+        self.weigh = weigh;
+        self
     }
 
     pub fn push(&mut self, key: Option<K>, item: T) {
         self.held += 1;
+        self.queued_bytes += (self.weigh)(&item);
         match key {
             None => self.ready.push_back((None, item)),
             Some(k) if self.active.contains(&k) => self.waiting.entry(k).or_default().push_back(item),
@@ -48,6 +60,7 @@ impl<K: Hash + Eq + Clone, T> Scheduler<K, T> {
         }
         let next = self.ready.pop_front()?;
         self.running += 1;
+        self.queued_bytes -= (self.weigh)(&next.1);
         Some(next)
     }
 
@@ -72,6 +85,15 @@ impl<K: Hash + Eq + Clone, T> Scheduler<K, T> {
     /// shutdown); returns how many.
     pub fn discard(&mut self, mut drop: impl FnMut(&T) -> bool) -> usize {
         let before = self.held;
+        let (weigh, mut dropped_bytes) = (self.weigh, 0);
+        // Weighs what is dropped; an item is dropped at its first `true`.
+        let mut drop = |t: &T| {
+            let d = drop(t);
+            if d {
+                dropped_bytes += weigh(t);
+            }
+            d
+        };
         let mut kept = VecDeque::new();
         for (k, item) in self.ready.drain(..) {
             if drop(&item) {
@@ -102,6 +124,7 @@ impl<K: Hash + Eq + Clone, T> Scheduler<K, T> {
             self.held -= n - q.len();
         }
         self.waiting.retain(|_, q| !q.is_empty());
+        self.queued_bytes -= dropped_bytes;
         before - self.held
     }
 
@@ -112,6 +135,11 @@ impl<K: Hash + Eq + Clone, T> Scheduler<K, T> {
 
     pub fn running(&self) -> usize {
         self.running
+    }
+
+    /// The weights of the items waiting to start (ready or behind their key).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 }
 
@@ -156,5 +184,22 @@ mod tests {
         s.finish(Some(&1));
         assert!(s.start_next().is_none());
         assert_eq!(s.held(), 0);
+    }
+
+    #[test]
+    fn queued_bytes_count_the_items_not_yet_started() {
+        let mut s: Scheduler<u8, u32> = Scheduler::new(1).weighing(|t| *t as usize);
+        s.push(Some(1), 10);
+        s.push(Some(1), 11);
+        s.push(Some(2), 20);
+        s.push(None, 30);
+        assert_eq!(s.queued_bytes(), 71);
+        assert_eq!(s.start_next().map(|(_, t)| t), Some(10));
+        assert_eq!(s.queued_bytes(), 61, "a started item no longer counts");
+        assert_eq!(s.discard(|t| *t == 11 || *t == 30), 2);
+        assert_eq!(s.queued_bytes(), 20, "dropped items no longer count");
+        s.finish(Some(&1));
+        assert_eq!(s.start_next().map(|(_, t)| t), Some(20));
+        assert_eq!((s.queued_bytes(), s.held()), (0, 1));
     }
 }

@@ -79,8 +79,23 @@ async fn run_in_group<P: Processor>(
     health: Arc<RunnerHealth>,
     processor: Arc<P>,
 ) -> Result<(), RunnerError> {
+    run_spec(kafka, group, shipped_spec(), window, run, health, processor).await
+}
+
+fn shipped_spec() -> ProcessorSpec {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/processors/agent-executor.toml")).unwrap();
-    let spec: ProcessorSpec = toml::from_str(&text).expect("shipped processor spec");
+    toml::from_str(&text).expect("shipped processor spec")
+}
+
+async fn run_spec<P: Processor>(
+    kafka: &KafkaSettings,
+    group: &str,
+    spec: ProcessorSpec,
+    window: Duration,
+    run: Duration,
+    health: Arc<RunnerHealth>,
+    processor: Arc<P>,
+) -> Result<(), RunnerError> {
     let config = RunnerConfig {
         spec,
         input_topic: TOPIC.into(),
@@ -248,4 +263,41 @@ async fn a_runner_dropped_while_it_holds_a_revoke_still_closes_its_consumer() {
     joining.store(false, Ordering::SeqCst);
     member.join().unwrap();
     assert!(ended.is_ok_and(|r| r.is_err_and(|e| e.is_cancelled())), "the runner's consumer never closed");
+}
+
+/// Records waiting to start are bounded by their bytes too: with room for 1,000 records but
+/// 30 KB, 10 KB records stop being fetched after a few (the partitions pause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffer_is_bounded_by_the_bytes_of_the_records_waiting() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mock = mock();
+    let kafka = kafka(&mock);
+    let producer: FutureProducer = crate::kafka::client_config(&kafka, "bytes-test").create().unwrap();
+    let value = vec![b'x'; 10_000];
+    for _ in 0..50 {
+        producer.send(FutureRecord::<str, [u8]>::to(TOPIC).payload(&value), Duration::from_secs(5)).await.unwrap();
+    }
+    let mut spec = shipped_spec();
+    (spec.concurrency, spec.max_buffered, spec.max_buffered_bytes) = (1, 1000, 30_000);
+    let health = Arc::new(RunnerHealth::default());
+    let runner = {
+        let (kafka, health) = (kafka.clone(), health.clone());
+        let group = format!("bytes-{}", uuid::Uuid::new_v4());
+        let (window, run) = (Duration::from_secs(60), Duration::from_secs(120));
+        tokio::spawn(async move { run_spec(&kafka, &group, spec, window, run, health, Arc::new(Slow)).await })
+    };
+    // The mock coordinator holds the first join for 3 s; then the records arrive at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while health.in_flight.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no record started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut most = 0;
+    for _ in 0..20 {
+        most = most.max(health.held.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    runner.abort();
+    // One running, three waiting (30 KB), and what arrived while the pause took effect.
+    assert!((2..=10).contains(&most), "held {most} records of 10 KB with max_buffered_bytes = 30 KB");
 }
