@@ -80,6 +80,11 @@ impl Revokes {
         self.pending.iter().any(|r| r.list.contains(tp))
     }
 
+    /// How many partitions the held revokes hold.
+    pub fn partitions(&self) -> usize {
+        self.pending.iter().map(|r| r.list.len()).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }

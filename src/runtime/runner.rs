@@ -81,8 +81,6 @@ struct RunnerContext {
     /// Whether revokes are held for running records (cleared when the runner stops, so that
     /// closing the consumer unassigns at once).
     hold_revokes: AtomicBool,
-    /// The partitions of held revokes, not yet unassigned.
-    held: Mutex<Vec<Tp>>,
     /// Set by librdkafka's global errors (e.g. every broker down), which need not surface as a
     /// consumer error; the stall watchdog counts them as trouble.
     trouble: AtomicBool,
@@ -136,7 +134,6 @@ impl ConsumerContext for RunnerContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
                 if cooperative && self.hold_revokes.load(AtomicOrdering::SeqCst) && !consumer.assignment_lost() =>
             {
-                self.held.lock().expect("lock").extend(tps(tpl));
                 self.events.lock().expect("lock").push(RebalanceEvent::Revoking(tps(tpl)));
             }
             _ => {
@@ -197,7 +194,6 @@ pub async fn run_processor<P: Processor>(
         events: Mutex::new(Vec::new()),
         paused: AtomicBool::new(false),
         hold_revokes: AtomicBool::new(true),
-        held: Mutex::new(Vec::new()),
         trouble: AtomicBool::new(false),
         group: Mutex::new(GroupSeen::new(Instant::now())),
     };
@@ -261,6 +257,7 @@ pub async fn run_processor<P: Processor>(
         health.in_flight.store(scheduler.running(), AtomicOrdering::Relaxed);
         let (held, bytes) = (scheduler.held(), scheduler.queued_bytes());
         health.held.store(held, AtomicOrdering::Relaxed);
+        health.revoking.store(revokes.partitions(), AtomicOrdering::Relaxed);
         if !paused && (held >= spec.max_buffered || bytes >= spec.max_buffered_bytes) {
             paused = set_paused(&consumer, true);
         } else if paused && held <= spec.max_buffered / 2 && bytes <= spec.max_buffered_bytes / 2 {
@@ -331,7 +328,7 @@ pub async fn run_processor<P: Processor>(
             }
         }
         apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
-        hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, &health, false).await?;
+        hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, false).await?;
     }
 
     // Nothing polls for a held revoke's records from here on.
@@ -355,7 +352,7 @@ pub async fn run_processor<P: Processor>(
         workers_cancel.cancel();
     }
     apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
-    hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, &health, true).await?;
+    hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, true).await?;
     if let Some(t) = txn.as_mut() {
         commit_transaction(t, &consumer, &offsets, &spec).await?;
     }
@@ -447,7 +444,6 @@ async fn hand_over(
     revokes: &mut Revokes,
     mut txn: Option<&mut Transactions>,
     spec: &ProcessorSpec,
-    health: &RunnerHealth,
     all: bool,
 ) -> Result<(), RunnerError> {
     if revokes.is_empty() {
@@ -467,10 +463,6 @@ async fn hand_over(
                 t.forget(tp);
             }
         }
-        let mut held = consumer.context().held.lock().expect("lock");
-        held.retain(|tp| !revoke.list.contains(tp));
-        health.revoking.store(held.len(), AtomicOrdering::Relaxed);
-        drop(held);
         if let Err(e) = consumer.incremental_unassign(&tpl(&revoke.list)) {
             tracing::warn!(processor = %spec.name, error = %e, "unassigning revoked partitions failed");
         }
@@ -513,10 +505,6 @@ fn apply_rebalances(
             RebalanceEvent::Revoked(list) => {
                 // Lost while held: those partitions are gone already, and may come back.
                 revokes.forget(&list);
-                let mut held = consumer.context().held.lock().expect("lock");
-                held.retain(|tp| !list.contains(tp));
-                health.revoking.store(held.len(), AtomicOrdering::Relaxed);
-                drop(held);
                 for tp in &list {
                     offsets.remove(tp);
                     if let Some(t) = txn.as_deref_mut() {
@@ -534,7 +522,6 @@ fn apply_rebalances(
                     "partitions revoked; waiting for their running records"
                 );
                 revokes.hold(list, Instant::now());
-                health.revoking.store(consumer.context().held.lock().expect("lock").len(), AtomicOrdering::Relaxed);
             }
         }
     }
