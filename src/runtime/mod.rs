@@ -14,6 +14,7 @@ mod runner;
 mod scheduler;
 #[cfg(test)]
 mod stall_tests;
+mod start;
 mod txn;
 pub mod watchdog;
 mod worker;

@@ -16,6 +16,7 @@
 
 use super::ordering::ordering_key;
 use super::revoke::{Ready, Revokes};
+use super::start::resolve_start_offsets;
 use super::txn::Transactions;
 use super::watchdog::{check_interval, GroupSeen, Stall, Watchdog};
 use super::worker::{spawn_worker, Done, Shared, Work};
@@ -86,6 +87,9 @@ struct RunnerContext {
     trouble: AtomicBool,
     /// The group state from librdkafka's statistics, for the stall watchdog.
     group: Mutex<GroupSeen>,
+    /// Exactly-once: assigned partitions start where the runner finds their committed offsets,
+    /// looked up for at most this long (see [`super::start`]).
+    resolve_start: Option<Duration>,
 }
 
 fn tps(list: &TopicPartitionList) -> Vec<Tp> {
@@ -118,6 +122,9 @@ impl ConsumerContext for RunnerContext {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Some(within) = self.resolve_start {
+                    resolve_start_offsets(consumer, tpl, within);
+                }
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = assigned {
                     tracing::error!(error = %e, "assigning partitions failed");
@@ -196,6 +203,7 @@ pub async fn run_processor<P: Processor>(
         hold_revokes: AtomicBool::new(true),
         trouble: AtomicBool::new(false),
         group: Mutex::new(GroupSeen::new(Instant::now())),
+        resolve_start: (spec.guarantee == Guarantee::ExactlyOnce).then_some(stall_after / 2),
     };
     let consumer: StreamConsumer<RunnerContext> = client_config(kafka, &spec.name)
         .set("group.id", &group)

@@ -67,10 +67,7 @@ impl Transactions {
             .set("linger.ms", "5")
             // A crashed producer's open transaction blocks read_committed readers, and the
             // committed offsets of its partitions, until it times out: keep that short (a
-            // transaction lives ~100 ms here). While it is open, a new owner's offset fetch is
-            // retried; librdkafka 2.12 loses the offset when the assignment changes meanwhile
-            // (cooperative rebalancing) and falls back to auto.offset.reset, replaying records
-            // already committed (seen as duplicate results after SIGKILLs in tests/faults.rs).
+            // transaction lives ~100 ms here). New owners wait for those offsets (see `start`).
             .set("transaction.timeout.ms", "5000")
             .create()?;
         tokio::task::block_in_place(|| producer.init_transactions(timeout))?;

@@ -186,17 +186,7 @@ impl TestApp {
 
     /// Produces `req` to the requests topic as any Confluent client would (Avro, key = task id).
     pub async fn produce_request(&self, req: &devcycle::domain::TaskRequest, partition: Option<i32>) {
-        let topic = self.topic("devcycle.task-requests");
-        let bytes = self.deps.codec.encode_request(&topic, req).await.unwrap();
-        let key = req.task_id.to_string();
-        let record = devcycle::kafka::OutRecord {
-            topic: &topic,
-            key: Some(key.as_bytes()),
-            value: Some(&bytes),
-            headers: vec![],
-            partition,
-        };
-        self.deps.producer.send(record).await.unwrap();
+        produce_request(&self.deps, req, partition).await
     }
 
     /// Reads the results topic from the beginning until results for all `ids` were seen.
@@ -251,6 +241,22 @@ impl TestApp {
         let r = tokio::time::timeout(Duration::from_secs(60), self.handle).await.expect("stops in time");
         r.expect("no panic").expect("clean stop");
     }
+}
+
+/// Produces `req` to the requests topic of `deps` as any Confluent client would (Avro, key =
+/// task id).
+pub async fn produce_request(deps: &Deps, req: &devcycle::domain::TaskRequest, partition: Option<i32>) {
+    let topic = deps.catalog.topic_name("devcycle.task-requests");
+    let bytes = deps.codec.encode_request(&topic, req).await.unwrap();
+    let key = req.task_id.to_string();
+    let record = devcycle::kafka::OutRecord {
+        topic: &topic,
+        key: Some(key.as_bytes()),
+        value: Some(&bytes),
+        headers: vec![],
+        partition,
+    };
+    deps.producer.send(record).await.unwrap();
 }
 
 /// A read_committed consumer of `topic` from the beginning, in a group of its own within the

@@ -1,0 +1,98 @@
+//! Where a newly assigned partition starts reading, in exactly-once mode.
+//!
+//! librdkafka looks a new partition's committed offset up itself. While a crashed member's
+//! transaction is open, the broker refuses that lookup as unstable and librdkafka retries it;
+//! but librdkafka 2.12 gives the retry up when the assignment changes meanwhile (a cooperative
+//! rebalance as dead members expire), puts the partition back with no offset
+//! (`rdkafka_assignment.c`, the `UNSTABLE_OFFSET_COMMIT` branch of its OffsetFetch handler) and
+//! starts it at `auto.offset.reset`: records whose outputs were committed are read again and
+//! their results published twice. So in exactly-once mode the runner looks the committed
+//! offsets up itself, waiting out open transactions, and assigns explicit positions.
+//!
+//! Invariants: a partition is assigned at its committed offset, at the beginning if the group
+//! never committed one (the runner's `auto.offset.reset` is `earliest`), or, only if the lookup
+//! failed for the whole window, left to librdkafka's own lookup (logged). The lookup blocks the
+//! rebalance callback, and so the runner's poll loop, for one round trip, or until an open
+//! transaction ends (the broker aborts it `transaction.timeout.ms` after it stalled): the
+//! partitions' records could not be read before that anyway.
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+
+/// Pause between lookups that failed at once (e.g. no coordinator yet).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Sets each partition of `tpl` to where it starts: its committed offset, or the beginning if
+/// there is none. Partitions still unresolved after `within` keep their offset (librdkafka then
+/// looks it up itself); their count is returned.
+pub(super) fn resolve_start_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: &mut TopicPartitionList,
+    within: Duration,
+) -> usize {
+    let deadline = Instant::now() + within;
+    let mut pending = without_offsets(tpl);
+    let mut last_error: Option<KafkaError> = None;
+    while pending.count() > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        // The lookup waits (librdkafka retries an unstable answer) up to `left`.
+        match blocking(|| consumer.committed_offsets(pending.clone(), left)) {
+            Ok(found) => {
+                let mut again = TopicPartitionList::new();
+                for e in found.elements() {
+                    if let Err(err) = e.error() {
+                        last_error = Some(err);
+                        again.add_partition(e.topic(), e.partition());
+                        continue;
+                    }
+                    let start = match e.offset() {
+                        Offset::Offset(n) => Offset::Offset(n),
+                        _ => Offset::Beginning,
+                    };
+                    // The partition is in `tpl`: setting its offset cannot fail.
+                    let _ = tpl.set_partition_offset(e.topic(), e.partition(), start);
+                }
+                if again.count() == pending.count() {
+                    blocking(|| std::thread::sleep(RETRY_PAUSE.min(left)));
+                }
+                pending = again;
+            }
+            Err(e) => {
+                last_error = Some(e);
+                blocking(|| std::thread::sleep(RETRY_PAUSE.min(left)));
+            }
+        }
+    }
+    let unresolved = pending.count();
+    if unresolved > 0 {
+        tracing::warn!(
+            partitions = unresolved,
+            within_ms = within.as_millis() as u64,
+            error = last_error.map(|e| e.to_string()).unwrap_or_default(),
+            "committed offsets not found in time; librdkafka looks them up itself (records may be read again)"
+        );
+    }
+    unresolved
+}
+
+fn without_offsets(tpl: &TopicPartitionList) -> TopicPartitionList {
+    let mut list = TopicPartitionList::new();
+    for e in tpl.elements() {
+        list.add_partition(e.topic(), e.partition());
+    }
+    list
+}
+
+/// Runs `f`, telling tokio's multi-thread runtime that it blocks (the rebalance callback runs
+/// inside the runner's `recv`); on any other thread it just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
