@@ -286,17 +286,35 @@ impl HttpConnectionLimitReached<'_> {
 /// A record was produced (or failed to be).
 pub struct RecordProduced<'a> {
     pub topic: &'a str,
+    pub metrics: &'a ProduceMetrics,
     pub elapsed: Duration,
     pub error: Option<String>,
 }
 impl RecordProduced<'_> {
     pub fn emit(self) {
-        let m = metrics();
-        let labels = TopicLabels { topic: self.topic.into() };
-        m.produce_duration.get_or_create(&labels).observe(self.elapsed.as_secs_f64());
+        self.metrics.duration.observe(self.elapsed.as_secs_f64());
         if let Some(e) = self.error {
-            m.produce_errors.get_or_create(&labels).inc();
+            self.metrics.errors.inc();
             tracing::warn!(topic = self.topic, error = %e, "produce failed");
+        }
+    }
+}
+
+/// A topic's produce metrics, looked up once per topic rather than per record (a record's
+/// report then neither allocates nor hashes its label).
+#[derive(Clone)]
+pub struct ProduceMetrics {
+    duration: Histogram,
+    errors: Counter,
+}
+
+impl ProduceMetrics {
+    pub fn of(topic: &str) -> ProduceMetrics {
+        let m = metrics();
+        let labels = TopicLabels { topic: topic.into() };
+        ProduceMetrics {
+            duration: m.produce_duration.get_or_create(&labels).clone(),
+            errors: m.produce_errors.get_or_create(&labels).clone(),
         }
     }
 }

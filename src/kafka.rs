@@ -4,14 +4,18 @@
 //! `kafka.properties` (security settings); [`Producer::send`] returns only once the broker has
 //! acknowledged the record (or failed), so "sent" means durable.
 
-use crate::events::RecordProduced;
+use crate::events::{ProduceMetrics, RecordProduced};
 use crate::settings::KafkaSettings;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Whether `client` gets cluster metadata within `timeout` (a blocking call, off the workers).
@@ -96,6 +100,7 @@ pub struct Producer {
     inner: FutureProducer,
     timeout: Duration,
     outcomes: Arc<Outcomes>,
+    topics: Arc<Topics>,
 }
 
 /// How the producer's deliveries have gone lately (for the ingress's watchdog): times are ms
@@ -128,10 +133,36 @@ impl Outcomes {
 
     /// A delivery report of a record to `topic` handed over at `started`: recorded, and emitted
     /// as [`RecordProduced`].
-    fn report<T>(&self, topic: &str, started: Instant, out: &Result<T, ProduceError>) {
+    fn report<T>(&self, topic: &Topic, started: Instant, out: &Result<T, ProduceError>) {
         self.record(out);
         let error = out.as_ref().err().map(|e| crate::error_chain(e));
-        RecordProduced { topic, elapsed: started.elapsed(), error }.emit();
+        RecordProduced { topic: &topic.name, metrics: &topic.metrics, elapsed: started.elapsed(), error }.emit();
+    }
+}
+
+/// A topic's name and metrics, shared by the reports of its records.
+struct Topic {
+    name: Box<str>,
+    metrics: ProduceMetrics,
+}
+
+/// Topics looked up so far (bounded: past [`Topics::MAX`] names, lookups are not kept).
+#[derive(Default)]
+struct Topics(RwLock<HashMap<Box<str>, Arc<Topic>>>);
+
+impl Topics {
+    const MAX: usize = 1024;
+
+    fn get(&self, name: &str) -> Arc<Topic> {
+        if let Some(t) = self.0.read().expect("lock").get(name) {
+            return t.clone();
+        }
+        let topic = Arc::new(Topic { name: name.into(), metrics: ProduceMetrics::of(name) });
+        let mut map = self.0.write().expect("lock");
+        if map.len() < Self::MAX {
+            map.insert(name.into(), topic.clone());
+        }
+        topic
     }
 }
 
@@ -160,8 +191,28 @@ pub struct Delivered {
     pub timestamp: Option<i64>,
 }
 
-/// A queued record's delivery report, still to come.
-pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Delivered, ProduceError>> + Send>>;
+/// A queued record's delivery report, still to come (reported to the producer's outcomes and
+/// metrics when it comes).
+pub struct Pending {
+    delivery: DeliveryFuture,
+    outcomes: Arc<Outcomes>,
+    topic: Arc<Topic>,
+    started: Instant,
+}
+
+impl Future for Pending {
+    type Output = Result<Delivered, ProduceError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let out = match std::task::ready!(Pin::new(&mut self.delivery).poll(cx)) {
+            Ok(Ok(d)) => Ok(Delivered { partition: d.partition, offset: d.offset, timestamp: d.timestamp.to_millis() }),
+            Ok(Err((e, _))) => Err(ProduceError::from_kafka(e)),
+            Err(_) => Err(ProduceError::Unavailable(KafkaError::Canceled)),
+        };
+        self.outcomes.report(&self.topic, self.started, &out);
+        Poll::Ready(out)
+    }
+}
 
 impl Producer {
     pub fn new(k: &KafkaSettings, suffix: &str, timeout: Duration) -> Result<Producer, KafkaError> {
@@ -174,7 +225,7 @@ impl Producer {
             .create()?;
         let outcomes =
             Outcomes { epoch: Instant::now(), failing_since: AtomicU64::new(0), last_failure: AtomicU64::new(0) };
-        Ok(Producer { inner, timeout, outcomes: Arc::new(outcomes) })
+        Ok(Producer { inner, timeout, outcomes: Arc::new(outcomes), topics: Arc::default() })
     }
 
     /// Whether every delivery has failed (Kafka unavailable) since the last success, and since
@@ -201,7 +252,7 @@ impl Producer {
             Ok(Err((e, _))) => Err(ProduceError::from_kafka(e)),
             Err(_) => Err(ProduceError::Unavailable(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut))),
         };
-        self.outcomes.report(rec.topic, started, &out);
+        self.outcomes.report(&self.topics.get(rec.topic), started, &out);
         out
     }
 
@@ -214,20 +265,8 @@ impl Producer {
         if let Some(t) = timestamp {
             fr = fr.timestamp(t);
         }
-        let topic = rec.topic.to_string();
-        let future = self.inner.send_result(fr).map_err(|(e, _)| ProduceError::from_kafka(e))?;
-        let outcomes = self.outcomes.clone();
-        Ok(Box::pin(async move {
-            let out = match future.await {
-                Ok(Ok(d)) => {
-                    Ok(Delivered { partition: d.partition, offset: d.offset, timestamp: d.timestamp.to_millis() })
-                }
-                Ok(Err((e, _))) => Err(ProduceError::from_kafka(e)),
-                Err(_) => Err(ProduceError::Unavailable(KafkaError::Canceled)),
-            };
-            outcomes.report(&topic, started, &out);
-            out
-        }))
+        let delivery = self.inner.send_result(fr).map_err(|(e, _)| ProduceError::from_kafka(e))?;
+        Ok(Pending { delivery, outcomes: self.outcomes.clone(), topic: self.topics.get(rec.topic), started })
     }
 
     /// Waits until queued records are delivered (shutdown).
