@@ -10,6 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -79,7 +80,7 @@ impl ProduceError {
 pub fn future_record<'a>(rec: &'a OutRecord<'a>) -> FutureRecord<'a, [u8], [u8]> {
     let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
     for (name, value) in &rec.headers {
-        headers = headers.insert(Header { key: name, value: Some(value.as_slice()) });
+        headers = headers.insert(Header { key: name, value: Some(value.as_ref()) });
     }
     let mut fr: FutureRecord<'a, [u8], [u8]> = FutureRecord::to(rec.topic).headers(headers);
     if let Some(k) = rec.key {
@@ -173,12 +174,13 @@ pub struct Failing {
     pub last: Duration,
 }
 
-/// One record to produce; headers are (name, value) pairs.
+/// One record to produce; headers are (name, value) pairs, borrowed where the caller keeps
+/// them (librdkafka copies them when the record is queued).
 pub struct OutRecord<'a> {
     pub topic: &'a str,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
-    pub headers: Vec<(&'a str, Vec<u8>)>,
+    pub headers: Vec<(&'a str, Cow<'a, [u8]>)>,
     pub partition: Option<i32>,
 }
 

@@ -99,9 +99,9 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
     // The client's ordering key, if any. Without one the record has no key, so the producer's
     // sticky partitioner fills one partition's batch at a time instead of one batch per task.
     let key = sub.key;
-    let mut headers = vec![("request_id", ctx.request_id.clone().into_bytes())];
+    let mut headers = vec![("request_id", ctx.request_id.as_bytes().into())];
     if let Some(t) = &traceparent {
-        headers.push(("traceparent", t.clone().into_bytes()));
+        headers.push(("traceparent", t.as_bytes().into()));
     }
     // `queued` in Redis and the record in Kafka at once: the status only fills fields a
     // processor has not written yet (HSETNX), so the order in which they land does not matter.

@@ -196,13 +196,13 @@ pub async fn replay_with(
             Err(_) => None,
         };
         let from = format!("{dlq_topic}:{}:{}", letter.partition, letter.offset);
-        let mut headers: Vec<(&str, Vec<u8>)> = letter
+        let mut headers: Vec<(&str, std::borrow::Cow<[u8]>)> = letter
             .headers
             .iter()
             .filter(|(k, _)| !k.starts_with("dlq."))
-            .map(|(k, v)| (k.as_str(), v.clone()))
+            .map(|(k, v)| (k.as_str(), v.as_slice().into()))
             .collect();
-        headers.push(("dlq.replayed.from", from.into_bytes()));
+        headers.push(("dlq.replayed.from", from.as_bytes().into()));
         deps.producer
             .send(OutRecord {
                 topic: &source,

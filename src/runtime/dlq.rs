@@ -8,6 +8,7 @@
 use super::Publisher;
 use crate::kafka::{OutRecord, ProduceError};
 use chrono::{DateTime, Utc};
+use std::borrow::Cow;
 
 pub const H_CLASS: &str = "dlq.error.class";
 pub const H_MESSAGE: &str = "dlq.error.message";
@@ -52,8 +53,12 @@ impl DeadLetter {
 
     /// Publishes the dead letter to `topic` (acknowledged, or held for the record's transaction).
     pub async fn publish(&self, publisher: &Publisher, topic: &str) -> Result<(), ProduceError> {
-        let mut headers: Vec<(&str, Vec<u8>)> =
-            self.headers.iter().filter(|(k, _)| !k.starts_with("dlq.")).map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let mut headers: Vec<(&str, Cow<[u8]>)> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("dlq."))
+            .map(|(k, v)| (k.as_str(), v.as_slice().into()))
+            .collect();
         let message: String = self.message.chars().take(4000).collect();
         for (k, v) in [
             (H_CLASS, self.class.clone()),
@@ -67,10 +72,10 @@ impl DeadLetter {
             (H_FIRST, self.first_failure.to_rfc3339()),
             (H_LAST, self.last_failure.to_rfc3339()),
         ] {
-            headers.push((k, v.into_bytes()));
+            headers.push((k, v.into_bytes().into()));
         }
         if let Some(why) = &self.value_omitted {
-            headers.push((H_VALUE_OMITTED, why.clone().into_bytes()));
+            headers.push((H_VALUE_OMITTED, why.as_bytes().into()));
         }
         publisher
             .publish(OutRecord {

@@ -51,7 +51,7 @@ impl Publisher {
                     topic: rec.topic.to_string(),
                     key: rec.key.map(<[u8]>::to_vec),
                     value: rec.value.map(<[u8]>::to_vec),
-                    headers: rec.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                    headers: rec.headers.into_iter().map(|(k, v)| (k.to_string(), v.into_owned())).collect(),
                 });
                 Ok(())
             }

@@ -149,7 +149,7 @@ impl Transactions {
                 topic: &o.topic,
                 key: o.key.as_deref(),
                 value: o.value.as_deref(),
-                headers: o.headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
+                headers: o.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice().into())).collect(),
                 partition: None,
             };
             deliveries.push(self.producer.send_result(future_record(&rec)).map_err(|(e, _)| e)?);

@@ -211,7 +211,7 @@ fn enqueue_record(
         topic: kafka_topic,
         key: p.key.as_deref(),
         value: p.value.as_deref(),
-        headers: p.headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
+        headers: p.headers.iter().chain(forwarded).map(|(k, v)| (k.as_str(), v.as_slice().into())).collect(),
         partition: p.partition,
     };
     deps.producer.enqueue(&out, p.timestamp).map_err(produce_failure)

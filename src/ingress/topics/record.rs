@@ -177,7 +177,7 @@ impl<'de> Deserialize<'de> for Slot<'de> {
     }
 }
 
-/// One record ready for Kafka.
+/// One record ready for Kafka (its own headers; the request's forwarded ones go with it).
 pub(super) struct Prepared {
     pub(super) key: Option<Vec<u8>>,
     pub(super) value: Option<Vec<u8>>,
@@ -218,7 +218,6 @@ pub(super) fn prepare(
         }
         Some(_) => return Err(bad("headers: must be an object of strings".into())),
     }
-    headers.extend(forwarded.iter().cloned());
     let partition = match map.get("partition") {
         None | Some(Json::Null) => None,
         Some(p) => Some(
@@ -262,7 +261,7 @@ pub(super) fn prepare(
     };
     let size = key.as_ref().map_or(0, Vec::len)
         + value.as_ref().map_or(0, Vec::len)
-        + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        + headers.iter().chain(forwarded).map(|(k, v)| k.len() + v.len()).sum::<usize>();
     if size > max_record_bytes {
         return Err(Line::failed(TOO_LARGE, format!("record is {size} bytes; the limit is {max_record_bytes}")));
     }

@@ -7,6 +7,7 @@ use crate::db::tasks::TaskRow;
 use crate::domain::{TaskEvent, TaskResult};
 use crate::kafka::OutRecord;
 use crate::runtime::{ProcessError, Publisher};
+use std::borrow::Cow;
 
 impl AgentExecutor {
     pub(super) fn result_of(&self, row: &TaskRow) -> TaskResult {
@@ -29,13 +30,16 @@ impl AgentExecutor {
         }
     }
 
-    fn trace_headers(req_id: &Option<String>, traceparent: &Option<String>) -> Vec<(&'static str, Vec<u8>)> {
+    fn trace_headers<'a>(
+        req_id: &'a Option<String>,
+        traceparent: &'a Option<String>,
+    ) -> Vec<(&'static str, Cow<'a, [u8]>)> {
         let mut h = Vec::new();
         if let Some(r) = req_id {
-            h.push(("request_id", r.clone().into_bytes()));
+            h.push(("request_id", r.as_bytes().into()));
         }
         if let Some(t) = traceparent {
-            h.push(("traceparent", t.clone().into_bytes()));
+            h.push(("traceparent", t.as_bytes().into()));
         }
         h
     }
