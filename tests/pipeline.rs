@@ -376,7 +376,22 @@ fn partitions_per_member(app: &TestApp, group: &str) -> Vec<usize> {
 /// counts its runs and takes 6 s; a second processor joins the group while they run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_joining_while_tasks_run_does_not_run_them_again() {
-    let app = TestApp::spawn().await;
+    joining_while_tasks_run("at_least_once").await;
+}
+
+/// The same in exactly-once mode, where the member handing partitions over first commits the
+/// transaction holding their finished records' outputs and offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_joining_while_tasks_run_does_not_run_them_again_in_exactly_once_mode() {
+    joining_while_tasks_run("exactly_once").await;
+}
+
+async fn joining_while_tasks_run(guarantee: &str) {
+    let app = TestApp::spawn_with(|s| {
+        let tag = format!("joining-{}", s.database.schema);
+        s.paths.processors = common::processors_with(&tag, &[("guarantee", format!("\"{guarantee}\""))]);
+    })
+    .await;
     let runs = std::env::temp_dir().join(format!("devcycle-runs-{}", uuid::Uuid::new_v4()));
     let script = format!("echo run >> '{}'; sleep 6; cat", runs.display());
     let agent = json!({"name": "slow", "executor": "command", "config": {"program": "sh", "args": ["-c", script]}});
@@ -413,6 +428,13 @@ async fn a_processor_joining_while_tasks_run_does_not_run_them_again() {
     let lines = std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
     let _ = std::fs::remove_file(&runs);
     assert_eq!(lines, partitions as usize, "each task's command ran once");
+    if guarantee == "exactly_once" {
+        // The results, read from the beginning: one per task (a duplicate among the first ones
+        // read would leave a task without its result here).
+        let results = app.read_results(&ids, WAIT).await;
+        let distinct: std::collections::HashSet<_> = results.iter().map(|(r, _)| r.task_id).collect();
+        assert_eq!(distinct.len(), ids.len(), "one result per task");
+    }
     second.stop().await;
     app.stop().await;
 }

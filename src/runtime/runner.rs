@@ -88,8 +88,9 @@ struct RunnerContext {
     /// The group state from librdkafka's statistics, for the stall watchdog.
     group: Mutex<GroupSeen>,
     /// Exactly-once: assigned partitions start where the runner finds their committed offsets,
-    /// looked up for at most this long (see [`super::start`]).
+    /// looked up for at most this long, or until the runner stops (see [`super::start`]).
     resolve_start: Option<Duration>,
+    stopping: CancellationToken,
 }
 
 fn tps(list: &TopicPartitionList) -> Vec<Tp> {
@@ -123,7 +124,7 @@ impl ConsumerContext for RunnerContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Some(within) = self.resolve_start {
-                    resolve_start_offsets(consumer, tpl, within);
+                    resolve_start_offsets(consumer, tpl, within, &self.stopping);
                 }
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = assigned {
@@ -204,6 +205,7 @@ pub async fn run_processor<P: Processor>(
         trouble: AtomicBool::new(false),
         group: Mutex::new(GroupSeen::new(Instant::now())),
         resolve_start: (spec.guarantee == Guarantee::ExactlyOnce).then_some(stall_after / 2),
+        stopping: shutdown.clone(),
     };
     let consumer: StreamConsumer<RunnerContext> = client_config(kafka, &spec.name)
         .set("group.id", &group)

@@ -11,37 +11,42 @@
 //!
 //! Invariants: a partition is assigned at its committed offset, at the beginning if the group
 //! never committed one (the runner's `auto.offset.reset` is `earliest`), or, only if the lookup
-//! failed for the whole window, left to librdkafka's own lookup (logged). The lookup blocks the
-//! rebalance callback, and so the runner's poll loop, for one round trip, or until an open
-//! transaction ends (the broker aborts it `transaction.timeout.ms` after it stalled): the
-//! partitions' records could not be read before that anyway.
+//! failed for the whole window (or the runner is stopping), left to librdkafka's own lookup
+//! (logged). The lookup blocks the rebalance callback, and so the runner's poll loop, for one
+//! round trip, or until an open transaction ends (the broker aborts it `transaction.timeout.ms`
+//! after it stalled): the partitions' records could not be read before that anyway. A shutdown
+//! ends the wait within one lookup (at most [`LOOKUP_WAIT`]).
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Pause between lookups that failed at once (e.g. no coordinator yet).
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// The longest one lookup may wait, so that a shutdown is noticed between lookups.
+const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 
 /// Sets each partition of `tpl` to where it starts: its committed offset, or the beginning if
-/// there is none. Partitions still unresolved after `within` keep their offset (librdkafka then
-/// looks it up itself); their count is returned.
+/// there is none. Partitions still unresolved after `within`, or when `stopping` is cancelled,
+/// keep their offset (librdkafka then looks it up itself); their count is returned.
 pub(super) fn resolve_start_offsets<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     tpl: &mut TopicPartitionList,
     within: Duration,
+    stopping: &CancellationToken,
 ) -> usize {
     let deadline = Instant::now() + within;
     let mut pending = without_offsets(tpl);
     let mut last_error: Option<KafkaError> = None;
     while pending.count() > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || stopping.is_cancelled() {
             break;
         }
-        // The lookup waits (librdkafka retries an unstable answer) up to `left`.
-        match blocking(|| consumer.committed_offsets(pending.clone(), left)) {
+        // The lookup waits (librdkafka retries an unstable answer) a while.
+        match blocking(|| consumer.committed_offsets(pending.clone(), left.min(LOOKUP_WAIT))) {
             Ok(found) => {
                 let mut again = TopicPartitionList::new();
                 for e in found.elements() {
@@ -57,7 +62,8 @@ pub(super) fn resolve_start_offsets<C: ConsumerContext>(
                     // The partition is in `tpl`: setting its offset cannot fail.
                     let _ = tpl.set_partition_offset(e.topic(), e.partition(), start);
                 }
-                if again.count() == pending.count() {
+                if again.count() > 0 {
+                    // Refused at once (librdkafka retries only an unstable answer itself).
                     blocking(|| std::thread::sleep(RETRY_PAUSE.min(left)));
                 }
                 pending = again;
@@ -94,5 +100,58 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::CommitMode;
+    use rdkafka::mocking::MockCluster;
+
+    fn two_partitions() -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("t", 0);
+        tpl.add_partition("t", 1);
+        tpl
+    }
+
+    #[test]
+    fn partitions_start_at_their_committed_offset_or_else_the_beginning() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("t", 2, 1).expect("topic");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "g")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut committed = TopicPartitionList::new();
+        committed.add_partition_offset("t", 0, Offset::Offset(5)).unwrap();
+        consumer.commit(&committed, CommitMode::Sync).expect("commit");
+
+        let mut tpl = two_partitions();
+        let unresolved = resolve_start_offsets(&consumer, &mut tpl, Duration::from_secs(20), &CancellationToken::new());
+        assert_eq!(unresolved, 0);
+        assert_eq!(tpl.find_partition("t", 0).unwrap().offset(), Offset::Offset(5));
+        assert_eq!(tpl.find_partition("t", 1).unwrap().offset(), Offset::Beginning);
+    }
+
+    #[test]
+    fn a_stopping_runner_leaves_the_lookup_to_librdkafka() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "g")
+            .create()
+            .expect("consumer");
+        let stopping = CancellationToken::new();
+        stopping.cancel();
+        let mut tpl = two_partitions();
+        let started = Instant::now();
+        assert_eq!(resolve_start_offsets(&consumer, &mut tpl, Duration::from_secs(20), &stopping), 2);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(tpl.elements().iter().all(|e| e.offset() == Offset::Invalid));
     }
 }
