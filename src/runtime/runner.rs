@@ -162,19 +162,49 @@ impl ConsumerContext for RunnerContext {
 /// The runner's consumer. However the runner ends (an error, a panic, its task dropped), its
 /// consumer's close (in the drop) revokes every partition through [`RunnerContext`]'s rebalance
 /// and waits for the unassign call: a revoke held then would never end, and the drop would hang.
-/// So revokes are not held from the drop on.
-struct GroupConsumer(StreamConsumer<RunnerContext>);
+/// So revokes are not held from the drop on. The close also waits for the group coordinator
+/// (librdkafka commits the stored offsets of an at-least-once consumer before it unassigns, and
+/// leaves the group); when the coordinator is unreachable, as in the stalls the watchdog ends,
+/// that wait has no end. So the close runs on a thread of its own and the drop waits for it at
+/// most [`CLOSE_WAIT`]: a stalled processor still exits for its restart.
+struct GroupConsumer(Option<StreamConsumer<RunnerContext>>);
+
+/// How long dropping the runner waits for its consumer to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 impl std::ops::Deref for GroupConsumer {
     type Target = StreamConsumer<RunnerContext>;
     fn deref(&self) -> &Self::Target {
-        &self.0
+        self.0.as_ref().expect("the consumer until the drop")
     }
 }
 
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
-        self.0.context().hold_revokes.store(false, AtomicOrdering::SeqCst);
+        let Some(consumer) = self.0.take() else { return };
+        consumer.context().hold_revokes.store(false, AtomicOrdering::SeqCst);
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+        let closing = std::thread::Builder::new().name("consumer-close".into()).spawn(move || {
+            drop(consumer);
+            let _ = closed_tx.send(());
+        });
+        if closing.is_err() {
+            // No thread: the close cannot be bounded; it runs here.
+            return;
+        }
+        let waited = || closed_rx.recv_timeout(CLOSE_WAIT);
+        let closed = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(waited)
+            }
+            _ => waited(),
+        };
+        if closed.is_err() {
+            tracing::warn!(
+                wait_ms = CLOSE_WAIT.as_millis() as u64,
+                "the consumer did not close in time (group coordinator unreachable?); left closing"
+            );
+        }
     }
 }
 
@@ -224,7 +254,7 @@ pub async fn run_processor<P: Processor>(
         .set("topic.metadata.refresh.interval.ms", "5000")
         .set("statistics.interval.ms", check_interval(stall_after).as_millis().to_string())
         .create_with_context(context)?;
-    let consumer = GroupConsumer(consumer);
+    let consumer = GroupConsumer(Some(consumer));
     consumer.subscribe(&[&input_topic])?;
     health.started.store(true, AtomicOrdering::SeqCst);
     tracing::info!(processor = %spec.name, topic = %input_topic, group = %group, "processor started");

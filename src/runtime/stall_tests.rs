@@ -301,3 +301,36 @@ async fn the_buffer_is_bounded_by_the_bytes_of_the_records_waiting() {
     // One running, three waiting (30 KB), and what arrived while the pause took effect.
     assert!((2..=10).contains(&most), "held {most} records of 10 KB with max_buffered_bytes = 30 KB");
 }
+
+/// A stalled runner returns even when its consumer cannot close. Every answer of the mock
+/// broker comes two minutes late from some point on: the group session is lost, the runner
+/// stalls, and the consumer's close (committing the stored offsets, leaving the group) waits for
+/// answers that do not come. Without a bound on that wait the process never exits for its
+/// restart (seen after broker restarts, in tests/faults.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_runner_returns_even_when_its_consumer_cannot_close() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mock = mock();
+    let kafka = kafka(&mock);
+    let producer: FutureProducer = crate::kafka::client_config(&kafka, "close-test").create().unwrap();
+    for _ in 0..3 {
+        producer.send(FutureRecord::<str, str>::to(TOPIC).payload("x"), Duration::from_secs(5)).await.unwrap();
+    }
+    let health = Arc::new(RunnerHealth::default());
+    let window = Duration::from_secs(8);
+    let runner = {
+        let (kafka, health) = (kafka.clone(), health.clone());
+        tokio::spawn(async move { run(&kafka, window, Duration::from_secs(300), health).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while health.assigned.load(Ordering::SeqCst) == 0 || health.held.load(Ordering::SeqCst) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the runner never took its partition's records");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The records' offsets are stored; their commit and everything after it go unanswered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mock.broker_round_trip_time(1, Duration::from_secs(120)).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(60), runner).await;
+    let result = ended.expect("the runner returned (its consumer's close is bounded)").expect("no panic");
+    assert!(matches!(result, Err(RunnerError::Stalled { .. })), "{result:?}");
+}
