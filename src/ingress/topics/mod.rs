@@ -223,11 +223,12 @@ fn delivered(r: Result<Delivered, ProduceError>) -> Line {
 }
 
 /// Waits for the delivery reports of the queued records (`(line index, delivery)`) and fills
-/// in their lines.
+/// in their lines. They are awaited in turn: librdkafka reports a produce request's records
+/// together, so most are in when their turn comes, and only the one awaited holds a waker
+/// (joining them all would register, and wake, one per record).
 async fn settle(lines: &mut [Option<Line>], pending: Vec<(usize, crate::kafka::Pending)>) {
-    let (idx, futs): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-    for (i, r) in idx.into_iter().zip(futures::future::join_all(futs).await) {
-        lines[i] = Some(delivered(r));
+    for (i, p) in pending {
+        lines[i] = Some(delivered(p.await));
     }
 }
 
