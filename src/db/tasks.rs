@@ -182,19 +182,21 @@ pub async fn cancel(
     by: Option<&str>,
 ) -> Result<Cancel, DbError> {
     let mut tx = pool.begin().await?;
-    let prior: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE task_id = $1 FOR UPDATE")
+    let prior = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM tasks WHERE task_id = $1 FOR UPDATE")))
         .bind(id)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await?
+        .as_ref()
+        .map(row_to_task)
+        .transpose()?;
     let message = format!("cancelled by {}", by.unwrap_or("request"));
-    let row = match &prior {
-        Some((status,)) => {
-            let status: TaskStatus = status.parse().unwrap_or(TaskStatus::Failed);
-            if status.is_terminal() {
-                tx.rollback().await?;
-                let row = get(pool, id).await?.ok_or(DbError::Other(sqlx::Error::RowNotFound))?;
-                return Ok(Cancel::AlreadyFinished(row));
-            }
+    let from = prior.as_ref().map_or(TaskStatus::Queued, |p| p.status);
+    let row = match prior {
+        Some(current) if current.status.is_terminal() => {
+            tx.rollback().await?;
+            return Ok(Cancel::AlreadyFinished(current));
+        }
+        Some(_) => {
             sqlx::query(AssertSqlSafe(format!(
                 "UPDATE tasks SET status = 'cancelled', error = $2, error_class = 'cancelled', finished_at = now(),
                      updated_at = now() WHERE task_id = $1 RETURNING {COLUMNS}"
@@ -222,8 +224,7 @@ pub async fn cancel(
         }
     };
     let task = row_to_task(&row)?;
-    let from = prior.and_then(|(s,)| s.parse().ok()).or(Some(TaskStatus::Queued));
-    let event = TaskEvent::new(id, &task.agent, from, TaskStatus::Cancelled, task.attempts, Some(message), None);
+    let event = TaskEvent::new(id, &task.agent, Some(from), TaskStatus::Cancelled, task.attempts, Some(message), None);
     insert_event(&mut tx, &event).await?;
     tx.commit().await?;
     Ok(Cancel::Cancelled(task))

@@ -239,8 +239,7 @@ pub(super) fn prepare(
     };
     // The broker refuses a timestamp before the epoch or too far ahead, and with it every other
     // record of the same produce batch: refuse it here, for this record only.
-    let latest = chrono::Utc::now().timestamp_millis() + MAX_FUTURE_TIMESTAMP_MS;
-    if timestamp.is_some_and(|t| !(0..=latest).contains(&t)) {
+    if timestamp.is_some_and(|t| !(0..=chrono::Utc::now().timestamp_millis() + MAX_FUTURE_TIMESTAMP_MS).contains(&t)) {
         return Err(bad("timestamp: must be from 1970-01-01T00:00:00Z to one hour from now".into()));
     }
     let raw_value = rec.value.ok_or_else(|| bad("value: is required".into()))?;
