@@ -147,3 +147,12 @@ pub trait Processor: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// Runs `f`, telling tokio's multi-thread runtime that it blocks (the rebalance callback runs
+/// inside the runner's `recv`, the runner's drop on a worker); on any other thread it just runs.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

@@ -20,7 +20,7 @@ use super::start::resolve_start_offsets;
 use super::txn::Transactions;
 use super::watchdog::{check_interval, GroupSeen, Stall, Watchdog};
 use super::worker::{spawn_worker, Done, Shared, Work};
-use super::{PartitionOffsets, Processor, Scheduler};
+use super::{blocking, PartitionOffsets, Processor, Scheduler};
 use crate::catalog::{Guarantee, ProcessorSpec};
 use crate::events::{processor_gauges, PartitionsHandedOver, ProcessorStalled};
 use crate::kafka::{client_config, Producer};
@@ -192,14 +192,7 @@ impl Drop for GroupConsumer {
             // No thread: the close cannot be bounded; it runs here.
             return;
         }
-        let waited = || closed_rx.recv_timeout(CLOSE_WAIT);
-        let closed = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(waited)
-            }
-            _ => waited(),
-        };
-        if closed.is_err() {
+        if blocking(|| closed_rx.recv_timeout(CLOSE_WAIT)).is_err() {
             tracing::warn!(
                 wait_ms = CLOSE_WAIT.as_millis() as u64,
                 "the consumer did not close in time (group coordinator unreachable?); left closing"

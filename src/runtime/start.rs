@@ -17,6 +17,7 @@
 //! after it stalled): the partitions' records could not be read before that anyway. A shutdown
 //! ends the wait within one lookup (at most [`LOOKUP_WAIT`]).
 
+use super::blocking;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
@@ -92,15 +93,6 @@ fn without_offsets(tpl: &TopicPartitionList) -> TopicPartitionList {
         list.add_partition(e.topic(), e.partition());
     }
     list
-}
-
-/// Runs `f`, telling tokio's multi-thread runtime that it blocks (the rebalance callback runs
-/// inside the runner's `recv`); on any other thread it just runs.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }
 
 #[cfg(test)]
