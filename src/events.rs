@@ -454,6 +454,39 @@ impl ProcessorStalled<'_> {
     }
 }
 
+/// Exactly-once: the committed offsets of newly assigned partitions were not found within the
+/// window (or the runner is stopping); librdkafka looks them up itself, which may read records
+/// again (see `runtime::start`).
+pub struct StartOffsetsUnresolved<'a> {
+    pub partitions: usize,
+    pub within: Duration,
+    pub error: Option<&'a str>,
+}
+impl StartOffsetsUnresolved<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            partitions = self.partitions,
+            within_ms = self.within.as_millis() as u64,
+            error = self.error.unwrap_or_default(),
+            "committed offsets not found in time; librdkafka looks them up itself (records may be read again)"
+        );
+    }
+}
+
+/// A runner's consumer did not close within the wait (the group coordinator unreachable?): it is
+/// left closing, and the runner ends regardless.
+pub struct ConsumerCloseAbandoned {
+    pub waited: Duration,
+}
+impl ConsumerCloseAbandoned {
+    pub fn emit(self) {
+        tracing::warn!(
+            wait_ms = self.waited.as_millis() as u64,
+            "the consumer did not close in time (group coordinator unreachable?); left closing"
+        );
+    }
+}
+
 /// Revoked partitions were handed over to the group after their running records ended (or
 /// after the grace period, with `abandoned` records still running: their new owner may run
 /// them again).

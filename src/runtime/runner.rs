@@ -22,7 +22,7 @@ use super::watchdog::{check_interval, GroupSeen, Stall, Watchdog};
 use super::worker::{spawn_worker, Done, Shared, Work};
 use super::{blocking, PartitionOffsets, Processor, Scheduler};
 use crate::catalog::{Guarantee, ProcessorSpec};
-use crate::events::{processor_gauges, PartitionsHandedOver, ProcessorStalled};
+use crate::events::{processor_gauges, ConsumerCloseAbandoned, PartitionsHandedOver, ProcessorStalled};
 use crate::kafka::{client_config, Producer};
 use crate::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
@@ -189,14 +189,11 @@ impl Drop for GroupConsumer {
             let _ = closed_tx.send(());
         });
         if closing.is_err() {
-            // No thread: the close cannot be bounded; it runs here.
+            // No thread: the consumer closed here, unbounded, as the refused closure dropped.
             return;
         }
         if blocking(|| closed_rx.recv_timeout(CLOSE_WAIT)).is_err() {
-            tracing::warn!(
-                wait_ms = CLOSE_WAIT.as_millis() as u64,
-                "the consumer did not close in time (group coordinator unreachable?); left closing"
-            );
+            ConsumerCloseAbandoned { waited: CLOSE_WAIT }.emit();
         }
     }
 }

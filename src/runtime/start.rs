@@ -18,6 +18,7 @@
 //! ends the wait within one lookup (at most [`LOOKUP_WAIT`]).
 
 use super::blocking;
+use crate::events::StartOffsetsUnresolved;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
@@ -77,12 +78,8 @@ pub(super) fn resolve_start_offsets<C: ConsumerContext>(
     }
     let unresolved = pending.count();
     if unresolved > 0 {
-        tracing::warn!(
-            partitions = unresolved,
-            within_ms = within.as_millis() as u64,
-            error = last_error.map(|e| e.to_string()).unwrap_or_default(),
-            "committed offsets not found in time; librdkafka looks them up itself (records may be read again)"
-        );
+        let error = last_error.map(|e| e.to_string());
+        StartOffsetsUnresolved { partitions: unresolved, within, error: error.as_deref() }.emit();
     }
     unresolved
 }
