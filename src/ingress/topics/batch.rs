@@ -51,6 +51,15 @@ enum Idem {
     Reserved { redis_key: String, hash: String },
 }
 
+impl Idem {
+    /// Frees a reserved key when nothing was written, so that the request's retry runs.
+    async fn release(&self, ctx: &Ctx) {
+        if let Idem::Reserved { redis_key, .. } = self {
+            let _: Result<i64, _> = ctx.deps.cache.pool().del(redis_key).await;
+        }
+    }
+}
+
 pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let decl = match declared(ctx, topic)? {
         Ok(d) => d,
@@ -143,30 +152,23 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     // The bytes charged are the request body's (what the caller sent). A refused request frees
     // its key, so its retry runs.
     if let Err(e) = check_quota(ctx, records.len(), body.len()).await {
-        if let Idem::Reserved { redis_key, .. } = &idem {
-            let _: Result<i64, _> = ctx.deps.cache.pool().del(redis_key).await;
-        }
+        idem.release(ctx).await;
         return Err(e);
     }
 
     let result = run(ctx, decl, records, &forwarded, is_async, span).await;
     let ttl = s.gateway.idempotency_ttl_secs as i64;
-    if let Idem::Reserved { redis_key, hash } = idem {
-        let pool = ctx.deps.cache.pool();
-        match &result {
-            // Nothing was written: let the retry run for real.
-            Ok(r) if r.status() != StatusCode::SERVICE_UNAVAILABLE => {
-                let body =
-                    http_body_util::BodyExt::collect(r.body().clone()).await.map(|c| c.to_bytes()).unwrap_or_default();
-                let stored = json!({"hash": hash, "state": "done", "status": r.status().as_u16(),
-                                    "body": String::from_utf8_lossy(&body)});
-                let _: Result<(), _> =
-                    pool.set(&redis_key, stored.to_string(), Some(Expiration::EX(ttl)), None, false).await;
-            }
-            _ => {
-                let _: Result<i64, _> = pool.del(&redis_key).await;
-            }
+    match (&idem, &result) {
+        // Nothing was written on a 503 or an error: let the retry run for real.
+        (Idem::Reserved { redis_key, hash }, Ok(r)) if r.status() != StatusCode::SERVICE_UNAVAILABLE => {
+            let body =
+                http_body_util::BodyExt::collect(r.body().clone()).await.map(|c| c.to_bytes()).unwrap_or_default();
+            let stored = json!({"hash": hash, "state": "done", "status": r.status().as_u16(),
+                                "body": String::from_utf8_lossy(&body)});
+            let _: Result<(), _> =
+                ctx.deps.cache.pool().set(redis_key, stored.to_string(), Some(Expiration::EX(ttl)), None, false).await;
         }
+        _ => idem.release(ctx).await,
     }
     result
 }
