@@ -487,12 +487,7 @@ async fn hand_over(
         commit_transaction(t, consumer, offsets, spec).await?;
     }
     for Ready { revoke, abandoned } in ready {
-        for tp in &revoke.list {
-            offsets.remove(tp);
-            if let Some(t) = txn.as_deref_mut() {
-                t.forget(tp);
-            }
-        }
+        forget_partitions(offsets, txn.as_deref_mut(), &revoke.list);
         if let Err(e) = consumer.incremental_unassign(&tpl(&revoke.list)) {
             tracing::warn!(processor = %spec.name, error = %e, "unassigning revoked partitions failed");
         }
@@ -505,6 +500,21 @@ async fn hand_over(
         .emit();
     }
     Ok(())
+}
+
+/// Forgets the offsets (and exactly-once: the held outputs) of partitions no longer assigned
+/// here; their new owner reads their records again from the last commit.
+fn forget_partitions(
+    offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
+    mut txn: Option<&mut Transactions>,
+    list: &[Tp],
+) {
+    for tp in list {
+        offsets.remove(tp);
+        if let Some(t) = txn.as_deref_mut() {
+            t.forget(tp);
+        }
+    }
 }
 
 /// Drops the records of `list`'s partitions not yet started (their new owner reads them again).
@@ -535,12 +545,7 @@ fn apply_rebalances(
             RebalanceEvent::Revoked(list) => {
                 // Lost while held: those partitions are gone already, and may come back.
                 revokes.forget(&list);
-                for tp in &list {
-                    offsets.remove(tp);
-                    if let Some(t) = txn.as_deref_mut() {
-                        t.forget(tp);
-                    }
-                }
+                forget_partitions(offsets, txn.as_deref_mut(), &list);
                 let dropped = drop_unstarted(scheduler, &list);
                 tracing::info!(partitions = list.len(), dropped, "partitions revoked");
             }

@@ -40,7 +40,8 @@ pub(super) fn resolve_start_offsets<C: ConsumerContext>(
     stopping: &CancellationToken,
 ) -> usize {
     let deadline = Instant::now() + within;
-    let mut pending = without_offsets(tpl);
+    // The lookup fills in the offsets; those of the assignment do not matter.
+    let mut pending = tpl.clone();
     let mut last_error: Option<KafkaError> = None;
     while pending.count() > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -64,16 +65,13 @@ pub(super) fn resolve_start_offsets<C: ConsumerContext>(
                     // The partition is in `tpl`: setting its offset cannot fail.
                     let _ = tpl.set_partition_offset(e.topic(), e.partition(), start);
                 }
-                if again.count() > 0 {
-                    // Refused at once (librdkafka retries only an unstable answer itself).
-                    blocking(|| std::thread::sleep(RETRY_PAUSE.min(left)));
-                }
                 pending = again;
             }
-            Err(e) => {
-                last_error = Some(e);
-                blocking(|| std::thread::sleep(RETRY_PAUSE.min(left)));
-            }
+            Err(e) => last_error = Some(e),
+        }
+        if pending.count() > 0 {
+            // Refused at once, or timed out (librdkafka retries only an unstable answer itself).
+            blocking(|| std::thread::sleep(RETRY_PAUSE.min(left)));
         }
     }
     let unresolved = pending.count();
@@ -82,14 +80,6 @@ pub(super) fn resolve_start_offsets<C: ConsumerContext>(
         StartOffsetsUnresolved { partitions: unresolved, within, error: error.as_deref() }.emit();
     }
     unresolved
-}
-
-fn without_offsets(tpl: &TopicPartitionList) -> TopicPartitionList {
-    let mut list = TopicPartitionList::new();
-    for e in tpl.elements() {
-        list.add_partition(e.topic(), e.partition());
-    }
-    list
 }
 
 #[cfg(test)]
