@@ -455,8 +455,7 @@ impl ProcessorStalled<'_> {
 }
 
 /// Exactly-once: the committed offsets of newly assigned partitions were not found within the
-/// window (or the runner is stopping); librdkafka looks them up itself, which may read records
-/// again (see `runtime::start`).
+/// window; they stay paused and the runner exits for a restart (see `runtime::start`).
 pub struct StartOffsetsUnresolved<'a> {
     pub partitions: usize,
     pub within: Duration,
@@ -468,7 +467,7 @@ impl StartOffsetsUnresolved<'_> {
             partitions = self.partitions,
             within_ms = self.within.as_millis() as u64,
             error = self.error.unwrap_or_default(),
-            "committed offsets not found in time; librdkafka looks them up itself (records may be read again)"
+            "committed offsets not found in time; the partitions stay paused and the processor exits for a restart"
         );
     }
 }

@@ -12,7 +12,9 @@
 //!   after which late completions are ignored and the new owner redelivers);
 //! - on shutdown: stop fetching, finish in-flight work within the grace period, commit, leave;
 //! - a stall that lasts the whole window (see [`super::watchdog`]) ends the runner with
-//!   [`RunnerError::Stalled`], so that the process exits and its supervisor restarts it.
+//!   [`RunnerError::Stalled`], so that the process exits and its supervisor restarts it; so does,
+//!   in exactly-once mode, an assignment whose committed offsets could not be read (see
+//!   [`super::start`]): its partitions are never read from a guessed position.
 
 use super::ordering::ordering_key;
 use super::revoke::{Ready, Revokes};
@@ -90,6 +92,9 @@ struct RunnerContext {
     /// Exactly-once: assigned partitions start where the runner finds their committed offsets,
     /// looked up for at most this long, or until the runner stops (see [`super::start`]).
     resolve_start: Option<Duration>,
+    /// Partitions assigned (paused) whose committed offsets that lookup did not find: the
+    /// runner exits for a restart rather than read them from a guessed position.
+    start_unknown: AtomicUsize,
     stopping: CancellationToken,
 }
 
@@ -103,6 +108,15 @@ fn tpl(list: &[Tp]) -> TopicPartitionList {
         tpl.add_partition(topic, *partition);
     }
     tpl
+}
+
+impl RunnerContext {
+    /// Exactly-once: an assignment's committed offsets were not found (see [`super::start`]).
+    fn start_stall(&self) -> Option<Stall> {
+        let partitions = self.start_unknown.load(AtomicOrdering::SeqCst);
+        let within = self.resolve_start?;
+        (partitions > 0).then_some(Stall::StartOffsetsUnknown { partitions, within })
+    }
 }
 
 impl ClientContext for RunnerContext {
@@ -123,16 +137,21 @@ impl ConsumerContext for RunnerContext {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if let Some(within) = self.resolve_start {
-                    resolve_start_offsets(consumer, tpl, within, &self.stopping);
-                }
+                let unknown = match self.resolve_start {
+                    Some(within) => resolve_start_offsets(consumer, tpl, within, &self.stopping),
+                    None => 0,
+                };
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 if let Err(e) = assigned {
                     tracing::error!(error = %e, "assigning partitions failed");
                 }
+                if unknown > 0 && !self.stopping.is_cancelled() {
+                    self.start_unknown.store(unknown, AtomicOrdering::SeqCst);
+                }
                 // librdkafka keeps a partition's pause flag across unassign/assign; set it to
                 // what the runner wants now, or a partition paused before a rebalance stays paused.
-                if self.paused.load(AtomicOrdering::SeqCst) {
+                // Partitions without a known start are never fetched: the runner stops or exits.
+                if self.paused.load(AtomicOrdering::SeqCst) || unknown > 0 {
                     let _ = consumer.pause(tpl);
                 } else {
                     let _ = consumer.resume(tpl);
@@ -225,6 +244,7 @@ pub async fn run_processor<P: Processor>(
         trouble: AtomicBool::new(false),
         group: Mutex::new(GroupSeen::new(Instant::now())),
         resolve_start: (spec.guarantee == Guarantee::ExactlyOnce).then_some(stall_after / 2),
+        start_unknown: AtomicUsize::new(0),
         stopping: shutdown.clone(),
     };
     let consumer: StreamConsumer<RunnerContext> = client_config(kafka, &spec.name)
@@ -356,6 +376,12 @@ pub async fn run_processor<P: Processor>(
                     }
                 }
             }
+        }
+        // Set by an assign inside a poll of `recv`: checked after every turn, before anything
+        // could resume those partitions; records not started are left to the next owner.
+        if let Some(stall) = consumer.context().start_stall() {
+            ProcessorStalled { processor: &spec.name, stall: &stall, after: stall_after }.emit();
+            return Err(RunnerError::Stalled { stall, after: stall_after });
         }
         apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
         hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, false).await?;

@@ -1,7 +1,8 @@
 //! The runner against librdkafka's mock cluster (no real broker): a consumer that cannot settle
 //! in its group makes the runner exit with a stall once the window is over; a settled, idle
 //! consumer keeps running however long nothing arrives; a handler that panics has its record
-//! dead-lettered; a runner that ends while it holds a revoke still closes its consumer.
+//! dead-lettered; a runner that ends while it holds a revoke still closes its consumer; an
+//! exactly-once runner that cannot read where its partitions start exits instead of reading them.
 
 use super::watchdog::Stall;
 use super::{DecodeError, ProcessError, Processor, RecordMeta, RunnerConfig, RunnerError, RunnerHealth};
@@ -333,4 +334,54 @@ async fn a_stalled_runner_returns_even_when_its_consumer_cannot_close() {
     let ended = tokio::time::timeout(Duration::from_secs(60), runner).await;
     let result = ended.expect("the runner returned (its consumer's close is bounded)").expect("no panic");
     assert!(matches!(result, Err(RunnerError::Stalled { .. })), "{result:?}");
+}
+
+/// Counts the records it takes.
+#[derive(Default)]
+struct Counting(std::sync::atomic::AtomicUsize);
+
+#[async_trait]
+impl Processor for Counting {
+    type Input = ();
+    async fn decode(&self, _: Option<&[u8]>) -> Result<(), DecodeError> {
+        Ok(())
+    }
+    async fn process(&self, _: &(), _: &RecordMeta) -> Result<(), ProcessError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Exactly-once: when the committed offsets of an assignment cannot be read for the whole
+/// lookup window, the runner reads none of its records (librdkafka's own lookup could start
+/// them from `auto.offset.reset`, replaying committed results) and exits for a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_exits_rather_than_guess_where_a_partition_starts() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mock = mock();
+    let kafka = kafka(&mock);
+    let producer: FutureProducer = crate::kafka::client_config(&kafka, "start-test").create().unwrap();
+    producer.send(FutureRecord::<str, str>::to(TOPIC).payload("x"), Duration::from_secs(5)).await.unwrap();
+    // Every committed-offset lookup fails.
+    mock.request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS; 10_000],
+    );
+    let mut spec = shipped_spec();
+    spec.guarantee = crate::catalog::Guarantee::ExactlyOnce;
+    let counting = Arc::new(Counting::default());
+    let health = Arc::new(RunnerHealth::default());
+    let window = Duration::from_secs(8);
+    let group = format!("start-{}", uuid::Uuid::new_v4());
+    let started = std::time::Instant::now();
+    // The mock coordinator holds the first join for 3 s; the lookup then gets half the window.
+    let result = run_spec(&kafka, &group, spec, window, Duration::from_secs(40), health, counting.clone()).await;
+    match result {
+        Err(RunnerError::Stalled { stall: Stall::StartOffsetsUnknown { partitions, within }, .. }) => {
+            assert_eq!((partitions, within), (1, window / 2));
+        }
+        other => panic!("expected an exit for unknown start offsets, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "exited after {:?}", started.elapsed());
+    assert_eq!(counting.0.load(Ordering::SeqCst), 0, "a record was read from a guessed position");
 }

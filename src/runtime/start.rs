@@ -9,10 +9,13 @@
 //! their results published twice. So in exactly-once mode the runner looks the committed
 //! offsets up itself, waiting out open transactions, and assigns explicit positions.
 //!
-//! Invariants: a partition is assigned at its committed offset, at the beginning if the group
-//! never committed one (the runner's `auto.offset.reset` is `earliest`), or, only if the lookup
-//! failed for the whole window (or the runner is stopping), left to librdkafka's own lookup
-//! (logged). The lookup blocks the rebalance callback, and so the runner's poll loop, for one
+//! Invariants: a partition is read from its committed offset, or from the beginning if the group
+//! never committed one (the runner's `auto.offset.reset` is `earliest`); never from a position
+//! librdkafka chose after a failed lookup. When the lookup fails for the whole window (the
+//! coordinator unreachable), the runner assigns the partitions paused and exits for a restart
+//! (a stall, see [`super::watchdog::Stall::StartOffsetsUnknown`]), so that the next owner looks
+//! them up again; when the runner is stopping, it assigns them paused and stops.
+//! The lookup blocks the rebalance callback, and so the runner's poll loop, for one
 //! round trip, or until an open transaction ends (the broker aborts it `transaction.timeout.ms`
 //! after it stalled): the partitions' records could not be read before that anyway. A shutdown
 //! ends the wait within one lookup (at most [`LOOKUP_WAIT`]).
@@ -32,7 +35,7 @@ const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 
 /// Sets each partition of `tpl` to where it starts: its committed offset, or the beginning if
 /// there is none. Partitions still unresolved after `within`, or when `stopping` is cancelled,
-/// keep their offset (librdkafka then looks it up itself); their count is returned.
+/// keep their offset; their count is returned (the caller must not let them be read).
 pub(super) fn resolve_start_offsets<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     tpl: &mut TopicPartitionList,
@@ -75,7 +78,7 @@ pub(super) fn resolve_start_offsets<C: ConsumerContext>(
         }
     }
     let unresolved = pending.count();
-    if unresolved > 0 {
+    if unresolved > 0 && !stopping.is_cancelled() {
         let error = last_error.map(|e| e.to_string());
         StartOffsetsUnresolved { partitions: unresolved, within, error: error.as_deref() }.emit();
     }

@@ -27,6 +27,10 @@ pub enum Stall {
     /// The consumer has not been a settled group member (librdkafka's group state `up`, join
     /// state `steady`); the last state seen is named.
     GroupNotJoined { state: String, join_state: String },
+    /// Exactly-once: the committed offsets of newly assigned partitions could not be read within
+    /// the lookup's window (see [`super::start`]); reading them from elsewhere could publish
+    /// results twice.
+    StartOffsetsUnknown { partitions: usize, within: Duration },
 }
 
 impl std::fmt::Display for Stall {
@@ -37,6 +41,9 @@ impl std::fmt::Display for Stall {
             Stall::CommitsFailing => f.write_str("every transaction commit failed"),
             Stall::GroupNotJoined { state, join_state } => {
                 write!(f, "not a settled consumer-group member (group state {state}, join state {join_state})")
+            }
+            Stall::StartOffsetsUnknown { partitions, within } => {
+                write!(f, "the committed offsets of {partitions} assigned partition(s) not found within {within:?}")
             }
         }
     }
