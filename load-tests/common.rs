@@ -413,12 +413,13 @@ pub fn task_id_of(body: &[u8]) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Raw Kafka clients
 
-/// A producer configured like DevCycle's (idempotent, acks=all, linger.ms=2, lz4).
+/// A producer configured like DevCycle's (idempotent, acks=all, `kafka.linger_ms`, lz4), so that
+/// a baseline follows a changed linger setting as DevCycle's own producers do.
 pub fn raw_producer(s: &Settings) -> FutureProducer {
     devcycle::kafka::client_config(&s.kafka, "bench-raw")
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
+        .set("linger.ms", s.kafka.linger_ms.to_string())
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "10000")
         .create()
