@@ -12,20 +12,23 @@ use async_trait::async_trait;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-struct Idle;
+/// Counts the records it takes.
+#[derive(Default)]
+struct Counting(AtomicUsize);
 
 #[async_trait]
-impl Processor for Idle {
+impl Processor for Counting {
     type Input = ();
     async fn decode(&self, _: Option<&[u8]>) -> Result<(), DecodeError> {
         Ok(())
     }
     async fn process(&self, _: &(), _: &RecordMeta) -> Result<(), ProcessError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -51,14 +54,15 @@ fn kafka(mock: &MockCluster<'static, DefaultProducerContext>) -> KafkaSettings {
     kafka
 }
 
-/// Runs the idle processor for at most `run`, with a stall window of `window`.
+/// Runs a processor that takes (and counts) every record for at most `run`, with a stall window
+/// of `window`.
 async fn run(
     kafka: &KafkaSettings,
     window: Duration,
     run: Duration,
     health: Arc<RunnerHealth>,
 ) -> Result<(), RunnerError> {
-    run_processor(kafka, window, run, health, Arc::new(Idle)).await
+    run_processor(kafka, window, run, health, Arc::new(Counting::default())).await
 }
 
 /// Runs `processor` for at most `run`, with a stall window of `window`.
@@ -334,22 +338,6 @@ async fn a_stalled_runner_returns_even_when_its_consumer_cannot_close() {
     let ended = tokio::time::timeout(Duration::from_secs(60), runner).await;
     let result = ended.expect("the runner returned (its consumer's close is bounded)").expect("no panic");
     assert!(matches!(result, Err(RunnerError::Stalled { .. })), "{result:?}");
-}
-
-/// Counts the records it takes.
-#[derive(Default)]
-struct Counting(std::sync::atomic::AtomicUsize);
-
-#[async_trait]
-impl Processor for Counting {
-    type Input = ();
-    async fn decode(&self, _: Option<&[u8]>) -> Result<(), DecodeError> {
-        Ok(())
-    }
-    async fn process(&self, _: &(), _: &RecordMeta) -> Result<(), ProcessError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
 }
 
 /// Exactly-once: when the committed offsets of an assignment cannot be read for the whole
