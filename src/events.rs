@@ -455,7 +455,8 @@ impl ProcessorStalled<'_> {
 }
 
 /// Exactly-once: the committed offsets of newly assigned partitions were not found within the
-/// window; they stay paused and the runner exits for a restart (see `runtime::start`).
+/// window (with the lookup's last error); they stay paused, and the runner's exit for a restart
+/// follows as [`ProcessorStalled`] (see `runtime::start`).
 pub struct StartOffsetsUnresolved<'a> {
     pub partitions: usize,
     pub within: Duration,
@@ -467,7 +468,7 @@ impl StartOffsetsUnresolved<'_> {
             partitions = self.partitions,
             within_ms = self.within.as_millis() as u64,
             error = self.error.unwrap_or_default(),
-            "committed offsets not found in time; the partitions stay paused and the processor exits for a restart"
+            "committed offsets not found in time; the partitions stay paused"
         );
     }
 }

@@ -341,8 +341,11 @@ async fn a_stalled_runner_returns_even_when_its_consumer_cannot_close() {
 }
 
 /// Exactly-once: when the committed offsets of an assignment cannot be read for the whole
-/// lookup window, the runner reads none of its records (librdkafka's own lookup could start
-/// them from `auto.offset.reset`, replaying committed results) and exits for a restart.
+/// lookup window, the runner exits for a restart rather than leave the partitions to
+/// librdkafka's own lookup (which could start them from `auto.offset.reset`, replaying committed
+/// results). The exit is what this test guards: as every lookup is refused here, librdkafka
+/// could not have started the partition either, so the count of records read cannot show the
+/// pause on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_exits_rather_than_guess_where_a_partition_starts() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
