@@ -10,8 +10,9 @@ use crate::agent_memo::AgentMemo;
 use crate::domain::{Agent, TaskStatus};
 use crate::settings::RedisSettings;
 use fred::prelude::*;
+use fred::types::{MultipleKeys, MultipleValues};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -19,7 +20,8 @@ use uuid::Uuid;
 /// seconds, unless that would take a final status back to one that is not: a late `running`
 /// or `retrying` never hides a task's end (returns 0 then). The final statuses must match
 /// TaskStatus::is_terminal (a unit test compares them).
-const SET_FIELDS: &str = r#"
+static SET_FIELDS: Script = Script::new(
+    r#"
 local final = { succeeded = true, failed = true, dead_lettered = true, cancelled = true, expired = true }
 local new
 for i = 2, #ARGV, 2 do if ARGV[i] == 'status' then new = ARGV[i + 1] end end
@@ -30,15 +32,18 @@ end
 if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
-"#;
+"#,
+);
 
 /// Like [`SET_FIELDS`] but only fills fields not set yet (HSETNX), so a later writer's values win
 /// whatever order the writes land in.
-const SET_ABSENT_FIELDS: &str = r#"
+static SET_ABSENT_FIELDS: Script = Script::new(
+    r#"
 for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
-"#;
+"#,
+);
 
 #[derive(Debug, thiserror::Error)]
 #[error("redis unavailable: {0}")]
@@ -88,7 +93,7 @@ impl Cache {
 
     /// Writes the given fields of a task's status hash and refreshes its TTL, in one round trip.
     pub async fn set_status(&self, id: Uuid, fields: Vec<(&str, String)>) -> Result<(), CacheError> {
-        self.write_fields(SET_FIELDS, id, fields).await
+        self.write_fields(&SET_FIELDS, id, fields).await
     }
 
     /// Marks a newly submitted task `queued`, unless a processor already wrote a status.
@@ -108,11 +113,11 @@ impl Cache {
         if let Some(by) = submitted_by {
             fields.push(("submitted_by", by.to_string()));
         }
-        self.write_fields(SET_ABSENT_FIELDS, id, fields).await
+        self.write_fields(&SET_ABSENT_FIELDS, id, fields).await
     }
 
     /// Runs one of the field scripts on a task's hash: one command, one round trip.
-    async fn write_fields(&self, script: &str, id: Uuid, fields: Vec<(&str, String)>) -> Result<(), CacheError> {
+    async fn write_fields(&self, script: &Script, id: Uuid, fields: Vec<(&str, String)>) -> Result<(), CacheError> {
         let mut args = Vec::with_capacity(1 + fields.len() * 2);
         args.push(self.status_ttl.to_string());
         for (k, v) in fields {
@@ -121,7 +126,7 @@ impl Cache {
         }
         // Boxed: fred's command future is ~6 KB, and every task holds this one while it
         // publishes (its own future would carry it inline).
-        let _: i64 = Box::pin(self.pool.eval(script, vec![self.task_key(id)], args)).await?;
+        let _: i64 = Box::pin(script.run(&self.pool, vec![self.task_key(id)], args)).await?;
         Ok(())
     }
 
@@ -229,6 +234,50 @@ impl Cache {
     }
 }
 
+/// A Lua script run by its SHA-1 (`EVALSHA`): a call sends the 40-character hash instead of the
+/// script's text (hundreds of bytes), and Redis looks the script up instead of hashing that text
+/// again. A server that does not hold it (restarted, failed over, `SCRIPT FLUSH`) answers
+/// `NOSCRIPT`; that call is then made with `EVAL`, which also loads the script for the next ones.
+pub struct Script {
+    lua: &'static str,
+    sha: OnceLock<String>,
+}
+
+impl Script {
+    pub const fn new(lua: &'static str) -> Script {
+        Script { lua, sha: OnceLock::new() }
+    }
+
+    pub fn lua(&self) -> &'static str {
+        self.lua
+    }
+
+    /// The script's SHA-1, as Redis names it.
+    pub fn sha(&self) -> &str {
+        self.sha.get_or_init(|| fred::util::sha1_hash(self.lua))
+    }
+
+    /// Runs the script on `pool` with `keys` and `args` (one round trip; two the first time a
+    /// server sees it).
+    pub async fn run<R, K, V>(&self, pool: &Pool, keys: K, args: V) -> Result<R, CacheError>
+    where
+        R: FromValue,
+        K: Into<MultipleKeys>,
+        V: TryInto<MultipleValues>,
+        V::Error: Into<fred::error::Error>,
+    {
+        let sha = self.sha();
+        let keys: MultipleKeys = keys.into();
+        let args: MultipleValues = args.try_into().map_err(Into::into)?;
+        match pool.evalsha(sha, keys.clone(), args.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                Ok(pool.eval(fred::util::static_str(self.lua), keys, args).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +285,7 @@ mod tests {
     #[test]
     fn the_status_script_knows_the_final_statuses() {
         for s in TaskStatus::ALL {
-            assert_eq!(SET_FIELDS.contains(&format!(" {s} = true")), s.is_terminal(), "{s}");
+            assert_eq!(SET_FIELDS.lua().contains(&format!(" {s} = true")), s.is_terminal(), "{s}");
         }
     }
 }

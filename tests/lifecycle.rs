@@ -186,3 +186,35 @@ async fn the_hot_status_never_goes_back_from_a_final_state() {
     assert_eq!(cache.get_status(id).await.unwrap().unwrap()["updated_at"], "now");
     cache.forget_task(id).await.unwrap();
 }
+
+/// Scripts are sent by their hash; a Redis that does not hold one (restarted, failed over,
+/// `SCRIPT FLUSH`) gets its text once more, and the call still answers. Flushing is
+/// server-wide: other tests running meanwhile take the same way back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_redis_forgot_is_sent_again_and_runs() {
+    use devcycle::cache::{Cache, Script};
+    use fred::prelude::*;
+    // A script of this run's own (its text, hence its hash, names a fresh key prefix).
+    let s = common::test_settings();
+    let text: &'static str =
+        Box::leak(format!("-- {}\nreturn ARGV[1] .. ':' .. KEYS[1]", s.redis.key_prefix).into_boxed_str());
+    let script = Script::new(text);
+    let cache = Cache::connect(&s.redis).await.unwrap();
+    let pool = cache.pool();
+    let held = |pool: &fred::clients::Pool| {
+        let pool = pool.clone();
+        let sha = script.sha().to_string();
+        async move { pool.next().script_exists::<Vec<bool>, _>(sha).await.unwrap() == vec![true] }
+    };
+    assert!(!held(pool).await, "a new script is not held yet");
+    let got: String = script.run(pool, "k1", "a").await.unwrap();
+    assert_eq!(got, "a:k1");
+    assert!(held(pool).await, "the first call loads the script");
+    let got: String = script.run(pool, "k2", "b").await.unwrap();
+    assert_eq!(got, "b:k2");
+    let _: () = pool.next().script_flush(false).await.unwrap();
+    assert!(!held(pool).await);
+    let got: String = script.run(pool, "k3", "c").await.unwrap();
+    assert_eq!(got, "c:k3", "the call runs after the server forgot the script");
+    assert!(held(pool).await, "and the script is held again");
+}

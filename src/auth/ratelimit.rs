@@ -1,10 +1,10 @@
 //! Fixed-window rate limits in Redis, atomic across ingress instances (one Lua script: INCR,
 //! set the window's expiry on the first hit, return the count and the seconds left).
 
-use crate::cache::{Cache, CacheError};
-use fred::prelude::*;
+use crate::cache::{Cache, CacheError, Script};
 
-const SCRIPT: &str = r#"
+static SCRIPT: Script = Script::new(
+    r#"
 local n = redis.call('INCRBY', KEYS[1], ARGV[2])
 local ttl = redis.call('TTL', KEYS[1])
 if n == 1 or ttl < 0 then
@@ -12,7 +12,8 @@ if n == 1 or ttl < 0 then
   ttl = tonumber(ARGV[1])
 end
 return {n, ttl}
-"#;
+"#,
+);
 
 /// The outcome of one counted request.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +33,7 @@ pub async fn hit(cache: &Cache, bucket: &str, limit: u64, window_secs: u64) -> R
 /// Counts `n` units (records, bytes) against `bucket`.
 pub async fn hit_n(cache: &Cache, bucket: &str, n: u64, limit: u64, window_secs: u64) -> Result<Decision, CacheError> {
     let key = format!("{}rl:{bucket}", cache.prefix());
-    let r: Vec<i64> = cache.pool().eval(SCRIPT, vec![key], vec![window_secs as i64, n as i64]).await?;
+    let r: Vec<i64> = SCRIPT.run(cache.pool(), vec![key], vec![window_secs as i64, n as i64]).await?;
     let n = r.first().copied().unwrap_or(0).max(0) as u64;
     let ttl = r.get(1).copied().unwrap_or(window_secs as i64).max(1) as u64;
     Ok(Decision { allowed: n <= limit, limit, remaining: limit.saturating_sub(n), reset_secs: ttl })
@@ -41,7 +42,8 @@ pub async fn hit_n(cache: &Cache, bucket: &str, n: u64, limit: u64, window_secs:
 /// Refuses at once when a guard key exists (ARGV[2] = '1': KEYS[1] is that guard, e.g. a revoked
 /// token), else counts one hit in each bucket (the remaining KEYS) like [`SCRIPT`]. Returns {-1}
 /// (guarded) or {n1, ttl1, n2, ttl2, ...}.
-const GUARDED_HITS: &str = r#"
+static GUARDED_HITS: Script = Script::new(
+    r#"
 local first = 1
 if ARGV[2] == '1' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
@@ -59,7 +61,8 @@ for i = first, #KEYS do
   out[#out + 1] = ttl
 end
 return out
-"#;
+"#,
+);
 
 /// One round trip for a request's admission: `None` when `guard` (a full key) exists, else one
 /// hit counted in each `(bucket, limit)` and its decision, in order.
@@ -76,7 +79,7 @@ pub async fn guarded_hits(
     let mut keys: Vec<String> = guard.into_iter().collect();
     keys.extend(buckets.iter().map(|(b, _)| format!("{}rl:{b}", cache.prefix())));
     let args = vec![window_secs.to_string(), if guarded { "1" } else { "0" }.to_string()];
-    let r: Vec<i64> = cache.pool().eval(GUARDED_HITS, keys, args).await?;
+    let r: Vec<i64> = GUARDED_HITS.run(cache.pool(), keys, args).await?;
     if r.first() == Some(&-1) {
         return Ok(None);
     }
@@ -96,7 +99,8 @@ pub async fn guarded_hits(
 /// All-or-nothing over several buckets of one fixed window (milliseconds): each bucket is
 /// charged its amount only if every bucket stays within its limit; with ARGV[2] = 0 nothing is
 /// charged (a look). Returns {1} or {0, index (1-based), used, ms left in the window}.
-const TAKE: &str = r#"
+static TAKE: Script = Script::new(
+    r#"
 local window = tonumber(ARGV[1])
 local n = #KEYS
 for i = 1, n do
@@ -114,7 +118,8 @@ if ARGV[2] == '1' then
   end
 end
 return {1}
-"#;
+"#,
+);
 
 /// One bucket of a [`take`]: what to charge against which limit.
 #[derive(Debug, Clone)]
@@ -171,7 +176,7 @@ pub async fn take(
     let mut args: Vec<String> = vec![window_ms.to_string(), if commit { "1" } else { "0" }.to_string()];
     args.extend(charges.iter().map(|c| c.amount.to_string()));
     args.extend(charges.iter().map(|c| c.limit.to_string()));
-    let r: Vec<i64> = cache.pool().eval(TAKE, keys, args).await?;
+    let r: Vec<i64> = TAKE.run(cache.pool(), keys, args).await?;
     if r.first() == Some(&1) {
         return Ok(Ok(()));
     }
