@@ -113,7 +113,7 @@ fn gateway_record(r: &TaskRequest) -> serde_json::Value {
     })
 }
 
-pub async fn run(secs: u64, conns: Vec<usize>, batch: Option<usize>) {
+pub async fn run(secs: u64, conns: Vec<usize>, batch: Option<usize>, rounds: usize) {
     let peak_resettable = reset_peak_rss();
     let deps = connect(bench_settings()).await;
     let shutdown = CancellationToken::new();
@@ -123,7 +123,8 @@ pub async fn run(secs: u64, conns: Vec<usize>, batch: Option<usize>) {
     let token = bench_token(&deps).await;
     let topic = deps.catalog.topic_name(REQUESTS);
     let producer = raw_producer(&deps.settings);
-    let b = Bench { deps: &deps, dc_addr, token: &token, producer: &producer, topic: &topic, secs, conns: &conns };
+    let b =
+        Bench { deps: &deps, dc_addr, token: &token, producer: &producer, topic: &topic, secs, conns: &conns, rounds };
     match batch {
         None => single(&b, peak_resettable, shutdown.clone()).await,
         Some(n) => batched(&b, n, peak_resettable).await,
@@ -134,7 +135,7 @@ pub async fn run(secs: u64, conns: Vec<usize>, batch: Option<usize>) {
 }
 
 /// What both kinds of run share: the ingress under test, its token, the raw producer, the
-/// requests topic, the seconds per run and the connection counts.
+/// requests topic, the seconds per run, the connection counts and the rounds of each.
 struct Bench<'a> {
     deps: &'a Deps,
     dc_addr: SocketAddr,
@@ -143,10 +144,44 @@ struct Bench<'a> {
     topic: &'a str,
     secs: u64,
     conns: &'a [usize],
+    rounds: usize,
+}
+
+/// What a row adds to its connection count with several rounds: which round it is.
+fn round_tag(round: usize, rounds: usize) -> String {
+    if rounds > 1 {
+        format!(" (round {round}/{rounds})")
+    } else {
+        String::new()
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// With several rounds: per connection count, each round's ratio and their median.
+fn print_medians(label: &str, target: &str, ratios: &[(usize, f64)], conns: &[usize], rounds: usize) {
+    if rounds < 2 {
+        return;
+    }
+    table(&["conns", "rounds", &format!("{label} per round"), &format!("median {label} ({target})")], "rrlr");
+    for &c in conns {
+        let of_c: Vec<f64> = ratios.iter().filter(|(k, _)| *k == c).map(|(_, r)| *r).collect();
+        let each: Vec<String> = of_c.iter().map(|r| format!("{r:.3}")).collect();
+        println!("| {c} | {} | {} | {:.3} |", of_c.len(), each.join(", "), median(of_c.clone()));
+    }
 }
 
 async fn single(b: &Bench<'_>, peak_resettable: bool, shutdown: CancellationToken) {
-    let Bench { deps, dc_addr, token, producer, topic, secs, conns } = *b;
+    let Bench { deps, dc_addr, token, producer, topic, secs, conns, rounds } = *b;
     let bare_addr = spawn_bare(shutdown).await;
     let payload = encode_all(deps, topic, &[echo_request()]).await.remove(0).1;
     let dc_req = [http_request(dc_addr, "POST", "/v1/tasks", Some(token), SUBMIT_BODY)];
@@ -164,40 +199,44 @@ async fn single(b: &Bench<'_>, peak_resettable: bool, shutdown: CancellationToke
     table(&[&["target", "conns", "requests", "errors", "req/s"][..], &LAT, &[RSS]].concat(), "lrrrrrrrrrr");
     let mut summary = Vec::new();
     let mut error_notes = Vec::new();
-    for &c in conns {
+    for (c, round) in conns.iter().flat_map(|&c| (1..=rounds).map(move |r| (c, r))) {
+        let tag = round_tag(round, rounds);
+        let cell = format!("{c}{tag}");
         let mut row = Vec::new();
         for (name, addr, req) in [("devcycle", dc_addr, &dc_req), ("bare-hyper", bare_addr, &bare_req)] {
             reset_peak_rss();
             let r = drive_http(addr, req, c, secs as f64, false, None).await;
             let (hwm, _) = rss_mib();
             println!(
-                "| {name} | {c} | {} | {} | {:.0} | {} | {hwm:.1} |",
+                "| {name} | {cell} | {} | {} | {:.0} | {} | {hwm:.1} |",
                 r.requests,
                 r.errors,
                 r.rps(),
                 latency_cells(&r.hist)
             );
             if r.errors > 0 {
-                error_notes.push(format!("{name} at {c} conns:{}", r.errors_text()));
+                error_notes.push(format!("{name} at {cell} conns:{}", r.errors_text()));
             }
             row.push(r.rps());
         }
         reset_peak_rss();
         let (ok, errors, rate) = drive_producer(producer, topic, &raw, c, secs, false).await;
         let (hwm, _) = rss_mib();
-        println!("| raw-producer (acks=all) | {c} in flight | {ok} | {errors} | {rate:.0} | | | | | | {hwm:.1} |");
-        summary.push((c, row[0], row[1], rate));
+        println!("| raw-producer (acks=all) | {c} in flight{tag} | {ok} | {errors} | {rate:.0} | | | | | | {hwm:.1} |");
+        summary.push((c, cell, row[0], row[1], rate));
     }
     print_errors(error_notes);
     let cols = ["conns", "devcycle req/s", "bare req/s", "devcycle/bare (target ≥ 0.5 at 64)", "raw producer rec/s"];
     table(&[&cols[..], &["devcycle/raw producer"]].concat(), "rrrrrr");
-    for (c, dc, bare, raw) in summary {
-        println!("| {c} | {dc:.0} | {bare:.0} | {:.3} | {raw:.0} | {:.3} |", dc / bare, dc / raw);
+    for (_, cell, dc, bare, raw) in &summary {
+        println!("| {cell} | {dc:.0} | {bare:.0} | {:.3} | {raw:.0} | {:.3} |", dc / bare, dc / raw);
     }
+    let ratios: Vec<(usize, f64)> = summary.iter().map(|(c, _, dc, bare, _)| (*c, dc / bare)).collect();
+    print_medians("devcycle/bare", "target ≥ 0.5 at 64", &ratios, conns, rounds);
 }
 
 async fn batched(b: &Bench<'_>, n: usize, peak_resettable: bool) {
-    let Bench { deps, dc_addr, token, producer, topic, secs, conns } = *b;
+    let Bench { deps, dc_addr, token, producer, topic, secs, conns, rounds } = *b;
     // One batch of `n` distinct echo TaskRequests per connection, reused for every request of
     // that connection; the raw producer's sender i sends the same records' Avro bytes.
     let max_c = conns.iter().copied().max().unwrap_or(1);
@@ -224,33 +263,37 @@ async fn batched(b: &Bench<'_>, n: usize, peak_resettable: bool) {
     table(&[&cols[..], &LAT, &[RSS]].concat(), "lrrrrrrrrrrr");
     let mut summary = Vec::new();
     let mut error_notes = Vec::new();
-    for &c in conns {
+    for (c, round) in conns.iter().flat_map(|&c| (1..=rounds).map(move |r| (c, r))) {
+        let tag = round_tag(round, rounds);
+        let cell = format!("{c}{tag}");
         reset_peak_rss();
         let r = drive_http(dc_addr, &bodies, c, secs as f64, false, None).await;
         let (hwm, _) = rss_mib();
         let records = r.requests * n as u64;
         let dc_rate = records as f64 / r.elapsed.as_secs_f64();
         println!(
-            "| devcycle gateway | {c} | {} | {records} | {} | {dc_rate:.0} | {} | {hwm:.1} |",
+            "| devcycle gateway | {cell} | {} | {records} | {} | {dc_rate:.0} | {} | {hwm:.1} |",
             r.requests,
             r.errors,
             latency_cells(&r.hist)
         );
         if r.errors > 0 {
-            error_notes.push(format!("devcycle at {c} conns:{}", r.errors_text()));
+            error_notes.push(format!("devcycle at {cell} conns:{}", r.errors_text()));
         }
         reset_peak_rss();
         let (ok, errors, rate) = drive_producer(producer, topic, &raw, c, secs, true).await;
         let (hwm, _) = rss_mib();
         println!(
-            "| raw-producer (acks=all) | {c}×{n} in flight | {} | {ok} | {errors} | {rate:.0} | | | | | | {hwm:.1} |",
+            "| raw-producer (acks=all) | {c}×{n} in flight{tag} | {} | {ok} | {errors} | {rate:.0} | | | | | | {hwm:.1} |",
             ok / n as u64
         );
-        summary.push((c, dc_rate, rate));
+        summary.push((c, cell, dc_rate, rate));
     }
     print_errors(error_notes);
     table(&["conns", "devcycle records/s", "raw producer records/s", "devcycle/raw (target ≥ 0.7)"], "rrrr");
-    for (c, dc, raw) in summary {
-        println!("| {c} | {dc:.0} | {raw:.0} | {:.3} |", dc / raw);
+    for (_, cell, dc, raw) in &summary {
+        println!("| {cell} | {dc:.0} | {raw:.0} | {:.3} |", dc / raw);
     }
+    let ratios: Vec<(usize, f64)> = summary.iter().map(|(c, _, dc, raw)| (*c, dc / raw)).collect();
+    print_medians("devcycle/raw", "target ≥ 0.7", &ratios, conns, rounds);
 }

@@ -1,6 +1,6 @@
 //! DevCycle load tests (issue #7), each printing one summary table (markdown):
 //!
-//! `cargo run --release --example loadgen -- ingress [--secs 10] [--conns 1,16,64] [--batch 100]`
+//! `cargo run --release --example loadgen -- ingress [--secs 10] [--conns 1,16,64] [--batch 100] [--rounds 3]`
 //! `cargo run --release --example loadgen -- pipeline [--tasks 20000]`
 //! `cargo run --release --example loadgen -- e2e [--secs 20] [--conns 64]`
 //! `cargo run --release --example loadgen -- sleep [--tasks 1200] [--ms 3000]`
@@ -41,6 +41,10 @@ enum Cmd {
         /// Records per request through the gateway route instead of single submissions.
         #[arg(long)]
         batch: Option<usize>,
+        /// Measure each connection count this many times, DevCycle and its baselines
+        /// alternating, and print the median ratio of the rounds (the baselines drift too).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// Pre-loaded echo tasks through one agent-executor vs a raw consume-and-produce loop.
     Pipeline {
@@ -108,7 +112,7 @@ enum Cmd {
 async fn main() {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Ingress { secs, conns, batch } => ingress::run(secs, conns, batch).await,
+        Cmd::Ingress { secs, conns, batch, rounds } => ingress::run(secs, conns, batch, rounds.max(1)).await,
         Cmd::Pipeline { tasks, timeout_secs } => pipeline::run(tasks, timeout_secs).await,
         Cmd::E2e { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs, shared_runtime } => {
             let a = e2e::Args { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs, shared_runtime };
