@@ -176,7 +176,7 @@ fn print_medians(label: &str, target: &str, ratios: &[(usize, f64)], conns: &[us
     for &c in conns {
         let of_c: Vec<f64> = ratios.iter().filter(|(k, _)| *k == c).map(|(_, r)| *r).collect();
         let each: Vec<String> = of_c.iter().map(|r| format!("{r:.3}")).collect();
-        println!("| {c} | {} | {} | {:.3} |", of_c.len(), each.join(", "), median(of_c.clone()));
+        println!("| {c} | {} | {} | {:.3} |", of_c.len(), each.join(", "), median(of_c));
     }
 }
 

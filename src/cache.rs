@@ -9,6 +9,7 @@
 use crate::agent_memo::AgentMemo;
 use crate::domain::{Agent, TaskStatus};
 use crate::settings::RedisSettings;
+use fred::bytes_utils::Str;
 use fred::prelude::*;
 use fred::types::{MultipleKeys, MultipleValues};
 use std::collections::HashMap;
@@ -240,7 +241,8 @@ impl Cache {
 /// `NOSCRIPT`; that call is then made with `EVAL`, which also loads the script for the next ones.
 pub struct Script {
     lua: &'static str,
-    sha: OnceLock<String>,
+    /// Shared bytes: each call takes a reference, not a copy.
+    sha: OnceLock<Str>,
 }
 
 impl Script {
@@ -254,7 +256,11 @@ impl Script {
 
     /// The script's SHA-1, as Redis names it.
     pub fn sha(&self) -> &str {
-        self.sha.get_or_init(|| fred::util::sha1_hash(self.lua))
+        self.sha_str()
+    }
+
+    fn sha_str(&self) -> &Str {
+        self.sha.get_or_init(|| fred::util::sha1_hash(self.lua).into())
     }
 
     /// Runs the script on `pool` with `keys` and `args` (one round trip; two the first time a
@@ -266,7 +272,7 @@ impl Script {
         V: TryInto<MultipleValues>,
         V::Error: Into<fred::error::Error>,
     {
-        let sha = self.sha();
+        let sha = self.sha_str().clone();
         let keys: MultipleKeys = keys.into();
         let args: MultipleValues = args.try_into().map_err(Into::into)?;
         match pool.evalsha(sha, keys.clone(), args.clone()).await {
