@@ -155,12 +155,26 @@ pub async fn encode_all(deps: &Deps, topic: &str, reqs: &[TaskRequest]) -> Recor
 
 /// Resets the peak RSS (VmHWM) of this process (Linux: `5` > /proc/self/clear_refs).
 pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    reset_peak_rss_of(None)
+}
+
+/// Resets the peak RSS of process `pid` (this one when `None`).
+pub fn reset_peak_rss_of(pid: Option<u32>) -> bool {
+    std::fs::write(format!("{}/clear_refs", proc_dir(pid)), "5").is_ok()
+}
+
+fn proc_dir(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "/proc/self".to_string(), |p| format!("/proc/{p}"))
 }
 
 /// (VmHWM, VmRSS) in MiB.
 pub fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_mib_of(None)
+}
+
+/// (VmHWM, VmRSS) in MiB of process `pid` (this one when `None`).
+pub fn rss_mib_of(pid: Option<u32>) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("{}/status", proc_dir(pid))).unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()

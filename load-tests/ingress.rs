@@ -3,6 +3,7 @@
 //! librdkafka producer.
 
 use crate::common::*;
+use crate::separate::Separate;
 use devcycle::app::{self, Deps, Mode};
 use devcycle::domain::TaskRequest;
 use futures::future::join_all;
@@ -113,24 +114,65 @@ fn gateway_record(r: &TaskRequest) -> serde_json::Value {
     })
 }
 
-pub async fn run(secs: u64, conns: Vec<usize>, batch: Option<usize>, rounds: usize) {
+/// What `ingress` was asked for.
+pub struct Args {
+    pub secs: u64,
+    pub conns: Vec<usize>,
+    pub batch: Option<usize>,
+    pub rounds: usize,
+    /// The ingress as a process of its own, from this binary.
+    pub process: Option<std::path::PathBuf>,
+}
+
+pub async fn run(a: Args) {
+    let Args { secs, conns, batch, rounds, process } = a;
     let peak_resettable = reset_peak_rss();
     let deps = connect(bench_settings()).await;
     let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(app::run_with(deps.clone(), Mode::Ingress, shutdown.clone(), Some(tx)));
-    let dc_addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("ingress bound").unwrap();
+    // In this process (on the generator's runtime), or as a process of its own.
+    let (dc_addr, handle, separate) = match &process {
+        None => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let handle = tokio::spawn(app::run_with(deps.clone(), Mode::Ingress, shutdown.clone(), Some(tx)));
+            let addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("ingress bound").unwrap();
+            (addr, Some(handle), None)
+        }
+        Some(bin) => {
+            let log = root().join("target").join(format!("loadgen-ingress-{}.log", std::process::id()));
+            let sep = Separate::start(bin, &deps.settings, &log).await;
+            println!(
+                "# devcycle: `{} ingress` as a process of its own (pid {}, log {}); its rows' peak RSS is that process's",
+                bin.display(),
+                sep.pid(),
+                log.display()
+            );
+            (sep.addr, None, Some(sep))
+        }
+    };
     let token = bench_token(&deps).await;
     let topic = deps.catalog.topic_name(REQUESTS);
     let producer = raw_producer(&deps.settings);
-    let b =
-        Bench { deps: &deps, dc_addr, token: &token, producer: &producer, topic: &topic, secs, conns: &conns, rounds };
+    let dc_pid = separate.as_ref().map(Separate::pid);
+    let b = Bench {
+        deps: &deps,
+        dc_addr,
+        dc_pid,
+        token: &token,
+        producer: &producer,
+        topic: &topic,
+        secs,
+        conns: &conns,
+        rounds,
+    };
     match batch {
         None => single(&b, peak_resettable, shutdown.clone()).await,
         Some(n) => batched(&b, n, peak_resettable).await,
     }
+    drop(separate);
     shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
+    if let Some(handle) = handle {
+        let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
+    }
     cleanup(&deps.settings, &deps.catalog, &deps.pool).await;
 }
 
@@ -139,6 +181,8 @@ pub async fn run(secs: u64, conns: Vec<usize>, batch: Option<usize>, rounds: usi
 struct Bench<'a> {
     deps: &'a Deps,
     dc_addr: SocketAddr,
+    /// The ingress's process when it runs as one of its own (its rows' RSS is read there).
+    dc_pid: Option<u32>,
     token: &'a str,
     producer: &'a FutureProducer,
     topic: &'a str,
@@ -181,7 +225,7 @@ fn print_medians(label: &str, target: &str, ratios: &[(usize, f64)], conns: &[us
 }
 
 async fn single(b: &Bench<'_>, peak_resettable: bool, shutdown: CancellationToken) {
-    let Bench { deps, dc_addr, token, producer, topic, secs, conns, rounds } = *b;
+    let Bench { deps, dc_addr, dc_pid, token, producer, topic, secs, conns, rounds } = *b;
     let bare_addr = spawn_bare(shutdown).await;
     let payload = encode_all(deps, topic, &[echo_request()]).await.remove(0).1;
     let dc_req = [http_request(dc_addr, "POST", "/v1/tasks", Some(token), SUBMIT_BODY)];
@@ -203,10 +247,12 @@ async fn single(b: &Bench<'_>, peak_resettable: bool, shutdown: CancellationToke
         let tag = round_tag(round, rounds);
         let cell = format!("{c}{tag}");
         let mut row = Vec::new();
-        for (name, addr, req) in [("devcycle", dc_addr, &dc_req), ("bare-hyper", bare_addr, &bare_req)] {
-            reset_peak_rss();
+        for (name, addr, req, pid) in
+            [("devcycle", dc_addr, &dc_req, dc_pid), ("bare-hyper", bare_addr, &bare_req, None)]
+        {
+            reset_peak_rss_of(pid);
             let r = drive_http(addr, req, c, secs as f64, false, None).await;
-            let (hwm, _) = rss_mib();
+            let (hwm, _) = rss_mib_of(pid);
             println!(
                 "| {name} | {cell} | {} | {} | {:.0} | {} | {hwm:.1} |",
                 r.requests,
@@ -236,7 +282,7 @@ async fn single(b: &Bench<'_>, peak_resettable: bool, shutdown: CancellationToke
 }
 
 async fn batched(b: &Bench<'_>, n: usize, peak_resettable: bool) {
-    let Bench { deps, dc_addr, token, producer, topic, secs, conns, rounds } = *b;
+    let Bench { deps, dc_addr, dc_pid, token, producer, topic, secs, conns, rounds } = *b;
     // One batch of `n` distinct echo TaskRequests per connection, reused for every request of
     // that connection; the raw producer's sender i sends the same records' Avro bytes.
     let max_c = conns.iter().copied().max().unwrap_or(1);
@@ -266,9 +312,9 @@ async fn batched(b: &Bench<'_>, n: usize, peak_resettable: bool) {
     for (c, round) in conns.iter().flat_map(|&c| (1..=rounds).map(move |r| (c, r))) {
         let tag = round_tag(round, rounds);
         let cell = format!("{c}{tag}");
-        reset_peak_rss();
+        reset_peak_rss_of(dc_pid);
         let r = drive_http(dc_addr, &bodies, c, secs as f64, false, None).await;
-        let (hwm, _) = rss_mib();
+        let (hwm, _) = rss_mib_of(dc_pid);
         let records = r.requests * n as u64;
         let dc_rate = records as f64 / r.elapsed.as_secs_f64();
         println!(

@@ -1,6 +1,6 @@
 //! DevCycle load tests (issue #7), each printing one summary table (markdown):
 //!
-//! `cargo run --release --example loadgen -- ingress [--secs 10] [--conns 1,16,64] [--batch 100] [--rounds 3]`
+//! `cargo run --release --example loadgen -- ingress [--secs 10] [--conns 1,16,64] [--batch 100] [--rounds 3] [--process target/release/devcycle]`
 //! `cargo run --release --example loadgen -- pipeline [--tasks 20000]`
 //! `cargo run --release --example loadgen -- e2e [--secs 20] [--conns 64]`
 //! `cargo run --release --example loadgen -- sleep [--tasks 1200] [--ms 3000]`
@@ -15,6 +15,7 @@ mod e2e;
 mod ingress;
 mod pipeline;
 mod scaling;
+mod separate;
 mod sleep;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,10 @@ enum Cmd {
         /// alternating, and print the median ratio of the rounds (the baselines drift too).
         #[arg(long, default_value_t = 1)]
         rounds: usize,
+        /// Run the ingress under test as a process of its own from this binary (e.g.
+        /// target/release/devcycle), so that its rows' peak RSS is its own.
+        #[arg(long)]
+        process: Option<std::path::PathBuf>,
     },
     /// Pre-loaded echo tasks through one agent-executor vs a raw consume-and-produce loop.
     Pipeline {
@@ -112,7 +117,9 @@ enum Cmd {
 async fn main() {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Ingress { secs, conns, batch, rounds } => ingress::run(secs, conns, batch, rounds.max(1)).await,
+        Cmd::Ingress { secs, conns, batch, rounds, process } => {
+            ingress::run(ingress::Args { secs, conns, batch, rounds: rounds.max(1), process }).await
+        }
         Cmd::Pipeline { tasks, timeout_secs } => pipeline::run(tasks, timeout_secs).await,
         Cmd::E2e { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs, shared_runtime } => {
             let a = e2e::Args { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs, shared_runtime };

@@ -1,0 +1,84 @@
+//! `ingress --process BIN`: the ingress under test as a process of its own (`BIN ingress`, the
+//! release binary), so that its peak RSS is its own, not that of the generator's connections and
+//! the baselines sharing this process. It gets this run's isolated settings through
+//! `DEVCYCLE__*` variables (namespace, schema, prefix, the raised limits of `bench_settings`);
+//! migrations, topics and schemas were applied here first.
+//!
+//! Invariant: the child is stopped (SIGTERM, then SIGKILL after 10 s) when the handle drops.
+
+use devcycle::settings::Settings;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Separate {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Separate {
+    /// Starts `bin ingress` on a free port of 127.0.0.1 and waits (up to 30 s) until it accepts
+    /// connections.
+    pub async fn start(bin: &Path, s: &Settings, log: &Path) -> Separate {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let never = s.rate_limits.api_per_window.to_string();
+        let child = Command::new(bin)
+            .arg("ingress")
+            .current_dir(crate::common::root())
+            .env("ENVIRONMENT", "test")
+            .env("DEVCYCLE__HTTP__HOST", "127.0.0.1")
+            .env("DEVCYCLE__HTTP__PORT", port.to_string())
+            .env("DEVCYCLE__METRICS__PORT", "0")
+            .env("DEVCYCLE__KAFKA__NAMESPACE", &s.kafka.namespace)
+            .env("DEVCYCLE__KAFKA__APPLY_ON_START", "false")
+            .env("DEVCYCLE__DATABASE__SCHEMA", &s.database.schema)
+            .env("DEVCYCLE__DATABASE__MIGRATE_ON_START", "false")
+            .env("DEVCYCLE__DATABASE__MAX_CONNECTIONS", s.database.max_connections.to_string())
+            .env("DEVCYCLE__REDIS__KEY_PREFIX", &s.redis.key_prefix)
+            .env("DEVCYCLE__REDIS__POOL_SIZE", s.redis.pool_size.to_string())
+            .env("DEVCYCLE__RATE_LIMITS__API_PER_WINDOW", &never)
+            .env("DEVCYCLE__RATE_LIMITS__SUBMIT_PER_WINDOW", &never)
+            .env("DEVCYCLE__RATE_LIMITS__AUTH_PER_WINDOW", &never)
+            .env("DEVCYCLE__GATEWAY__QUOTA_RECORDS_PER_SEC", &never)
+            .env("DEVCYCLE__GATEWAY__QUOTA_BYTES_PER_SEC", &never)
+            .env("DEVCYCLE__PATHS__TOPICS", &s.paths.topics)
+            .env("DEVCYCLE__PATHS__SCHEMAS", &s.paths.schemas)
+            .env("DEVCYCLE__PATHS__PROCESSORS", &s.paths.processors)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(log).expect("log file"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut sep = Separate { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Ok(Some(status)) = sep.child.try_wait() {
+                panic!("{} ingress exited before it listened ({status}); see {}", bin.display(), log.display());
+            }
+            assert!(Instant::now() < deadline, "{} ingress did not listen on {addr} within 30 s", bin.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sep
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Separate {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
