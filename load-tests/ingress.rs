@@ -139,7 +139,7 @@ pub async fn run(a: Args) {
         }
         Some(bin) => {
             let log = root().join("target").join(format!("loadgen-ingress-{}.log", std::process::id()));
-            let sep = Separate::start(bin, &deps.settings, &log).await;
+            let sep = Separate::ingress(bin, &deps.settings, &log).await;
             println!(
                 "# devcycle: `{} ingress` as a process of its own (pid {}, log {}); its rows' peak RSS is that process's",
                 bin.display(),

@@ -3,7 +3,7 @@
 //! `cargo run --release --example loadgen -- ingress [--secs 10] [--conns 1,16,64] [--batch 100] [--rounds 3] [--process target/release/devcycle]`
 //! `cargo run --release --example loadgen -- pipeline [--tasks 20000]`
 //! `cargo run --release --example loadgen -- e2e [--secs 20] [--conns 64]`
-//! `cargo run --release --example loadgen -- sleep [--tasks 1200] [--ms 3000]`
+//! `cargo run --release --example loadgen -- sleep [--tasks 1200] [--ms 3000] [--process target/release/devcycle]`
 //! `cargo run --release --example loadgen -- scaling [--tasks 20000] [--processors 1,2,4] [--partitions 8]`
 //!
 //! Everything runs in this one process against the real services (`scripts/services env`),
@@ -96,6 +96,10 @@ enum Cmd {
         ms: u64,
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
+        /// Run the processor as a process of its own from this binary (e.g.
+        /// target/release/devcycle), so that the peak RSS is its own.
+        #[arg(long)]
+        process: Option<std::path::PathBuf>,
     },
     /// Echo tasks through 1, 2, 4 … agent-executor instances (one group) on P partitions.
     Scaling {
@@ -125,7 +129,7 @@ async fn main() {
             let a = e2e::Args { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs, shared_runtime };
             e2e::run(a).await
         }
-        Cmd::Sleep { tasks, ms, timeout_secs } => sleep::run(tasks, ms, timeout_secs).await,
+        Cmd::Sleep { tasks, ms, timeout_secs, process } => sleep::run(tasks, ms, timeout_secs, process).await,
         Cmd::Scaling { tasks, processors, partitions, timeout_secs } => {
             scaling::run(tasks, processors, partitions, timeout_secs).await
         }

@@ -1,6 +1,7 @@
-//! `ingress --process BIN`: the ingress under test as a process of its own (`BIN ingress`, the
-//! release binary), so that its peak RSS is its own, not that of the generator's connections and
-//! the baselines sharing this process. It gets this run's isolated settings through
+//! `--process BIN` (modes `ingress` and `sleep`): the component under test as a process of its
+//! own (`BIN ingress`, `BIN process agent-executor`; the release binary), so that its peak RSS is
+//! its own, not that of the generator's connections, the readers and the baselines sharing this
+//! process. It gets this run's isolated settings through
 //! `DEVCYCLE__*` variables (namespace, schema, prefix, the raised limits of `bench_settings`);
 //! migrations, topics and schemas were applied here first.
 //!
@@ -14,17 +15,37 @@ use std::time::{Duration, Instant};
 
 pub struct Separate {
     child: Child,
+    /// Where its HTTP port listens (the ingress's API port; a processor's is unused).
     pub addr: SocketAddr,
 }
 
 impl Separate {
     /// Starts `bin ingress` on a free port of 127.0.0.1 and waits (up to 30 s) until it accepts
     /// connections.
-    pub async fn start(bin: &Path, s: &Settings, log: &Path) -> Separate {
+    pub async fn ingress(bin: &Path, s: &Settings, log: &Path) -> Separate {
+        let mut sep = Separate::spawn(bin, &["ingress"], s, log);
+        let addr = sep.addr;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Ok(Some(status)) = sep.child.try_wait() {
+                panic!("{} ingress exited before it listened ({status}); see {}", bin.display(), log.display());
+            }
+            assert!(Instant::now() < deadline, "{} ingress did not listen on {addr} within 30 s", bin.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sep
+    }
+
+    /// Starts `bin process <name>`.
+    pub fn processor(bin: &Path, name: &str, s: &Settings, log: &Path) -> Separate {
+        Separate::spawn(bin, &["process", name], s, log)
+    }
+
+    fn spawn(bin: &Path, args: &[&str], s: &Settings, log: &Path) -> Separate {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let never = s.rate_limits.api_per_window.to_string();
         let child = Command::new(bin)
-            .arg("ingress")
+            .args(args)
             .current_dir(crate::common::root())
             .env("ENVIRONMENT", "test")
             .env("DEVCYCLE__HTTP__HOST", "127.0.0.1")
@@ -50,17 +71,7 @@ impl Separate {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut sep = Separate { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            if let Ok(Some(status)) = sep.child.try_wait() {
-                panic!("{} ingress exited before it listened ({status}); see {}", bin.display(), log.display());
-            }
-            assert!(Instant::now() < deadline, "{} ingress did not listen on {addr} within 30 s", bin.display());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        sep
+        Separate { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
     }
 
     pub fn pid(&self) -> u32 {
