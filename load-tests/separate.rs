@@ -2,7 +2,8 @@
 //! own (`BIN ingress`, `BIN process agent-executor`; the release binary), so that its peak RSS is
 //! its own, not that of the generator's connections, the readers and the baselines sharing this
 //! process. It gets this run's isolated settings through
-//! `DEVCYCLE__*` variables (namespace, schema, prefix, the raised limits of `bench_settings`);
+//! `DEVCYCLE__*` variables ([`Settings::isolation_env`], and the raised limits of
+//! `bench_settings`);
 //! migrations, topics and schemas were applied here first.
 //!
 //! Invariant: the child is stopped (SIGTERM, then SIGKILL after 10 s) when the handle drops.
@@ -51,21 +52,14 @@ impl Separate {
             .env("DEVCYCLE__HTTP__HOST", "127.0.0.1")
             .env("DEVCYCLE__HTTP__PORT", port.to_string())
             .env("DEVCYCLE__METRICS__PORT", "0")
-            .env("DEVCYCLE__KAFKA__NAMESPACE", &s.kafka.namespace)
-            .env("DEVCYCLE__KAFKA__APPLY_ON_START", "false")
-            .env("DEVCYCLE__DATABASE__SCHEMA", &s.database.schema)
-            .env("DEVCYCLE__DATABASE__MIGRATE_ON_START", "false")
+            .envs(s.isolation_env())
             .env("DEVCYCLE__DATABASE__MAX_CONNECTIONS", s.database.max_connections.to_string())
-            .env("DEVCYCLE__REDIS__KEY_PREFIX", &s.redis.key_prefix)
             .env("DEVCYCLE__REDIS__POOL_SIZE", s.redis.pool_size.to_string())
             .env("DEVCYCLE__RATE_LIMITS__API_PER_WINDOW", &never)
             .env("DEVCYCLE__RATE_LIMITS__SUBMIT_PER_WINDOW", &never)
             .env("DEVCYCLE__RATE_LIMITS__AUTH_PER_WINDOW", &never)
             .env("DEVCYCLE__GATEWAY__QUOTA_RECORDS_PER_SEC", &never)
             .env("DEVCYCLE__GATEWAY__QUOTA_BYTES_PER_SEC", &never)
-            .env("DEVCYCLE__PATHS__TOPICS", &s.paths.topics)
-            .env("DEVCYCLE__PATHS__SCHEMAS", &s.paths.schemas)
-            .env("DEVCYCLE__PATHS__PROCESSORS", &s.paths.processors)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(log).expect("log file"))
             .stderr(Stdio::inherit())

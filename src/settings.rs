@@ -307,6 +307,23 @@ impl Settings {
         Ok(s)
     }
 
+    /// The variables under which a `devcycle` process started by a test or benchmark gets these
+    /// settings' isolation: the Kafka namespace, Postgres schema, Redis prefix and declaration
+    /// paths, with topics and migrations left to the starter, which applied them.
+    pub fn isolation_env(&self) -> Vec<(&'static str, String)> {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            ("DEVCYCLE__KAFKA__NAMESPACE", self.kafka.namespace.clone()),
+            ("DEVCYCLE__KAFKA__APPLY_ON_START", "false".into()),
+            ("DEVCYCLE__DATABASE__SCHEMA", self.database.schema.clone()),
+            ("DEVCYCLE__DATABASE__MIGRATE_ON_START", "false".into()),
+            ("DEVCYCLE__REDIS__KEY_PREFIX", self.redis.key_prefix.clone()),
+            ("DEVCYCLE__PATHS__TOPICS", path(&self.paths.topics)),
+            ("DEVCYCLE__PATHS__SCHEMAS", path(&self.paths.schemas)),
+            ("DEVCYCLE__PATHS__PROCESSORS", path(&self.paths.processors)),
+        ]
+    }
+
     /// Like [`Settings::load`] with an explicit environment (for tests).
     pub fn load_with_env(dir: &Path, env: &BTreeMap<String, String>) -> Result<Settings, ConfigError> {
         let mut merged = read_toml(&dir.join("default.toml"))?;
