@@ -7,7 +7,8 @@
 
 /// mimalloc for every binary that links this crate (the service, its tests and load tests
 /// alike): under load glibc's malloc and free were about a quarter of a processor's CPU
-/// (load-tests/RESULTS.md).
+/// (load-tests/RESULTS.md). With the crate's `override` feature it is the process's `malloc` as
+/// well, so librdkafka and the other C libraries allocate from it too.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
