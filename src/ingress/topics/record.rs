@@ -45,10 +45,12 @@ macro_rules! not_this {
 const MAX_FUTURE_TIMESTAMP_MS: i64 = 3_600_000;
 const RECORD_FIELDS: &[&str] = &["key", "value", "headers", "partition", "timestamp"];
 
-/// A record as sent: its fields other than `value` parsed, the `value` as JSON text.
+/// A record as sent: its `key` and `value` as JSON text (read when it is prepared: no copy of
+/// either is made while the body is read), its other fields parsed.
 #[derive(Default)]
 pub(super) struct RecordIn<'a> {
     fields: Map<String, Json>,
+    key: Option<&'a RawValue>,
     value: Option<&'a RawValue>,
 }
 
@@ -143,6 +145,8 @@ fn take_member<'de, M: MapAccess<'de>>(
 ) -> Result<(), M::Error> {
     if key == "value" {
         rec.value = Some(map.next_value()?);
+    } else if key == "key" {
+        rec.key = Some(map.next_value()?);
     } else {
         rec.fields.insert(key.into_owned(), map.next_value()?);
     }
@@ -178,8 +182,9 @@ impl<'de> Deserialize<'de> for Slot<'de> {
 }
 
 /// One record ready for Kafka (its own headers; the request's forwarded ones go with it).
-pub(super) struct Prepared {
-    pub(super) key: Option<Vec<u8>>,
+pub(super) struct Prepared<'a> {
+    /// Borrowed from the body unless it had escapes.
+    pub(super) key: Option<Cow<'a, [u8]>>,
     pub(super) value: Option<Vec<u8>>,
     pub(super) headers: Vec<(String, Vec<u8>)>,
     pub(super) partition: Option<i32>,
@@ -187,23 +192,19 @@ pub(super) struct Prepared {
 }
 
 /// Validates and encodes one record: the record as it goes to Kafka, or its report line.
-pub(super) fn prepare(
-    rec: &RecordIn<'_>,
+pub(super) fn prepare<'a>(
+    rec: &RecordIn<'a>,
     decl: &TopicDecl,
     schema: Option<&LatestSchema>,
     forwarded: &[(String, Vec<u8>)],
     max_record_bytes: usize,
-) -> Result<Prepared, Line> {
+) -> Result<Prepared<'a>, Line> {
     let bad = |m: String| Line::failed(VALIDATION, m);
     let map = &rec.fields;
     if let Some(k) = map.keys().find(|k| !RECORD_FIELDS.contains(&k.as_str())) {
         return Err(bad(format!("{k}: unknown field; allowed: {}", RECORD_FIELDS.join(", "))));
     }
-    let key = match map.get("key") {
-        None | Some(Json::Null) => None,
-        Some(Json::String(s)) => Some(s.clone().into_bytes()),
-        Some(_) => return Err(bad("key: must be a string".into())),
-    };
+    let key = rec.key.map(key_bytes).transpose().map_err(|()| bad("key: must be a string".into()))?.flatten();
     let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
     match map.get("headers") {
         None | Some(Json::Null) => {}
@@ -258,13 +259,25 @@ pub(super) fn prepare(
             }
         }
     };
-    let size = key.as_ref().map_or(0, Vec::len)
+    let size = key.as_ref().map_or(0, |k| k.len())
         + value.as_ref().map_or(0, Vec::len)
         + headers.iter().chain(forwarded).map(|(k, v)| k.len() + v.len()).sum::<usize>();
     if size > max_record_bytes {
         return Err(Line::failed(TOO_LARGE, format!("record is {size} bytes; the limit is {max_record_bytes}")));
     }
     Ok(Prepared { key, value, headers, partition, timestamp })
+}
+
+/// A record's key from its JSON text: its bytes (borrowed when the string has no escapes), `None`
+/// for `null`; anything else is not a key.
+fn key_bytes(raw: &RawValue) -> Result<Option<Cow<'_, [u8]>>, ()> {
+    if let Ok(s) = serde_json::from_str::<&str>(raw.get()) {
+        return Ok(Some(Cow::Borrowed(s.as_bytes())));
+    }
+    match serde_json::from_str::<Option<String>>(raw.get()) {
+        Ok(s) => Ok(s.map(|s| Cow::Owned(s.into_bytes()))),
+        Err(_) => Err(()),
+    }
 }
 
 #[cfg(test)]
@@ -280,7 +293,10 @@ mod tests {
         records
             .into_iter()
             .map(|r| match r {
-                Ok(rec) => Ok((rec.fields.keys().cloned().collect(), rec.value.map(|v| v.get().to_string()))),
+                Ok(rec) => {
+                    let names = rec.key.map(|_| "key".to_string()).into_iter().chain(rec.fields.keys().cloned());
+                    Ok((names.collect(), rec.value.map(|v| v.get().to_string())))
+                }
                 Err(Line::Failed { code, message, .. }) => Err(format!("{code}: {message}")),
                 Err(other) => panic!("unexpected line {other:?}"),
             })
@@ -323,8 +339,22 @@ mod tests {
         assert!(body.records.is_none());
         assert_eq!(body.others, vec!["key", "value"]);
         for rec in [body.record, parse_record(text).unwrap()] {
-            assert_eq!(rec.fields.get("key"), Some(&Json::String("ké".into())));
+            assert_eq!(rec.key.map(key_bytes), Some(Ok(Some(Cow::Owned("ké".as_bytes().to_vec())))));
             assert_eq!(rec.value.map(RawValue::get), Some(r#"{"a": 1}"#));
+        }
+    }
+
+    #[test]
+    fn a_key_is_borrowed_from_the_body_unless_it_has_escapes() {
+        let key = |text: &'static str| {
+            let raw: &RawValue = serde_json::from_str(text).unwrap();
+            key_bytes(raw)
+        };
+        assert!(matches!(key(r#""k-1""#), Ok(Some(Cow::Borrowed(b"k-1")))));
+        assert_eq!(key(r#""a\"b""#), Ok(Some(Cow::Owned(br#"a"b"#.to_vec()))));
+        assert_eq!(key("null"), Ok(None));
+        for not_a_string in ["1", "true", "[]", r#"{"k": "v"}"#] {
+            assert_eq!(key(not_a_string), Err(()), "{not_a_string}");
         }
     }
 
