@@ -119,6 +119,8 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() {
+    // The service's memory policy, so in-process runs measure the RSS it would have.
+    devcycle::memory::apply();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Ingress { secs, conns, batch, rounds, process } => {

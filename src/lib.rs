@@ -26,6 +26,7 @@ pub mod executors;
 pub mod gateway;
 pub mod ingress;
 pub mod kafka;
+pub mod memory;
 pub mod ops;
 pub mod otlp;
 pub mod processors;

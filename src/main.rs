@@ -10,6 +10,7 @@ use devcycle::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
+    devcycle::memory::apply();
     let cli = Cli::parse();
     let settings = match Settings::load(&cli.config_dir) {
         Ok(s) => s,
