@@ -5,11 +5,11 @@
 //! asks the kernel for transparent huge pages on its arenas (`madvise(MADV_HUGEPAGE)`). Under the
 //! kernel's THP mode `madvise` (Debian's default) every touched 2 MiB of an arena then stays
 //! resident as a whole. Measured (load-tests/RESULTS.md): 1,024 sleep tasks in one processor
-//! 111 MiB of peak RSS with huge pages and 70 without; the ingress at 1,000 connections 122 and
-//! 90 MiB, against the spec's limits of 256 and 128 MiB; the CPU per record of 100-record batches
-//! was ~10% lower with huge pages in one A/B comparison and no different in another. Within those
-//! limits the memory margin counts more: huge pages are off for the process unless
-//! `MIMALLOC_ALLOW_THP=1` asks for them.
+//! 107–111 MiB of peak RSS with huge pages and 70–72 without; the ingress at 1,000 connections
+//! 122–125 and 90–92 MiB, against the spec's limits of 256 and 128 MiB; the CPU per record of
+//! 100-record batches was ~10% lower with huge pages in one A/B comparison and no different in
+//! another. Within those limits the memory margin counts more: huge pages are off for the
+//! process unless `MIMALLOC_ALLOW_THP=1` asks for them.
 //!
 //! Invariant: applied before the process has touched much memory (it concerns pages faulted
 //! after it). Child processes (`command` agents) inherit it.
