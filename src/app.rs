@@ -56,6 +56,9 @@ pub struct Deps {
     pub executors: Executors,
     /// Trace spans (exported over OTLP when `telemetry.otlp_endpoint` is set).
     pub tracer: crate::otlp::Tracer,
+    /// The ingress's client for the registry's latest schemas (see
+    /// [`crate::gateway::latest_schema`]).
+    pub registry_http: reqwest::Client,
     /// Health of the processors running in this process (for /ready and /startup).
     pub runners: std::sync::Mutex<Vec<(String, Arc<crate::runtime::RunnerHealth>)>>,
 }
@@ -94,6 +97,7 @@ impl Deps {
             codec,
             executors: Executors::new(),
             tracer,
+            registry_http: reqwest::Client::new(),
             runners: Default::default(),
         }))
     }

@@ -48,13 +48,13 @@ fn cache() -> &'static Mutex<CacheMap> {
     CACHE.get_or_init(Default::default)
 }
 
-fn http() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(reqwest::Client::new)
-}
-
-/// The latest schema of `subject` from the registry at `base`, cached for `ttl`.
+/// The latest schema of `subject` from the registry at `base`, cached for `ttl`, fetched with
+/// `http`. The client is the caller's (one per app, see [`crate::app::Deps`]), not one for the
+/// process: a pooled connection belongs to the runtime that opened it, and a client shared by
+/// runtimes (tests, the load generator) handed out connections whose runtime had ended ("error
+/// sending request").
 pub async fn latest_schema(
+    http: &reqwest::Client,
     base: &str,
     subject: &str,
     ttl: Duration,
@@ -67,7 +67,7 @@ pub async fn latest_schema(
         }
     }
     let url = format!("{}/subjects/{subject}/versions/latest", base.trim_end_matches('/'));
-    let resp = http()
+    let resp = http
         .get(&url)
         .header("Accept", "application/vnd.schemaregistry.v1+json")
         .timeout(timeout)

@@ -142,6 +142,7 @@ async fn value_schema(ctx: &Ctx, decl: &TopicDecl) -> Result<Option<Arc<LatestSc
     let s = &ctx.deps.settings;
     let subject = ctx.deps.catalog.value_subject(&decl.name);
     gateway::latest_schema(
+        &ctx.deps.registry_http,
         &s.schema_registry.url,
         &subject,
         Duration::from_secs(s.gateway.schema_cache_secs),
