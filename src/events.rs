@@ -512,7 +512,7 @@ impl PartitionsHandedOver<'_> {
                 partitions = self.partitions,
                 waited_ms,
                 abandoned = self.abandoned,
-                "revoked partitions handed over with records still running (grace period over); their new owner may run them again"
+                "revoked partitions handed over with records still running (grace period over): cancelled here; their new owner runs them again"
             );
         }
     }

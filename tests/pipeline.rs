@@ -387,54 +387,112 @@ async fn a_processor_joining_while_tasks_run_does_not_run_them_again_in_exactly_
 }
 
 async fn joining_while_tasks_run(guarantee: &str) {
-    let app = TestApp::spawn_with(|s| {
-        let tag = format!("joining-{}", s.database.schema);
-        s.paths.processors = common::processors_with(&tag, &[("guarantee", format!("\"{guarantee}\""))]);
-    })
-    .await;
-    let runs = std::env::temp_dir().join(format!("devcycle-runs-{}", uuid::Uuid::new_v4()));
-    let script = format!("echo run >> '{}'; sleep 6; cat", runs.display());
-    let agent = json!({"name": "slow", "executor": "command", "config": {"program": "sh", "args": ["-c", script]}});
-    assert_eq!(app.post("/v1/agents", &agent).await.0, 201);
-    let partitions = 6;
-    let mut ids = Vec::new();
-    for p in 0..partitions {
-        let req = devcycle::domain::TaskRequest::new("slow", json!({"p": p}));
-        ids.push(req.task_id);
-        app.produce_request(&req, Some(p)).await;
-    }
-    for id in &ids {
-        app.wait_status(*id, "running", WAIT).await;
-    }
-    let second = TestApp::start(app.deps.clone(), devcycle::app::Mode::Process("agent-executor".into())).await;
-    // The group settles with partitions on both members.
-    let group = app.deps.catalog.group_name("devcycle.agent-executor");
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let members = partitions_per_member(&app, &group);
-        if members.len() == 2 && members.iter().all(|n| *n > 0) {
-            assert_eq!(members.iter().sum::<usize>(), partitions as usize, "{members:?}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the group never settled on two members: {members:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    for id in &ids {
+    let tasks = SlowTasks::start(&[("guarantee", format!("\"{guarantee}\""))], 6).await;
+    let (app, ids, runs) = (&tasks.app, &tasks.ids, &tasks.starts);
+    let second = tasks.second_member_joins().await;
+    for id in ids {
         let done = app.wait_status(*id, "succeeded", WAIT).await;
         assert_eq!(done["attempts"], 1, "{done}");
     }
     // Give a second run on the new member time to show before counting.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let lines = std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
-    let _ = std::fs::remove_file(&runs);
-    assert_eq!(lines, partitions as usize, "each task's command ran once");
+    assert_eq!(lines(runs), ids.len(), "each task's command ran once");
     if guarantee == "exactly_once" {
         // The results, read from the beginning: one per task (a duplicate among the first ones
         // read would leave a task without its result here).
-        let results = app.read_results(&ids, WAIT).await;
+        let results = app.read_results(ids, WAIT).await;
         let distinct: std::collections::HashSet<_> = results.iter().map(|(r, _)| r.task_id).collect();
         assert_eq!(distinct.len(), ids.len(), "one result per task");
     }
     second.stop().await;
-    app.stop().await;
+    tasks.stop().await;
+}
+
+/// A task that outlives the revoke's grace period is cancelled on the member handing its
+/// partition over (its command killed), so it never runs on beside the new owner's run: each
+/// task's command gets to its end once. The grace here is 1.5 s and each command takes 12 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_outliving_the_revoke_grace_is_cancelled_where_it_ran() {
+    let tasks = SlowTasks::start(&[("shutdown_grace_ms", "1500".into())], 12).await;
+    let (app, ids) = (&tasks.app, &tasks.ids);
+    let second = tasks.second_member_joins().await;
+    let mut moved = 0;
+    for id in ids {
+        let done = app.wait_status(*id, "succeeded", WAIT).await;
+        let attempts = done["attempts"].as_i64().unwrap();
+        assert!(attempts == 1 || attempts == 2, "{done}");
+        moved += (attempts == 2) as usize;
+    }
+    // Every run started has ended 12 s after its start unless it was cancelled (its command
+    // killed): wait for the last start's end (the file was last written by that start).
+    let last_start = std::fs::metadata(&tasks.starts).and_then(|m| m.modified()).expect("runs started");
+    if let Ok(left) = (last_start + Duration::from_secs(13)).duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+    assert!(moved > 0, "some partitions moved while their tasks ran");
+    assert_eq!(lines(&tasks.starts), ids.len() + moved, "the moved tasks started again on the new member");
+    assert_eq!(lines(&tasks.ends), ids.len(), "each task's command got to its end once");
+    second.stop().await;
+    tasks.stop().await;
+}
+
+/// One `slow` command task on each of the 6 partitions of a processor edited with `edits`, all
+/// running: each run appends a line to `starts`, sleeps `secs` and appends one to `ends`.
+struct SlowTasks {
+    app: TestApp,
+    ids: Vec<uuid::Uuid>,
+    starts: std::path::PathBuf,
+    ends: std::path::PathBuf,
+}
+
+impl SlowTasks {
+    async fn start(edits: &[(&str, String)], secs: u64) -> SlowTasks {
+        let app = TestApp::spawn_with(|s| {
+            let tag = format!("slow-{}", s.database.schema);
+            s.paths.processors = common::processors_with(&tag, edits);
+        })
+        .await;
+        let file = |what: &str| std::env::temp_dir().join(format!("devcycle-{what}-{}", uuid::Uuid::new_v4()));
+        let (starts, ends) = (file("starts"), file("ends"));
+        let script = format!("echo run >> '{}'; sleep {secs}; echo end >> '{}'; cat", starts.display(), ends.display());
+        let agent = json!({"name": "slow", "executor": "command", "config": {"program": "sh", "args": ["-c", script]}});
+        assert_eq!(app.post("/v1/agents", &agent).await.0, 201);
+        let mut ids = Vec::new();
+        for p in 0..6 {
+            let req = devcycle::domain::TaskRequest::new("slow", json!({"p": p}));
+            ids.push(req.task_id);
+            app.produce_request(&req, Some(p)).await;
+        }
+        for id in &ids {
+            app.wait_status(*id, "running", WAIT).await;
+        }
+        SlowTasks { app, ids, starts, ends }
+    }
+
+    /// A second processor joins the group; returns once partitions are on both members.
+    async fn second_member_joins(&self) -> TestApp {
+        let app = &self.app;
+        let second = TestApp::start(app.deps.clone(), devcycle::app::Mode::Process("agent-executor".into())).await;
+        let group = app.deps.catalog.group_name("devcycle.agent-executor");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let members = partitions_per_member(app, &group);
+            if members.len() == 2 && members.iter().all(|n| *n > 0) {
+                assert_eq!(members.iter().sum::<usize>(), self.ids.len(), "{members:?}");
+                return second;
+            }
+            assert!(std::time::Instant::now() < deadline, "the group never settled on two members: {members:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn stop(self) {
+        let _ = std::fs::remove_file(&self.starts);
+        let _ = std::fs::remove_file(&self.ends);
+        self.app.stop().await;
+    }
+}
+
+fn lines(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).unwrap_or_default().lines().count()
 }

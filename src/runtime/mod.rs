@@ -5,6 +5,7 @@
 //! is stored for commit only after the handler returned `Ok` (every effect durable) or the record
 //! was dead-lettered, and never past an unfinished record of the same partition.
 
+mod assignment;
 pub mod dlq;
 mod offsets;
 mod ordering;

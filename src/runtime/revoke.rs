@@ -12,8 +12,9 @@
 //! Invariants:
 //! - no record of a partition being revoked is started (unstarted ones are dropped; the new
 //!   owner redelivers them);
-//! - a revoke waits at most its grace period; records still running then are abandoned as on
-//!   shutdown (their late completions are ignored, the new owner redelivers them);
+//! - a revoke waits at most its grace period; records still running then are cancelled as on
+//!   shutdown when the partitions are handed over (see [`super::assignment`]; the new owner
+//!   redelivers them);
 //! - lost partitions (session expired) and revokes while the consumer closes are handed over at
 //!   once: another member owns them already, or the member is leaving.
 

@@ -9,20 +9,21 @@
 //!   from [`PartitionOffsets`] checkpoints: after every effect of a record is durable;
 //! - on revoke, unstarted records of the revoked partitions are dropped, and the partitions are
 //!   handed over once their running records end (see [`super::revoke`]; within a grace period,
-//!   after which late completions are ignored and the new owner redelivers);
+//!   after which those records are cancelled and the new owner redelivers them);
 //! - on shutdown: stop fetching, finish in-flight work within the grace period, commit, leave;
 //! - a stall that lasts the whole window (see [`super::watchdog`]) ends the runner with
 //!   [`RunnerError::Stalled`], so that the process exits and its supervisor restarts it; so does,
 //!   in exactly-once mode, an assignment whose committed offsets could not be read (see
 //!   [`super::start`]): its partitions are never read from a guessed position.
 
+use super::assignment::{forget, Assignment, Assignments, Generations};
 use super::ordering::ordering_key;
 use super::revoke::{Ready, Revokes};
 use super::start::resolve_start_offsets;
 use super::txn::Transactions;
 use super::watchdog::{check_interval, GroupSeen, Stall, Watchdog};
 use super::worker::{spawn_worker, Done, Shared, Work};
-use super::{blocking, PartitionOffsets, Processor, Scheduler};
+use super::{blocking, Processor, Scheduler};
 use crate::catalog::{Guarantee, ProcessorSpec};
 use crate::events::{processor_gauges, ConsumerCloseAbandoned, PartitionsHandedOver, ProcessorStalled};
 use crate::kafka::{client_config, Producer};
@@ -32,7 +33,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -278,7 +278,6 @@ pub async fn run_processor<P: Processor>(
         dead_letter_topic,
         producer,
         health: health.clone(),
-        cancel: workers_cancel.clone(),
         transactional: spec.guarantee == Guarantee::ExactlyOnce,
     });
     let mut txn = match spec.guarantee {
@@ -289,8 +288,8 @@ pub async fn run_processor<P: Processor>(
     let group_label = shared.group.clone();
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(spec.max_buffered * 2);
     let mut scheduler: Scheduler<Vec<u8>, Work> = Scheduler::new(spec.concurrency).weighing(|w| record_bytes(&w.msg));
-    let mut offsets: HashMap<Tp, (u64, PartitionOffsets)> = HashMap::new();
-    let mut generation: u64 = 0;
+    let mut offsets = Assignments::new();
+    let mut gens = Generations::new(workers_cancel.clone());
     let mut paused = false;
     let mut lag_tick = tokio::time::interval(check_interval(stall_after));
     let mut watchdog = Watchdog::new(stall_after, Instant::now());
@@ -336,7 +335,7 @@ pub async fn run_processor<P: Processor>(
             _ = txn_tick.tick(), if txn.is_some() => {
                 // A revoke handled inside the last poll is applied first, so its partitions'
                 // outputs and offsets are never committed after they went to another member.
-                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
+                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut gens, &health, txn.as_mut(), &mut revokes);
                 if let Some(t) = txn.as_mut() {
                     if commit_transaction(t, &consumer, &offsets, &spec).await? {
                         watchdog.committed();
@@ -350,7 +349,7 @@ pub async fn run_processor<P: Processor>(
                 complete(&consumer, &mut offsets, &mut scheduler, &mut revokes, &spec, done, txn.as_mut());
             }
             msg = consumer.recv() => {
-                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
+                apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut gens, &health, txn.as_mut(), &mut revokes);
                 match msg {
                     Ok(m) => {
                         watchdog.received(Instant::now());
@@ -361,13 +360,11 @@ pub async fn run_processor<P: Processor>(
                             // Fetched before the revoke; its new owner reads it again.
                             continue;
                         }
-                        let entry = offsets.entry(tp).or_insert_with(|| {
-                            generation += 1;
-                            (generation, PartitionOffsets::default())
-                        });
-                        entry.1.register(m.offset());
+                        let entry = offsets.entry(tp).or_insert_with(|| gens.next());
+                        entry.tracker.register(m.offset());
                         let key = ordering_key(spec.ordering, &m);
-                        scheduler.push(key, Work { msg: m, generation: entry.0 });
+                        let work = Work { msg: m, generation: entry.generation, cancel: entry.cancel.clone() };
+                        scheduler.push(key, work);
                     }
                     Err(e) => {
                         watchdog.trouble(Instant::now());
@@ -383,7 +380,7 @@ pub async fn run_processor<P: Processor>(
             ProcessorStalled { processor: &spec.name, stall: &stall, after: stall_after }.emit();
             return Err(RunnerError::Stalled { stall, after: stall_after });
         }
-        apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
+        apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut gens, &health, txn.as_mut(), &mut revokes);
         hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, false).await?;
     }
 
@@ -404,10 +401,10 @@ pub async fn run_processor<P: Processor>(
         }
     };
     if tokio::time::timeout(grace, drain).await.is_err() {
-        tracing::warn!(processor = %spec.name, "grace period over; abandoning in-flight records (they will be redelivered)");
+        tracing::warn!(processor = %spec.name, "grace period over; cancelling in-flight records (they will be redelivered)");
         workers_cancel.cancel();
     }
-    apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut generation, &health, txn.as_mut(), &mut revokes);
+    apply_rebalances(&consumer, &mut offsets, &mut scheduler, &mut gens, &health, txn.as_mut(), &mut revokes);
     hand_over(&consumer, &mut offsets, &mut revokes, txn.as_mut(), &spec, true).await?;
     if let Some(t) = txn.as_mut() {
         commit_transaction(t, &consumer, &offsets, &spec).await?;
@@ -427,7 +424,7 @@ pub async fn run_processor<P: Processor>(
 async fn commit_transaction(
     t: &mut Transactions,
     consumer: &StreamConsumer<RunnerContext>,
-    offsets: &HashMap<Tp, (u64, PartitionOffsets)>,
+    offsets: &Assignments,
     spec: &ProcessorSpec,
 ) -> Result<bool, RunnerError> {
     match t.commit(consumer, offsets).await {
@@ -445,8 +442,8 @@ async fn commit_transaction(
 
 /// Publishes `devcycle_consumer_lag` for the assigned partitions: the broker's end offset (as
 /// last seen by librdkafka, no network call) minus the commit position.
-fn record_lag(consumer: &StreamConsumer<RunnerContext>, offsets: &HashMap<Tp, (u64, PartitionOffsets)>, group: &str) {
-    for ((topic, partition), (_, tracker)) in offsets {
+fn record_lag(consumer: &StreamConsumer<RunnerContext>, offsets: &Assignments, group: &str) {
+    for ((topic, partition), Assignment { tracker, .. }) in offsets {
         let Ok(c_topic) = std::ffi::CString::new(topic.as_str()) else { continue };
         let (mut low, mut high) = (-1i64, -1i64);
         // SAFETY: a valid client handle, a NUL-terminated topic name and two out-pointers; the
@@ -496,7 +493,7 @@ fn set_paused(consumer: &StreamConsumer<RunnerContext>, pause: bool) -> bool {
 /// commits stored offsets when it unassigns.
 async fn hand_over(
     consumer: &StreamConsumer<RunnerContext>,
-    offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
+    offsets: &mut Assignments,
     revokes: &mut Revokes,
     mut txn: Option<&mut Transactions>,
     spec: &ProcessorSpec,
@@ -529,14 +526,11 @@ async fn hand_over(
 }
 
 /// Forgets the offsets (and exactly-once: the held outputs) of partitions no longer assigned
-/// here; their new owner reads their records again from the last commit.
-fn forget_partitions(
-    offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
-    mut txn: Option<&mut Transactions>,
-    list: &[Tp],
-) {
+/// here, and cancels their records still running; their new owner reads their records again
+/// from the last commit.
+fn forget_partitions(offsets: &mut Assignments, mut txn: Option<&mut Transactions>, list: &[Tp]) {
     for tp in list {
-        offsets.remove(tp);
+        forget(offsets, tp);
         if let Some(t) = txn.as_deref_mut() {
             t.forget(tp);
         }
@@ -550,9 +544,9 @@ fn drop_unstarted(scheduler: &mut Scheduler<Vec<u8>, Work>, list: &[Tp]) -> usiz
 
 fn apply_rebalances(
     consumer: &StreamConsumer<RunnerContext>,
-    offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
+    offsets: &mut Assignments,
     scheduler: &mut Scheduler<Vec<u8>, Work>,
-    generation: &mut u64,
+    gens: &mut Generations,
     health: &RunnerHealth,
     mut txn: Option<&mut Transactions>,
     revokes: &mut Revokes,
@@ -562,10 +556,7 @@ fn apply_rebalances(
         match event {
             RebalanceEvent::Assigned(list) => {
                 for tp in list {
-                    offsets.entry(tp).or_insert_with(|| {
-                        *generation += 1;
-                        (*generation, PartitionOffsets::default())
-                    });
+                    offsets.entry(tp).or_insert_with(|| gens.next());
                 }
             }
             RebalanceEvent::Revoked(list) => {
@@ -591,7 +582,7 @@ fn apply_rebalances(
 
 fn complete(
     consumer: &StreamConsumer<RunnerContext>,
-    offsets: &mut HashMap<Tp, (u64, PartitionOffsets)>,
+    offsets: &mut Assignments,
     scheduler: &mut Scheduler<Vec<u8>, Work>,
     revokes: &mut Revokes,
     spec: &ProcessorSpec,
@@ -600,7 +591,12 @@ fn complete(
 ) {
     scheduler.finish(done.key.as_ref());
     revokes.finished(&done.tp);
-    let Some((generation, tracker)) = offsets.get_mut(&done.tp) else { return };
+    if !done.finished {
+        // Cancelled (its partition went to another member, or the shutdown grace is over):
+        // not done, so its offset is never stored; the partition's owner runs it again.
+        return;
+    }
+    let Some(Assignment { generation, tracker, .. }) = offsets.get_mut(&done.tp) else { return };
     if *generation != done.generation {
         return;
     }

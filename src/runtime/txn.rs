@@ -10,8 +10,8 @@
 //! number of times; a fatal error (fenced) stops the processor, and commits failing for a whole
 //! stall window restart it (see `watchdog`).
 
+use super::assignment::{Assignment, Assignments};
 use super::publish::Output;
-use super::PartitionOffsets;
 use crate::kafka::{client_config, future_record, OutRecord};
 use crate::settings::KafkaSettings;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -89,11 +89,11 @@ impl Transactions {
     pub async fn commit<C: ConsumerContext + 'static>(
         &mut self,
         consumer: &StreamConsumer<C>,
-        offsets: &HashMap<Tp, (u64, PartitionOffsets)>,
+        offsets: &Assignments,
     ) -> Result<usize, KafkaError> {
         let mut tpl = TopicPartitionList::new();
         let mut batch: Vec<(Tp, i64)> = Vec::new();
-        for (tp, (_, tracker)) in offsets {
+        for (tp, Assignment { tracker, .. }) in offsets {
             let Some(position) = tracker.position() else { continue };
             if self.committed.get(tp).is_some_and(|c| *c >= position) {
                 continue;

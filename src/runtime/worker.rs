@@ -2,9 +2,10 @@
 //! (processed, or dead-lettered), with retries, backoff and waits on unavailable dependencies,
 //! and reports it done to the poll loop over a bounded channel.
 //!
-//! Invariants: a record is reported done only once every effect is durable; an abandoned one
-//! (cancelled at the end of the shutdown grace) is never reported, so its offset stays
-//! uncommitted; workers never touch offsets.
+//! Invariants: a record is reported done only once every effect is durable; a cancelled one
+//! (its partition handed over or lost while it ran, or the shutdown grace over; see
+//! [`super::assignment`]) is reported as not finished, so its offset stays uncommitted; workers
+//! never touch offsets.
 
 use super::dlq::DeadLetter;
 use super::runner::Tp;
@@ -25,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 pub(super) struct Work {
     pub(super) msg: OwnedMessage,
     pub(super) generation: u64,
+    /// Its partition's assignment's token (see [`super::assignment`]).
+    pub(super) cancel: CancellationToken,
 }
 
 pub(super) struct Done {
@@ -34,6 +37,9 @@ pub(super) struct Done {
     pub(super) key: Option<Vec<u8>>,
     /// Outputs held for the transaction (exactly-once only).
     pub(super) outputs: Vec<Output>,
+    /// False when the record was cancelled before it reached a durable end: it frees its slot
+    /// and counts as no longer running, but is not done (its offset is never stored).
+    pub(super) finished: bool,
 }
 
 /// Everything a worker needs, shared.
@@ -44,7 +50,6 @@ pub(super) struct Shared<P: Processor> {
     pub(super) dead_letter_topic: String,
     pub(super) producer: Producer,
     pub(super) health: Arc<RunnerHealth>,
-    pub(super) cancel: CancellationToken,
     /// Exactly-once: outputs go into the record's transaction buffer.
     pub(super) transactional: bool,
 }
@@ -54,7 +59,7 @@ pub(super) fn spawn_worker<P: Processor>(shared: Arc<Shared<P>>, work: Work, don
     tokio::spawn(async move {
         let tp = (work.msg.topic().to_string(), work.msg.partition());
         let offset = work.msg.offset();
-        let cancel = shared.cancel.clone();
+        let cancel = work.cancel.clone();
         let publisher = if shared.transactional {
             Publisher::Transactional(Arc::default())
         } else {
@@ -64,11 +69,10 @@ pub(super) fn spawn_worker<P: Processor>(shared: Arc<Shared<P>>, work: Work, don
             _ = cancel.cancelled() => false,
             () = handle_record(&shared, &work.msg, &publisher) => true,
         };
-        // An abandoned record is never reported done: its offset stays uncommitted.
-        if finished {
-            let outputs = publisher.take();
-            let _ = done_tx.send(Done { tp, offset, generation: work.generation, key, outputs }).await;
-        }
+        // A cancelled record is reported, so its slot is freed, but never done: its offset is
+        // not stored, and its outputs (exactly-once) are dropped.
+        let outputs = if finished { publisher.take() } else { Vec::new() };
+        let _ = done_tx.send(Done { tp, offset, generation: work.generation, key, outputs, finished }).await;
     });
 }
 
