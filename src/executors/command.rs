@@ -1,16 +1,47 @@
 //! The `command` executor: runs `config.program` with `config.args`, the input JSON on stdin,
 //! a memory limit (`config.memory_limit_mb`, default 1024, the spec's per-agent limit) and
-//! the processor's timeout (the child is killed when the attempt is dropped). Exit 0: stdout is
-//! the output. Non-zero exit fails the task with stderr; exit 75 (EX_TEMPFAIL) is retryable.
+//! the processor's timeout. Exit 0: stdout is the output. Non-zero exit fails the task with
+//! stderr; exit 75 (EX_TEMPFAIL) is retryable.
+//!
+//! Invariants:
+//! - the program runs in a process group of its own, and the whole group is killed when the
+//!   program exits and when the attempt is dropped (timeout, cancellation, shutdown): nothing
+//!   it started outlives the attempt, and a background child still holding stdout open cannot
+//!   keep the attempt waiting;
+//! - memory is bounded: stdout beyond [`MAX_OUTPUT`] fails the attempt (the group is killed
+//!   rather than read further), and only the first [`MAX_STDERR`] bytes of stderr are kept.
 
 use super::{output_json, ExecError};
 use serde_json::Value;
 use std::process::Stdio;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// Largest stdout accepted as output.
 const MAX_OUTPUT: usize = 10 * 1024 * 1024;
+
+/// How much of stderr is kept (the rest is read and dropped, so the program never blocks on it).
+const MAX_STDERR: usize = 64 * 1024;
+
+/// The program's process group: killed when this is dropped, and on [`Group::kill`].
+struct Group(libc::pid_t);
+
+impl Group {
+    fn kill(&self) {
+        // SAFETY: killpg has no memory effects. The group's id is the program's pid, which is
+        // not reused while the group has a member or the program is not yet reaped; once both
+        // are gone this finds no group (ESRCH).
+        unsafe {
+            libc::killpg(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
 
 pub async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
     let program = config
@@ -24,7 +55,12 @@ pub async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
         .unwrap_or_default();
     let memory_mb = config.get("memory_limit_mb").and_then(Value::as_u64).unwrap_or(1024);
     let mut cmd = Command::new(program);
-    cmd.args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
     let limit = memory_mb.saturating_mul(1024 * 1024);
     // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
     unsafe {
@@ -38,25 +74,56 @@ pub async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
     }
     let mut child =
         cmd.spawn().map_err(|e| ExecError::failed("command_spawn", format!("cannot start {program}: {e}")))?;
+    let group = Group(child.id().expect("a running child has a pid") as libc::pid_t);
     let mut stdin = child.stdin.take().expect("piped stdin");
+    let (stdout, stderr) = (child.stdout.take().expect("piped stdout"), child.stderr.take().expect("piped stderr"));
     let payload = input.to_string();
     let writer = async move {
         // A program that does not read its input closes the pipe: not an error.
         let _ = stdin.write_all(payload.as_bytes()).await;
         drop(stdin);
     };
-    let (_, out) = tokio::join!(writer, child.wait_with_output());
-    let out = out.map_err(|e| ExecError::retryable("command_io", e.to_string()))?;
-    if out.stdout.len() > MAX_OUTPUT {
+    let exited = async {
+        let status = child.wait().await;
+        // What the program left running would hold the pipes open (and run on).
+        group.kill();
+        status
+    };
+    let output = async {
+        let (out, over) = read_capped(stdout, MAX_OUTPUT, false).await;
+        if over {
+            group.kill();
+        }
+        (out, over)
+    };
+    let (_, status, (out, over), (err, _)) =
+        tokio::join!(writer, exited, output, read_capped(stderr, MAX_STDERR, true));
+    let status = status.map_err(|e| ExecError::retryable("command_io", e.to_string()))?;
+    if over {
         return Err(ExecError::failed("output_too_large", format!("stdout over {MAX_OUTPUT} bytes")));
     }
-    let stderr = String::from_utf8_lossy(&out.stderr).chars().take(2000).collect::<String>();
-    match out.status.code() {
-        Some(0) => Ok(output_json(&String::from_utf8_lossy(&out.stdout))),
+    let out = out.map_err(|e| ExecError::retryable("command_io", e.to_string()))?;
+    let stderr = String::from_utf8_lossy(&err.unwrap_or_default()).chars().take(2000).collect::<String>();
+    match status.code() {
+        Some(0) => Ok(output_json(&String::from_utf8_lossy(&out))),
         Some(75) => Err(ExecError::retryable("command_tempfail", stderr)),
         Some(code) => Err(ExecError::failed("command_exit", format!("exit status {code}: {stderr}"))),
         None => Err(ExecError::failed("command_killed", format!("killed by a signal: {stderr}"))),
     }
+}
+
+/// Reads `pipe` to its end, keeping at most `cap` bytes; whether there was more. Past `cap` it
+/// reads on and drops what it reads when `drain`, and stops reading otherwise.
+async fn read_capped(mut pipe: impl AsyncRead + Unpin, cap: usize, drain: bool) -> (std::io::Result<Vec<u8>>, bool) {
+    let mut kept = Vec::new();
+    let read = (&mut pipe).take(cap as u64 + 1).read_to_end(&mut kept).await;
+    let over = kept.len() > cap;
+    kept.truncate(cap);
+    let read = match read {
+        Ok(_) if over && drain => tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await.map(|_| ()),
+        r => r.map(|_| ()),
+    };
+    (read.map(|()| kept), over)
 }
 
 #[cfg(test)]
@@ -75,6 +142,55 @@ mod tests {
         assert!(matches!(e, ExecError::Retryable { .. }));
         let e = run(&json!({"program": "/nonexistent/prog"}), &json!({})).await.unwrap_err();
         assert_eq!(e.class(), "command_spawn");
+    }
+
+    /// Whether `pid` has ended (gone, or a zombie not yet reaped), waiting up to 5 s.
+    async fn ended(pid: i64) -> bool {
+        for _ in 0..50 {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => return true,
+                // The state follows the parenthesised name.
+                Ok(stat) if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) => return true,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_background_child_neither_holds_the_attempt_nor_outlives_it() {
+        // The background `sleep` keeps stdout open: the attempt ends with its program, and the
+        // `sleep` with it.
+        let started = std::time::Instant::now();
+        let out = run(&json!({"program": "sh", "args": ["-c", "sleep 30 & echo $!"]}), &json!({})).await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+        let pid = out.as_i64().expect("the background pid");
+        assert!(ended(pid).await, "the background child {pid} still runs");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_attempt_kills_its_whole_process_group() {
+        let file = std::env::temp_dir().join(format!("devcycle-pgid-{}", uuid::Uuid::new_v4()));
+        let script = format!("sleep 30 & echo $! > '{}'; wait", file.display());
+        let (config, input) = (json!({"program": "sh", "args": ["-c", script]}), json!({}));
+        let attempt = tokio::time::timeout(std::time::Duration::from_millis(1500), run(&config, &input));
+        assert!(attempt.await.is_err(), "the attempt was still running");
+        let pid: i64 = std::fs::read_to_string(&file).unwrap().trim().parse().unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(ended(pid).await, "the program's child {pid} outlived the dropped attempt");
+    }
+
+    #[tokio::test]
+    async fn output_is_bounded_and_stderr_is_drained() {
+        let started = std::time::Instant::now();
+        let e = run(&json!({"program": "yes"}), &json!({})).await.unwrap_err();
+        assert_eq!(e.class(), "output_too_large");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+        // 1 MB on stderr (over what is kept) does not block the program; the error keeps its start.
+        let cfg = json!({"program": "sh", "args": ["-c", "head -c 1000000 /dev/zero | tr '\\0' x >&2; exit 3"]});
+        let e = run(&cfg, &json!({})).await.unwrap_err();
+        assert_eq!(e.class(), "command_exit");
+        assert!(e.message().contains("xxxx"), "{}", e.message());
     }
 
     #[tokio::test]
