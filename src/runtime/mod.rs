@@ -6,6 +6,7 @@
 //! was dead-lettered, and never past an unfinished record of the same partition.
 
 mod assignment;
+mod consumer;
 pub mod dlq;
 mod offsets;
 mod ordering;
