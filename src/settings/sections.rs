@@ -1,0 +1,165 @@
+//! The configuration's sections, as `config/default.toml` lays them out.
+//!
+//! Invariants: every section refuses unknown fields, and secrets in it are [`Secret`]s (or
+//! redacted when printed).
+
+use super::*;
+
+/// Trace export over OTLP/HTTP (JSON); see [`crate::otlp`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's base URL (spans go to `{otlp_endpoint}/v1/traces`); empty = off.
+    pub otlp_endpoint: String,
+    /// Extra request headers, `key=value,key2=value2` (e.g. a collector's API key).
+    pub otlp_headers: Secret,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+    /// Finished spans waiting for export; beyond this they are dropped and counted.
+    pub otlp_queue_size: usize,
+    pub otlp_batch_size: usize,
+    pub otlp_batch_interval_ms: u64,
+    pub otlp_timeout_ms: u64,
+}
+
+/// The HTTP gateway to topics (`POST /v1/topics/{topic}/records`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    pub max_records_per_request: usize,
+    pub max_body_bytes: usize,
+    pub max_record_bytes: usize,
+    pub idempotency_ttl_secs: u64,
+    pub receipt_ttl_secs: u64,
+    pub schema_cache_secs: u64,
+    /// Per-user produce quotas through the gateway (0 disables).
+    pub quota_records_per_sec: u64,
+    pub quota_bytes_per_sec: u64,
+    /// How long an ndjson stream may be held back for one line before that line is refused
+    /// (`QUOTA_EXCEEDED`), in milliseconds.
+    pub stream_quota_max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: usize,
+    pub request_timeout_ms: u64,
+    /// Open connections served at once on the API port; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time for a request head to arrive, idle keep-alive wait included.
+    pub header_read_timeout_ms: u64,
+    pub produce_timeout_ms: u64,
+    pub retry_after_secs: u64,
+    pub tls_cert_path: String,
+    pub tls_key_path: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    pub session_idle_secs: u64,
+    pub max_sessions: u32,
+    pub leeway_secs: u64,
+    pub password_min_length: usize,
+    pub password_history: u32,
+    pub password_max_age_days: u32,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub totp_issuer: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub window_secs: u64,
+    pub auth_per_window: u64,
+    pub api_per_window: u64,
+    pub submit_per_window: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub schema: String,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    pub migrate_on_start: bool,
+    /// Group-commit writer loops of each processor's task writer (each with a connection of its
+    /// own, besides `max_connections`; see `db::batch`).
+    pub task_writers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: Secret,
+    pub key_prefix: String,
+    pub pool_size: usize,
+    pub timeout_ms: u64,
+    pub task_status_ttl_secs: u64,
+    pub agent_cache_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub bootstrap_servers: String,
+    pub namespace: String,
+    pub client_id: String,
+    pub apply_on_start: bool,
+    pub request_timeout_ms: u64,
+    /// Consumer group session timeout: how fast a dead member's partitions move on.
+    pub session_timeout_ms: u64,
+    /// How long the producer waits to batch records for a partition before sending (latency
+    /// against requests to the broker).
+    pub linger_ms: u64,
+    #[serde(serialize_with = "redact_properties")]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn redact_properties<S: serde::Serializer>(props: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    let shown: BTreeMap<&str, &str> = props
+        .iter()
+        .map(|(k, v)| {
+            let secret = k.contains("password") || k.contains("secret") || k.contains("key");
+            (k.as_str(), if secret { "[redacted]" } else { v.as_str() })
+        })
+        .collect();
+    shown.serialize(s)
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    pub url: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathSettings {
+    pub topics: PathBuf,
+    pub schemas: PathBuf,
+    pub processors: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettings {
+    pub processors: Vec<String>,
+}
