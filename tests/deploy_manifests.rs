@@ -14,7 +14,7 @@
 //! - workloads: container arguments parse as a `devcycle` subcommand, processors exist in
 //!   `processors/`, one Deployment and one KEDA ScaledObject per processor whose group, topic and
 //!   `maxReplicaCount` follow the processor and topic declarations;
-//! - the dashboard only queries `devcycle_*` metrics registered in `src/events.rs`.
+//! - the dashboard only queries `devcycle_*` metrics registered in `src/events/mod.rs`.
 
 use clap::Parser;
 use devcycle::cli::{Cli, Command};
@@ -964,10 +964,10 @@ fn promql_metric_names(expr: &str) -> Vec<String> {
     names
 }
 
-/// Every metric name src/events.rs registers, as exposed (`devcycle_` prefix; counters with
+/// Every metric name src/events/mod.rs registers, as exposed (`devcycle_` prefix; counters with
 /// `_total`; histograms with `_bucket`, `_sum`, `_count`).
 fn registered_metric_names() -> BTreeSet<String> {
-    let src = read(&root().join("src/events.rs"));
+    let src = read(&root().join("src/events/mod.rs"));
     // Field name -> Counter | Gauge | Histogram, from `pub field: Family<Labels, Type ...>`.
     let mut types = BTreeMap::new();
     for line in src.lines() {
@@ -1001,7 +1001,7 @@ fn registered_metric_names() -> BTreeSet<String> {
             Some(_) => {
                 names.insert(base);
             }
-            None => panic!("src/events.rs: cannot tell the type of metric field `{field}`"),
+            None => panic!("src/events/mod.rs: cannot tell the type of metric field `{field}`"),
         }
     }
     names
@@ -1033,7 +1033,7 @@ fn check_dashboard_exprs(exprs: &[String], registered: &BTreeSet<String>) -> Vec
             if !n.starts_with("devcycle_") {
                 errors.push(format!("`{expr}`: metric {n} lacks the devcycle_ prefix"));
             } else if !registered.contains(&n) {
-                errors.push(format!("`{expr}`: metric {n} is not registered in src/events.rs"));
+                errors.push(format!("`{expr}`: metric {n} is not registered in src/events/mod.rs"));
             }
         }
     }
