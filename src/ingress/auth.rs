@@ -1,6 +1,6 @@
 //! Authentication over HTTP: login, refresh (rotation with reuse detection), logout, password
-//! change, TOTP enrolment, user creation, the audit log and service tokens; and
-//! [`authenticate`], which turns a request's bearer token into a [`Principal`].
+//! change and TOTP enrolment; and [`authenticate`], which turns a request's bearer token into a
+//! [`Principal`]. User creation, the audit log and service tokens are in [`super::admin`].
 //!
 //! Invariants: a failed login says only "invalid email or password"; every login success and
 //! failure, logout, refresh reuse, permission denial and user/token change is audited with
@@ -17,7 +17,7 @@ use hyper::header::AUTHORIZATION;
 use hyper::{HeaderMap, Request, StatusCode};
 use serde_json::{json, Value};
 
-const SERVICE_TOKEN_PREFIX: &str = "dcst_";
+pub(super) const SERVICE_TOKEN_PREFIX: &str = "dcst_";
 const REFRESH_TOKEN_PREFIX: &str = "dcrt_";
 
 impl From<UserError> for ApiError {
@@ -47,7 +47,7 @@ pub async fn audit(ctx: &Ctx, actor: Option<&str>, action: &str, outcome: &str, 
     }
 }
 
-fn actor(ctx: &Ctx) -> Option<&str> {
+pub(super) fn actor(ctx: &Ctx) -> Option<&str> {
     ctx.principal.as_ref().map(|p| p.id.as_str())
 }
 
@@ -102,7 +102,7 @@ async fn deny_all(ctx: &Ctx, ended: &[RevokedAccess]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn required<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, ApiError> {
+pub(super) fn required<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, ApiError> {
     opt_str(map, key)?.filter(|s| !s.is_empty()).ok_or_else(|| ApiError::validation(key, "is required"))
 }
 
@@ -334,125 +334,4 @@ pub async fn totp_disable(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpRespo
     repo::set_totp(&ctx.deps.pool, user.id, None, false).await?;
     audit(ctx, actor(ctx), "totp_disable", "success", Some(&user.email), json!({})).await;
     Ok(ok(StatusCode::OK, json!({"totp_enabled": false}), "TOTP disabled", &ctx.request_id))
-}
-
-/// `POST /v1/users {email, password, role}` (admin).
-pub async fn create_user(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let deps = &ctx.deps;
-    let map = json_object(req, deps.settings.http.max_body_bytes).await?;
-    only_keys(&map, &["email", "password", "role"])?;
-    let email = required(&map, "email")?;
-    let password = required(&map, "password")?;
-    let role = required(&map, "role")?;
-    match core::create_user(&deps.pool, &deps.settings.auth, email, password, role).await {
-        Ok(user) => {
-            let details = json!({"user_id": user.id, "role": user.role});
-            audit(ctx, actor(ctx), "user_create", "success", Some(email), details).await;
-            Ok(ok(StatusCode::CREATED, json!(user), "User created", &ctx.request_id))
-        }
-        Err(e) => {
-            audit(ctx, actor(ctx), "user_create", "failure", Some(email), json!({"reason": e.to_string()})).await;
-            Err(e.into())
-        }
-    }
-}
-
-/// `GET /v1/audit?actor=&action=&since=&page=&per_page=` (admin), newest first.
-pub async fn list_audit(ctx: &Ctx, query: Option<&str>) -> Result<HttpResponse, ApiError> {
-    let (mut actor_f, mut action, mut since, mut page, mut per_page) = (None, None, None, 1i64, 50i64);
-    for (k, v) in super::body::query_pairs(query)? {
-        match k.as_str() {
-            "actor" => actor_f = Some(v),
-            "action" => action = Some(v),
-            "since" => {
-                let t = DateTime::parse_from_rfc3339(&v)
-                    .map_err(|_| ApiError::validation("since", "must be an RFC 3339 timestamp"))?;
-                since = Some(t.with_timezone(&Utc));
-            }
-            "page" => {
-                // Bounded as the agents list's is, so the offset cannot overflow.
-                page = v
-                    .parse()
-                    .ok()
-                    .filter(|p| (1..=100_000).contains(p))
-                    .ok_or_else(|| ApiError::validation("page", "must be from 1 to 100000"))?
-            }
-            "per_page" => {
-                per_page = v
-                    .parse()
-                    .ok()
-                    .filter(|p| (1..=200).contains(p))
-                    .ok_or_else(|| ApiError::validation("per_page", "must be from 1 to 200"))?
-            }
-            other => {
-                return Err(ApiError::validation(
-                    other,
-                    "unknown query parameter; allowed: actor, action, since, page, per_page",
-                ))
-            }
-        }
-    }
-    let (items, total) =
-        repo::audit_list(&ctx.deps.pool, actor_f.as_deref(), action.as_deref(), since, per_page, (page - 1) * per_page)
-            .await?;
-    let data = json!({"items": items, "page": page, "per_page": per_page, "total": total});
-    Ok(ok(StatusCode::OK, data, "Audit events", &ctx.request_id))
-}
-
-/// `POST /v1/service-tokens {name, permissions, expires_in_days?}` (admin): the token is shown once.
-pub async fn create_service_token(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let deps = &ctx.deps;
-    let map = json_object(req, deps.settings.http.max_body_bytes).await?;
-    only_keys(&map, &["name", "permissions", "expires_in_days"])?;
-    let name = required(&map, "name")?;
-    if name.chars().count() > 200 {
-        return Err(ApiError::validation("name", "must be at most 200 characters"));
-    }
-    let perms: Vec<String> = map
-        .get("permissions")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::validation("permissions", "must be an array of permissions"))?
-        .iter()
-        .map(|p| p.as_str().map(String::from))
-        .collect::<Option<_>>()
-        .ok_or_else(|| ApiError::validation("permissions", "must be an array of strings"))?;
-    if perms.is_empty() {
-        return Err(ApiError::validation("permissions", "must not be empty"));
-    }
-    if let Some(bad) = perms.iter().find(|p| !core::ALL_PERMISSIONS.contains(&p.as_str())) {
-        return Err(ApiError::validation("permissions", format!("unknown permission `{bad}`")));
-    }
-    let expires_at = match map.get("expires_in_days") {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let d = v
-                .as_i64()
-                .filter(|d| (1..=3650).contains(d))
-                .ok_or_else(|| ApiError::validation("expires_in_days", "must be an integer from 1 to 3650"))?;
-            Some(Utc::now() + Duration::days(d))
-        }
-    };
-    let token = core::random_token(SERVICE_TOKEN_PREFIX);
-    let created_by = ctx.principal.as_ref().and_then(Principal::user_id);
-    let st =
-        repo::create_service_token(&deps.pool, name, &core::token_hash(&token), &perms, created_by, expires_at).await?;
-    let target = st.id.to_string();
-    audit(ctx, actor(ctx), "service_token_create", "success", Some(&target), json!({"permissions": perms})).await;
-    let mut data = json!(st);
-    data["token"] = json!(token);
-    Ok(ok(StatusCode::CREATED, data, "Service token created", &ctx.request_id))
-}
-
-pub async fn list_service_tokens(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
-    let items = repo::list_service_tokens(&ctx.deps.pool).await?;
-    Ok(ok(StatusCode::OK, json!({"items": items}), "Service tokens", &ctx.request_id))
-}
-
-pub async fn revoke_service_token(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {
-    let uuid = uuid::Uuid::parse_str(id).map_err(|_| ApiError::validation("id", "must be a UUID"))?;
-    if !repo::revoke_service_token(&ctx.deps.pool, uuid).await? {
-        return Err(ApiError::NotFound(format!("service token {id}")));
-    }
-    audit(ctx, actor(ctx), "service_token_revoke", "success", Some(id), json!({})).await;
-    Ok(ok(StatusCode::OK, json!({"revoked": true}), "Service token revoked", &ctx.request_id))
 }

@@ -8,6 +8,7 @@
 //! `http.header_read_timeout_ms`; on shutdown the listener closes and open connections finish
 //! their current request.
 
+mod admin;
 mod agents;
 mod auth;
 mod body;

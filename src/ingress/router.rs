@@ -2,7 +2,7 @@
 //! route template used as the low-cardinality metrics label; [`Handler::policy`] declares what
 //! each route needs (a permission, or none) and which rate limit counts it.
 
-use super::{agents, auth, health, openapi, tasks, topics, ApiError, Ctx, HttpResponse};
+use super::{admin, agents, auth, health, openapi, tasks, topics, ApiError, Ctx, HttpResponse};
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 
@@ -116,11 +116,11 @@ impl Handler {
             Handler::TotpEnrol => auth::totp_enrol(ctx).await,
             Handler::TotpConfirm => auth::totp_confirm(ctx, req).await,
             Handler::TotpDisable => auth::totp_disable(ctx, req).await,
-            Handler::CreateUser => auth::create_user(ctx, req).await,
-            Handler::ListAudit => auth::list_audit(ctx, req.uri().query()).await,
-            Handler::CreateServiceToken => auth::create_service_token(ctx, req).await,
-            Handler::ListServiceTokens => auth::list_service_tokens(ctx).await,
-            Handler::RevokeServiceToken(id) => auth::revoke_service_token(ctx, &id).await,
+            Handler::CreateUser => admin::create_user(ctx, req).await,
+            Handler::ListAudit => admin::list_audit(ctx, req.uri().query()).await,
+            Handler::CreateServiceToken => admin::create_service_token(ctx, req).await,
+            Handler::ListServiceTokens => admin::list_service_tokens(ctx).await,
+            Handler::RevokeServiceToken(id) => admin::revoke_service_token(ctx, &id).await,
         }
     }
 }

@@ -9,10 +9,15 @@
 use super::DbError;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use uuid::Uuid;
+
+mod audit;
+mod tokens;
+
+pub use audit::*;
+pub use tokens::*;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct User {
@@ -316,176 +321,4 @@ pub async fn live_sessions(pool: &PgPool, user_id: Uuid, idle_secs: u64) -> Resu
     .fetch_one(pool)
     .await?;
     Ok(row.try_get("n")?)
-}
-
-// --- Service tokens ---
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceToken {
-    pub id: Uuid,
-    pub name: String,
-    pub permissions: Vec<String>,
-    pub created_by: Option<Uuid>,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-const TOKEN_COLUMNS: &str = "id, name, permissions, created_by, created_at, expires_at, revoked_at";
-
-fn row_to_token(r: &PgRow) -> Result<ServiceToken, DbError> {
-    Ok(ServiceToken {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        permissions: r.try_get("permissions")?,
-        created_by: r.try_get("created_by")?,
-        created_at: r.try_get("created_at")?,
-        expires_at: r.try_get("expires_at")?,
-        revoked_at: r.try_get("revoked_at")?,
-    })
-}
-
-pub async fn create_service_token(
-    pool: &PgPool,
-    name: &str,
-    token_hash: &str,
-    permissions: &[String],
-    created_by: Option<Uuid>,
-    expires_at: Option<DateTime<Utc>>,
-) -> Result<ServiceToken, DbError> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO service_tokens (id, name, token_hash, permissions, created_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
-    )))
-    .bind(Uuid::new_v4())
-    .bind(name)
-    .bind(token_hash)
-    .bind(permissions)
-    .bind(created_by)
-    .bind(expires_at)
-    .fetch_one(pool)
-    .await?;
-    row_to_token(&row)
-}
-
-/// A live (not revoked, not expired) service token by its hash.
-pub async fn live_service_token(pool: &PgPool, token_hash: &str) -> Result<Option<ServiceToken>, DbError> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE service_tokens SET last_used_at = now()
-         WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-         RETURNING {TOKEN_COLUMNS}"
-    )))
-    .bind(token_hash)
-    .fetch_optional(pool)
-    .await?;
-    row.as_ref().map(row_to_token).transpose()
-}
-
-pub async fn list_service_tokens(pool: &PgPool) -> Result<Vec<ServiceToken>, DbError> {
-    let rows = sqlx::query(AssertSqlSafe(format!("SELECT {TOKEN_COLUMNS} FROM service_tokens ORDER BY created_at")))
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(row_to_token).collect()
-}
-
-/// Revokes a token; false if there is no such live token.
-pub async fn revoke_service_token(pool: &PgPool, id: Uuid) -> Result<bool, DbError> {
-    let r = sqlx::query("UPDATE service_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-        .bind(id)
-        .execute(pool)
-        .await?;
-    Ok(r.rows_affected() == 1)
-}
-
-// --- Audit log ---
-
-/// One audit event.
-#[derive(Debug, Clone, Default)]
-pub struct AuditEntry<'a> {
-    pub actor: Option<&'a str>,
-    pub action: &'a str,
-    pub outcome: &'a str,
-    pub target: Option<&'a str>,
-    pub ip: Option<String>,
-    pub request_id: Option<&'a str>,
-    pub details: Value,
-}
-
-pub async fn audit(pool: &PgPool, e: &AuditEntry<'_>) -> Result<(), DbError> {
-    let details = if e.details.is_null() { serde_json::json!({}) } else { e.details.clone() };
-    sqlx::query(
-        "INSERT INTO audit_log (actor, action, outcome, target, ip, request_id, details)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(e.actor)
-    .bind(e.action)
-    .bind(e.outcome)
-    .bind(e.target)
-    .bind(&e.ip)
-    .bind(e.request_id)
-    .bind(details)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditRow {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub actor: Option<String>,
-    pub action: String,
-    pub outcome: String,
-    pub target: Option<String>,
-    pub ip: Option<String>,
-    pub request_id: Option<String>,
-    pub details: Value,
-}
-
-/// Audit events, newest first, filtered by actor, action and time, paged.
-pub async fn audit_list(
-    pool: &PgPool,
-    actor: Option<&str>,
-    action: Option<&str>,
-    since: Option<DateTime<Utc>>,
-    limit: i64,
-    offset: i64,
-) -> Result<(Vec<AuditRow>, i64), DbError> {
-    let filter = "($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR action = $2)
-                  AND ($3::timestamptz IS NULL OR at >= $3)";
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT id, at, actor, action, outcome, target, ip, request_id, details FROM audit_log
-         WHERE {filter} ORDER BY id DESC LIMIT $4 OFFSET $5"
-    )))
-    .bind(actor)
-    .bind(action)
-    .bind(since)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(pool)
-    .await?;
-    let total: i64 = sqlx::query(AssertSqlSafe(format!("SELECT count(*) AS n FROM audit_log WHERE {filter}")))
-        .bind(actor)
-        .bind(action)
-        .bind(since)
-        .fetch_one(pool)
-        .await?
-        .try_get("n")?;
-    let items = rows
-        .iter()
-        .map(|r| {
-            Ok(AuditRow {
-                id: r.try_get("id")?,
-                at: r.try_get("at")?,
-                actor: r.try_get("actor")?,
-                action: r.try_get("action")?,
-                outcome: r.try_get("outcome")?,
-                target: r.try_get("target")?,
-                ip: r.try_get("ip")?,
-                request_id: r.try_get("request_id")?,
-                details: r.try_get("details")?,
-            })
-        })
-        .collect::<Result<Vec<_>, DbError>>()?;
-    Ok((items, total))
 }
