@@ -7,7 +7,8 @@
 //! - the program runs in a process group of its own, and the whole group is killed when the
 //!   program exits and when the attempt is dropped (timeout, cancellation, shutdown): nothing
 //!   it started outlives the attempt, and a background child still holding stdout open cannot
-//!   keep the attempt waiting;
+//!   keep the attempt waiting (except a process that left the group itself, with `setsid`: a
+//!   daemon is on its own);
 //! - memory is bounded: stdout beyond [`MAX_OUTPUT`] fails the attempt (the group is killed
 //!   rather than read further), and only the first [`MAX_STDERR`] bytes of stderr are kept.
 
