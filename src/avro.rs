@@ -6,7 +6,7 @@
 //! reader schema, so producers may evolve BACKWARD-compatibly. A record that cannot be read is a
 //! [`DecodeError::Poison`] (dead-letter it); a registry that cannot be reached is
 //! [`DecodeError::Unavailable`] (retry later). DevCycle's own records are written by
-//! [`direct`] when the subject's latest schema is DevCycle's, else through `apache_avro` values.
+//! `direct` when the subject's latest schema is DevCycle's, else through `apache_avro` values.
 
 use crate::domain::{TaskEvent, TaskRequest, TaskResult, TaskStatus};
 use apache_avro::schema::{Name, ResolvedSchema};
@@ -61,7 +61,7 @@ pub struct Codec {
 /// How a topic's records are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Writer {
-    /// The subject's latest schema is DevCycle's own (this id): [`direct`] writes the body.
+    /// The subject's latest schema is DevCycle's own (this id): `direct` writes the body.
     Direct(u32),
     /// Another schema is the latest: `apache_avro` encodes the record against it.
     Generic,

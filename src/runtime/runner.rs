@@ -65,7 +65,7 @@ pub struct RunnerHealth {
     /// Set while records wait for Kafka to take their outputs; cleared when one succeeds.
     pub kafka_waiting: AtomicBool,
     pub started: AtomicBool,
-    /// Partitions revoked but held until their running records end (see [`super::revoke`]).
+    /// Partitions revoked but held until their running records end (see `runtime::revoke`).
     pub revoking: AtomicUsize,
 }
 

@@ -28,7 +28,7 @@ pub enum Stall {
     /// state `steady`); the last state seen is named.
     GroupNotJoined { state: String, join_state: String },
     /// Exactly-once: the committed offsets of newly assigned partitions could not be read within
-    /// the lookup's window (see [`super::start`]); reading them from elsewhere could publish
+    /// the lookup's window (see `runtime::start`); reading them from elsewhere could publish
     /// results twice.
     StartOffsetsUnknown { partitions: usize, within: Duration },
 }
