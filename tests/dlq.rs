@@ -220,3 +220,41 @@ async fn a_record_too_large_to_dead_letter_whole_is_dead_lettered_without_its_va
     );
     app.stop().await;
 }
+
+/// Dead letters written in a Kafka transaction (as an exactly-once processor writes them) leave
+/// a commit marker at the end of their partition, which no consumer receives: the listing ends
+/// at each partition's end, not at a deadline (it waited 3 × `kafka.request_timeout_ms`, 30 s
+/// here, before), and `limit` stops the reading early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_dead_letters_are_listed_without_waiting_for_a_deadline() {
+    use rdkafka::producer::Producer;
+    let app = TestApp::spawn().await;
+    let topic = app.topic("devcycle.dead-letters");
+    let producer: FutureProducer = devcycle::kafka::client_config(&app.deps.settings.kafka, "test-dlq-txn")
+        .set("transactional.id", format!("test-dlq-{}", uuid::Uuid::new_v4()))
+        .create()
+        .unwrap();
+    producer.init_transactions(WAIT).unwrap();
+    producer.begin_transaction().unwrap();
+    for i in 0..3 {
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header { key: h::H_CLASS, value: Some("agent_error") })
+            .insert(rdkafka::message::Header { key: h::H_TOPIC, value: Some(&app.topic("devcycle.task-requests")) });
+        let value = format!("letter {i}");
+        let record = FutureRecord::<(), _>::to(&topic).payload(&value).headers(headers).partition(0);
+        producer.send(record, WAIT).await.unwrap();
+    }
+    producer.commit_transaction(WAIT).unwrap();
+
+    let started = std::time::Instant::now();
+    let letters = dlq::list(&app.deps, &Filter::default()).await.unwrap();
+    assert_eq!(letters.len(), 3);
+    assert!(started.elapsed() < Duration::from_secs(8), "listing took {:?}", started.elapsed());
+    let values: Vec<_> = letters.iter().map(|(l, _)| l.value.clone().unwrap()).collect();
+    assert_eq!(values, [b"letter 0".to_vec(), b"letter 1".to_vec(), b"letter 2".to_vec()]);
+
+    let first = dlq::list(&app.deps, &Filter { limit: Some(1), ..Filter::default() }).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0.value.as_deref(), Some(&b"letter 0"[..]));
+    app.stop().await;
+}

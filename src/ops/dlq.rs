@@ -5,16 +5,20 @@
 //! acknowledged the re-published record); a replayed task request that was `dead_lettered` is
 //! made runnable again (`queued`), so the processor runs it instead of re-publishing the old
 //! outcome; the original key, value and headers are kept (the `dlq.*` headers are dropped and
-//! `dlq.replayed.from` is added).
+//! `dlq.replayed.from` is added); the topic is read to the end of every partition, or the
+//! command fails: a stalled read never passes for the whole topic; only the letters a command
+//! needs are held in memory.
 
 use crate::app::Deps;
 use crate::kafka::{client_config, OutRecord};
 use crate::progress::Progress;
 use crate::runtime::dlq as h;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 const DLQ_TOPIC: &str = "devcycle.dead-letters";
@@ -27,6 +31,9 @@ pub enum DlqError {
     Db(#[from] crate::db::DbError),
     #[error("re-publishing failed: {0}")]
     Produce(#[from] crate::kafka::ProduceError),
+    /// The topic could not be read to its end: nothing is listed or replayed from a partial read.
+    #[error("reading the dead-letter topic stalled after {read} records, {partitions} partition(s) not read to their end within {idle:?}")]
+    Incomplete { read: u64, partitions: usize, idle: Duration },
 }
 
 /// One dead letter as read back.
@@ -60,64 +67,119 @@ impl Filter {
     }
 }
 
-/// Reads every dead letter currently in the topic (up to the high watermarks).
+/// Reads every dead letter currently in the topic (up to the end of each partition).
 pub fn read_all(deps: &Deps) -> Result<Vec<Letter>, DlqError> {
     read_all_with(deps, &mut Progress::hidden())
 }
 
 /// [`read_all`], counting records read on `progress`.
 pub fn read_all_with(deps: &Deps, progress: &mut Progress) -> Result<Vec<Letter>, DlqError> {
+    scan(deps, progress, None, |_| true)
+}
+
+/// Reads the topic from the start of each partition to its end, keeping the letters `keep`
+/// accepts, and stops early once `limit` are kept (only those are held in memory, not the
+/// whole topic). A partition ends at its end-of-partition event, which also passes the
+/// transaction markers that exactly-once processors leave after their letters (no consumer
+/// receives those, so the last letter's offset + 1 is not the end there). Reading that makes no
+/// progress for `kafka.request_timeout_ms` fails with [`DlqError::Incomplete`] rather than
+/// return part of the topic as if it were all.
+fn scan(
+    deps: &Deps,
+    progress: &mut Progress,
+    limit: Option<usize>,
+    mut keep: impl FnMut(&Letter) -> bool,
+) -> Result<Vec<Letter>, DlqError> {
     let topic = deps.catalog.topic_name(DLQ_TOPIC);
-    let consumer: BaseConsumer = client_config(&deps.settings.kafka, "dlq-reader")
+    let consumer: BaseConsumer<Reader> = client_config(&deps.settings.kafka, "dlq-reader")
         .set("group.id", format!("{}devcycle.dlq-reader", deps.settings.kafka.namespace))
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
-        .create()?;
+        .create_with_context(Reader)?;
     let timeout = Duration::from_millis(deps.settings.kafka.request_timeout_ms);
     let md = consumer.fetch_metadata(Some(&topic), timeout)?;
     let partitions: Vec<i32> =
         md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
-    let mut ends = BTreeMap::new();
+    let mut open = BTreeSet::new();
     let mut to_read = 0u64;
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         let (low, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
         if high > low {
             to_read += (high - low) as u64;
-            ends.insert(p, high);
+            open.insert(p);
             tpl.add_partition_offset(&topic, p, Offset::Offset(low))?;
         }
     }
     let mut letters = Vec::new();
-    if ends.is_empty() {
+    if open.is_empty() {
         return Ok(letters);
     }
     consumer.assign(&tpl)?;
     progress.start(Some(to_read));
-    let deadline = std::time::Instant::now() + timeout * 3;
-    let mut open = ends.clone();
-    while !open.is_empty() && std::time::Instant::now() < deadline {
-        let Some(msg) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let m = msg?;
+    let mut read = 0u64;
+    let mut last_progress = std::time::Instant::now();
+    while !open.is_empty() && limit.is_none_or(|n| letters.len() < n) {
+        let m = match consumer.poll(Duration::from_millis(500)) {
+            None if last_progress.elapsed() >= timeout => {
+                return Err(DlqError::Incomplete { read, partitions: open.len(), idle: timeout });
+            }
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+                last_progress = std::time::Instant::now();
+                continue;
+            }
+            Some(m) => m?,
+        };
+        last_progress = std::time::Instant::now();
+        read += 1;
+        progress.inc(1);
         let headers = m
             .headers()
             .map(|hs| hs.iter().map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec())).collect())
             .unwrap_or_default();
-        letters.push(Letter {
+        let letter = Letter {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
             headers,
-        });
-        progress.inc(1);
-        if open.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
-            open.remove(&m.partition());
+        };
+        if keep(&letter) {
+            letters.push(letter);
         }
     }
     letters.sort_by_key(|l| (l.partition, l.offset));
     progress.finish();
     Ok(letters)
+}
+
+/// The reader's context: the end-of-partition events it asks for are how it ends, not errors
+/// (librdkafka also reports them to the error callback, which would log them as such).
+struct Reader;
+
+impl ClientContext for Reader {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
+        if !eof {
+            tracing::warn!(error = %error, reason, "dead-letter reader: librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for Reader {}
+
+/// The dead letters already replayed, as (partition, offset).
+async fn replayed(deps: &Deps) -> Result<HashSet<(i32, i64)>, DlqError> {
+    let rows: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT dlq_partition, dlq_offset FROM dlq_replays WHERE dlq_topic = $1")
+            .bind(deps.catalog.topic_name(DLQ_TOPIC))
+            .fetch_all(&deps.pool)
+            .await
+            .map_err(crate::db::DbError::from)?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Dead letters matching `filter`, with whether each was replayed already.
@@ -127,22 +189,14 @@ pub async fn list(deps: &Deps, filter: &Filter) -> Result<Vec<(Letter, bool)>, D
 
 /// [`list`], counting records read on `progress`.
 pub async fn list_with(deps: &Deps, filter: &Filter, progress: &mut Progress) -> Result<Vec<(Letter, bool)>, DlqError> {
-    let topic = deps.catalog.topic_name(DLQ_TOPIC);
-    let replayed: Vec<(i32, i64)> =
-        sqlx::query_as("SELECT dlq_partition, dlq_offset FROM dlq_replays WHERE dlq_topic = $1")
-            .bind(&topic)
-            .fetch_all(&deps.pool)
-            .await
-            .map_err(crate::db::DbError::from)?;
-    let letters = tokio::task::block_in_place(|| read_all_with(deps, progress))?;
+    let replayed = replayed(deps).await?;
+    let letters = tokio::task::block_in_place(|| scan(deps, progress, filter.limit, |l| filter.matches(l)))?;
     Ok(letters
         .into_iter()
-        .filter(|l| filter.matches(l))
         .map(|l| {
             let done = replayed.contains(&(l.partition, l.offset));
             (l, done)
         })
-        .take(filter.limit.unwrap_or(usize::MAX))
         .collect())
 }
 
@@ -161,16 +215,19 @@ pub async fn replay_with(
 ) -> Result<Vec<Letter>, DlqError> {
     let dlq_topic = deps.catalog.topic_name(DLQ_TOPIC);
     let mut reading = progress.sibling("dlq read", "records");
-    let todo: Vec<(Letter, String)> = list_with(deps, &Filter { limit: None, ..filter.clone() }, &mut reading)
-        .await?
-        .into_iter()
-        .filter(|(_, replayed)| !replayed)
-        // A letter without its record's value has nothing to replay (the value is at its source
-        // offset, while retained).
-        .filter(|(letter, _)| letter.header(h::H_VALUE_OMITTED).is_none())
-        .filter_map(|(letter, _)| letter.header(h::H_TOPIC).map(|source| (letter, source)))
-        .take(filter.limit.unwrap_or(usize::MAX))
-        .collect();
+    let replayed = replayed(deps).await?;
+    let todo = tokio::task::block_in_place(|| {
+        scan(deps, &mut reading, filter.limit, |l| {
+            filter.matches(l)
+                && !replayed.contains(&(l.partition, l.offset))
+                // A letter without its record's value has nothing to replay (the value is at its
+                // source offset, while retained).
+                && l.header(h::H_VALUE_OMITTED).is_none()
+                && l.header(h::H_TOPIC).is_some()
+        })
+    })?;
+    let todo: Vec<(Letter, String)> =
+        todo.into_iter().filter_map(|l| l.header(h::H_TOPIC).map(|source| (l, source))).collect();
     let mut done = Vec::new();
     progress.start(Some(todo.len() as u64));
     for (letter, source) in todo {
