@@ -139,7 +139,9 @@ fn kafka_status(deps: &Deps) -> Result<String, rdkafka::error::KafkaError> {
         let (low, high) = c.fetch_watermarks(&dlq, p, timeout)?;
         depth += high - low;
     }
-    let _ = writeln!(s, "dead letters: {depth} in {dlq} (`devcycle dlq list`)");
+    // Offsets: an exactly-once processor's transaction markers count too (`dlq list` reads the
+    // letters themselves).
+    let _ = writeln!(s, "dead letters: {depth} in {dlq} (offsets, transaction markers included; `devcycle dlq list`)");
     Ok(s)
 }
 
