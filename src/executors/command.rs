@@ -21,8 +21,12 @@ use tokio::process::Command;
 /// Largest stdout accepted as output.
 const MAX_OUTPUT: usize = 10 * 1024 * 1024;
 
-/// How much of stderr is kept (the rest is read and dropped, so the program never blocks on it).
-const MAX_STDERR: usize = 64 * 1024;
+/// How much of stderr is kept: enough for the [`STDERR_CHARS`] characters the error quotes (the
+/// rest is read and dropped, so the program never blocks on it).
+const MAX_STDERR: usize = 4 * STDERR_CHARS;
+
+/// How many characters of stderr a failed attempt's error quotes.
+const STDERR_CHARS: usize = 2000;
 
 /// The program's process group: killed when this is dropped, and on [`Group::kill`].
 struct Group(libc::pid_t);
@@ -104,7 +108,7 @@ pub async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
         return Err(ExecError::failed("output_too_large", format!("stdout over {MAX_OUTPUT} bytes")));
     }
     let out = out.map_err(|e| ExecError::retryable("command_io", e.to_string()))?;
-    let stderr = String::from_utf8_lossy(&err.unwrap_or_default()).chars().take(2000).collect::<String>();
+    let stderr = String::from_utf8_lossy(&err.unwrap_or_default()).chars().take(STDERR_CHARS).collect::<String>();
     match status.code() {
         Some(0) => Ok(output_json(&String::from_utf8_lossy(&out))),
         Some(75) => Err(ExecError::retryable("command_tempfail", stderr)),

@@ -67,16 +67,6 @@ impl Filter {
     }
 }
 
-/// Reads every dead letter currently in the topic (up to the end of each partition).
-pub fn read_all(deps: &Deps) -> Result<Vec<Letter>, DlqError> {
-    read_all_with(deps, &mut Progress::hidden())
-}
-
-/// [`read_all`], counting records read on `progress`.
-pub fn read_all_with(deps: &Deps, progress: &mut Progress) -> Result<Vec<Letter>, DlqError> {
-    scan(deps, progress, None, |_| true)
-}
-
 /// Reads the topic from the start of each partition to its end, keeping the letters `keep`
 /// accepts, and stops early once `limit` are kept (only those are held in memory, not the
 /// whole topic). A partition ends at its end-of-partition event, which also passes the

@@ -59,14 +59,13 @@ pub(super) fn spawn_worker<P: Processor>(shared: Arc<Shared<P>>, work: Work, don
     tokio::spawn(async move {
         let tp = (work.msg.topic().to_string(), work.msg.partition());
         let offset = work.msg.offset();
-        let cancel = work.cancel.clone();
         let publisher = if shared.transactional {
             Publisher::Transactional(Arc::default())
         } else {
             Publisher::Direct(shared.producer.clone())
         };
         let finished = tokio::select! {
-            _ = cancel.cancelled() => false,
+            _ = work.cancel.cancelled() => false,
             () = handle_record(&shared, &work.msg, &publisher) => true,
         };
         // A cancelled record is reported, so its slot is freed, but never done: its offset is
