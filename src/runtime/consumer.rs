@@ -1,5 +1,5 @@
-//! The runner's Kafka consumer: its context (rdkafka callbacks: rebalances, errors,
-//! statistics) and its close.
+//! The runner's Kafka consumer: its configuration, its context (rdkafka callbacks:
+//! rebalances, errors, statistics), its pausing and its close.
 //!
 //! Invariants:
 //! - rebalance callbacks only record what happened ([`RebalanceEvent`]); the poll loop applies
@@ -11,9 +11,13 @@
 use super::blocking;
 use super::runner::Tp;
 use super::start::resolve_start_offsets;
-use super::watchdog::{GroupSeen, Stall};
+use super::watchdog::{check_interval, GroupSeen, Stall};
+use crate::catalog::{Guarantee, ProcessorSpec};
 use crate::events::ConsumerCloseAbandoned;
+use crate::kafka::client_config;
+use crate::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
@@ -47,6 +51,61 @@ pub(super) struct RunnerContext {
     /// runner exits for a restart rather than read them from a guessed position.
     pub(super) start_unknown: AtomicUsize,
     pub(super) stopping: CancellationToken,
+}
+
+/// The runner's consumer for `spec`, subscribed to `input_topic` in `group`. Offsets are stored
+/// by the runner only (from checkpoints); exactly-once commits them inside transactions,
+/// at-least-once lets librdkafka commit what was stored.
+pub(super) fn subscribe(
+    kafka: &KafkaSettings,
+    spec: &ProcessorSpec,
+    input_topic: &str,
+    group: &str,
+    stall_after: Duration,
+    stopping: CancellationToken,
+) -> Result<GroupConsumer, KafkaError> {
+    let exactly_once = spec.guarantee == Guarantee::ExactlyOnce;
+    let context = RunnerContext {
+        events: Mutex::new(Vec::new()),
+        paused: AtomicBool::new(false),
+        hold_revokes: AtomicBool::new(true),
+        trouble: AtomicBool::new(false),
+        group: Mutex::new(GroupSeen::new(Instant::now())),
+        resolve_start: exactly_once.then_some(stall_after / 2),
+        start_unknown: AtomicUsize::new(0),
+        stopping,
+    };
+    let consumer: StreamConsumer<RunnerContext> = client_config(kafka, &spec.name)
+        .set("group.id", group)
+        .set("enable.auto.commit", if exactly_once { "false" } else { "true" })
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", "2000")
+        .set("max.poll.interval.ms", "300000")
+        .set("isolation.level", "read_committed")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("topic.metadata.refresh.interval.ms", "5000")
+        .set("statistics.interval.ms", check_interval(stall_after).as_millis().to_string())
+        .create_with_context(context)?;
+    let consumer = GroupConsumer(Some(consumer));
+    consumer.subscribe(&[input_topic])?;
+    Ok(consumer)
+}
+
+/// Pauses or resumes fetching for the whole assignment (and for partitions assigned later, see
+/// the rebalance callback); returns `pause`.
+pub(super) fn set_paused(consumer: &StreamConsumer<RunnerContext>, pause: bool) -> bool {
+    consumer.context().paused.store(pause, AtomicOrdering::SeqCst);
+    if let Ok(assignment) = consumer.assignment() {
+        let r = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, pause, "pause/resume failed");
+        }
+    }
+    pause
 }
 
 pub(super) fn tps(list: &TopicPartitionList) -> Vec<Tp> {

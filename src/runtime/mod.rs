@@ -8,6 +8,9 @@
 mod assignment;
 mod consumer;
 pub mod dlq;
+mod held;
+#[cfg(test)]
+mod lost_tests;
 mod offsets;
 mod ordering;
 mod publish;

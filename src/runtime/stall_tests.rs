@@ -33,19 +33,19 @@ impl Processor for Counting {
     }
 }
 
-const TOPIC: &str = "stall-requests";
+pub(super) const TOPIC: &str = "stall-requests";
 
 fn mock() -> MockCluster<'static, DefaultProducerContext> {
     mock_with(1)
 }
 
-fn mock_with(partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
+pub(super) fn mock_with(partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
     let mock = MockCluster::new(1).expect("mock cluster");
     mock.create_topic(TOPIC, partitions, 1).expect("mock topic");
     mock
 }
 
-fn kafka(mock: &MockCluster<'static, DefaultProducerContext>) -> KafkaSettings {
+pub(super) fn kafka(mock: &MockCluster<'static, DefaultProducerContext>) -> KafkaSettings {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
     let env = [("ENVIRONMENT".to_string(), "test".to_string())].into_iter().collect();
     let mut kafka = Settings::load_with_env(&dir, &env).expect("settings").kafka;
@@ -76,7 +76,7 @@ async fn run_processor<P: Processor>(
     run_in_group(kafka, &format!("stall-{}", uuid::Uuid::new_v4()), window, run, health, processor).await
 }
 
-async fn run_in_group<P: Processor>(
+pub(super) async fn run_in_group<P: Processor>(
     kafka: &KafkaSettings,
     group: &str,
     window: Duration,
