@@ -13,6 +13,7 @@ use crate::app::Deps;
 use crate::kafka::{client_config, OutRecord};
 use crate::progress::Progress;
 use crate::runtime::dlq as h;
+use crate::settings::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
@@ -78,28 +79,37 @@ fn scan(
     deps: &Deps,
     progress: &mut Progress,
     limit: Option<usize>,
+    keep: impl FnMut(&Letter) -> bool,
+) -> Result<Vec<Letter>, DlqError> {
+    scan_topic(&deps.settings.kafka, &deps.catalog.topic_name(DLQ_TOPIC), progress, limit, keep)
+}
+
+fn scan_topic(
+    kafka: &KafkaSettings,
+    topic: &str,
+    progress: &mut Progress,
+    limit: Option<usize>,
     mut keep: impl FnMut(&Letter) -> bool,
 ) -> Result<Vec<Letter>, DlqError> {
-    let topic = deps.catalog.topic_name(DLQ_TOPIC);
-    let consumer: BaseConsumer<Reader> = client_config(&deps.settings.kafka, "dlq-reader")
-        .set("group.id", format!("{}devcycle.dlq-reader", deps.settings.kafka.namespace))
+    let consumer: BaseConsumer<Reader> = client_config(kafka, "dlq-reader")
+        .set("group.id", format!("{}devcycle.dlq-reader", kafka.namespace))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         .create_with_context(Reader)?;
-    let timeout = Duration::from_millis(deps.settings.kafka.request_timeout_ms);
-    let md = consumer.fetch_metadata(Some(&topic), timeout)?;
+    let timeout = Duration::from_millis(kafka.request_timeout_ms);
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> =
         md.topics().first().map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
     let mut open = BTreeSet::new();
     let mut to_read = 0u64;
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(&topic, p, timeout)?;
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
         if high > low {
             to_read += (high - low) as u64;
             open.insert(p);
-            tpl.add_partition_offset(&topic, p, Offset::Offset(low))?;
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
         }
     }
     let mut letters = Vec::new();
@@ -276,4 +286,55 @@ pub async fn replay_with(
     }
     progress.finish();
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reader against librdkafka's mock cluster: a read that stops making progress fails
+    //! instead of passing part of the topic off as all of it.
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use std::time::Instant;
+
+    const TOPIC: &str = "dead-letters";
+
+    #[test]
+    fn a_read_that_stops_making_progress_fails_as_incomplete() {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic(TOPIC, 1, 1).expect("mock topic");
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+        let env = [("ENVIRONMENT".to_string(), "test".to_string())].into_iter().collect();
+        let mut kafka = crate::settings::Settings::load_with_env(&dir, &env).expect("settings").kafka;
+        kafka.bootstrap_servers = mock.bootstrap_servers();
+        kafka.request_timeout_ms = 2000;
+        let producer: BaseProducer = client_config(&kafka, "dlq-test").create().expect("producer");
+        for value in ["a", "b", "c"] {
+            producer.send(BaseRecord::<(), str>::to(TOPIC).payload(value)).expect("queued");
+        }
+        producer.flush(Duration::from_secs(10)).expect("produced");
+
+        // Metadata and watermarks are answered, every fetch fails (retriably, so librdkafka keeps
+        // trying in silence): the read never gets past the start of the partition.
+        mock.request_errors(
+            RDKafkaApiKey::Fetch,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 10_000],
+        );
+        let started = Instant::now();
+        let stalled = scan_topic(&kafka, TOPIC, &mut Progress::hidden(), None, |_| true);
+        match stalled {
+            Err(DlqError::Incomplete { read, partitions, idle }) => {
+                assert_eq!((read, partitions, idle), (0, 1, Duration::from_millis(2000)));
+            }
+            other => panic!("expected an incomplete read, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "failed after {:?}", started.elapsed());
+
+        // The same read with fetches answered lists the three letters.
+        mock.clear_request_errors(RDKafkaApiKey::Fetch);
+        let letters = scan_topic(&kafka, TOPIC, &mut Progress::hidden(), None, |_| true).expect("a complete read");
+        let values: Vec<_> = letters.iter().map(|l| l.value.clone().unwrap_or_default()).collect();
+        assert_eq!(values, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    }
 }
