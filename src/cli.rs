@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "devcycle", version, about = "Kafka-centric agent task pipeline")]
 pub struct Cli {
-    /// Folder with default.toml and <environment>.toml.
+    /// Folder with default.toml and {ENVIRONMENT}.toml.
     #[arg(long, global = true, env = "DEVCYCLE_CONFIG_DIR", default_value = "config")]
     pub config_dir: PathBuf,
     /// Progress of long-running commands on stderr: a redrawn line on a terminal (tty),
@@ -23,7 +23,7 @@ pub enum Command {
     Run,
     /// Run the HTTP ingress only.
     Ingress,
-    /// Run one processor declared in processors/<name>.toml.
+    /// Run one processor declared in processors/{NAME}.toml.
     Process { name: String },
     /// Apply pending database migrations.
     Migrate,
@@ -39,7 +39,7 @@ pub enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
-    /// Avro schemas (schemas/), registered under <topic>-value.
+    /// Avro schemas (schemas/), registered under {TOPIC}-value.
     Schemas {
         #[command(subcommand)]
         action: ApplyAction,
