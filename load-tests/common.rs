@@ -27,9 +27,11 @@ use uuid::Uuid;
 
 mod http;
 mod kafka;
+mod open_loop;
 
 pub use http::*;
 pub use kafka::*;
+pub use open_loop::*;
 
 pub const REQUESTS: &str = "devcycle.task-requests";
 pub const RESULTS: &str = "devcycle.task-results";

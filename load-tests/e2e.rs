@@ -6,13 +6,13 @@
 //! on the API port.
 
 use crate::common::*;
-use devcycle::app::{self, Mode};
+use devcycle::app::{self, Deps, Mode};
 use hdrhistogram::Histogram;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::time::Instant as TokioInstant;
+
 use tokio_util::sync::CancellationToken;
 
 pub struct Args {
@@ -37,109 +37,6 @@ fn collect_ids(ids: &Ids) -> OnOk {
     })
 }
 
-/// What one open-loop connection measured.
-#[derive(Default)]
-struct OpenLoop {
-    ok: u64,
-    errors: BTreeMap<u16, u64>,
-    /// Scheduled start → response read (coordinated omission corrected).
-    from_schedule: Option<Histogram<u64>>,
-    /// Actual send → response read (service time).
-    from_send: Option<Histogram<u64>>,
-    /// Actual send − scheduled start (how late the generator was).
-    lag: Option<Histogram<u64>>,
-    /// (task id, scheduled start, actual send, wall clock ms at the 202) of each accepted
-    /// submission.
-    ids: Vec<(String, Instant, Instant, i64)>,
-}
-
-impl OpenLoop {
-    fn new() -> Self {
-        OpenLoop { from_schedule: Some(hist()), from_send: Some(hist()), lag: Some(hist()), ..Default::default() }
-    }
-    fn merge(&mut self, o: OpenLoop) {
-        self.ok += o.ok;
-        for (s, n) in o.errors {
-            *self.errors.entry(s).or_default() += n;
-        }
-        for (mine, theirs) in
-            [(&mut self.from_schedule, o.from_schedule), (&mut self.from_send, o.from_send), (&mut self.lag, o.lag)]
-        {
-            if let (Some(m), Some(t)) = (mine.as_mut(), theirs) {
-                m.add(&t).unwrap();
-            }
-        }
-        self.ids.extend(o.ids);
-    }
-}
-
-/// One connection of the open-loop generator: requests at `start + offset + k·interval` until
-/// `end`. A request that cannot be sent on time (the previous one is still out, or the runtime
-/// is busy) is sent as soon as possible and its latency counts from its scheduled time.
-async fn open_conn(
-    addr: SocketAddr,
-    request: Arc<Vec<u8>>,
-    start: Instant,
-    offset: Duration,
-    interval: Duration,
-    end: Instant,
-    want_ids: bool,
-) -> OpenLoop {
-    let mut out = OpenLoop::new();
-    let mut conn = Conn::open(addr).await.expect("connect");
-    let mut k: u32 = 0;
-    loop {
-        let scheduled = start + offset + interval * k;
-        if scheduled >= end {
-            break;
-        }
-        k += 1;
-        tokio::time::sleep_until(TokioInstant::from_std(scheduled)).await;
-        let sent = Instant::now();
-        let r = conn.exchange(&request, want_ids, Duration::from_secs(30)).await;
-        let done = Instant::now();
-        let done_ms = now_ms();
-        match r {
-            Ok((status, body)) if is_ok(status) => {
-                out.ok += 1;
-                record(out.from_schedule.as_mut().unwrap(), done - scheduled);
-                record(out.from_send.as_mut().unwrap(), done - sent);
-                record(out.lag.as_mut().unwrap(), sent.saturating_duration_since(scheduled));
-                if let Some(id) = body.as_deref().and_then(task_id_of) {
-                    out.ids.push((id, scheduled, sent, done_ms));
-                }
-            }
-            Ok((status, _)) => *out.errors.entry(status).or_default() += 1,
-            Err(_) => *out.errors.entry(0).or_default() += 1,
-        }
-    }
-    out
-}
-
-/// `rate` requests/s in total over `conns` connections, evenly staggered, for `secs`.
-async fn open_loop(
-    addr: SocketAddr,
-    request: Arc<Vec<u8>>,
-    rate: f64,
-    conns: usize,
-    secs: u64,
-    want_ids: bool,
-) -> OpenLoop {
-    let start = Instant::now() + Duration::from_millis(50);
-    let end = start + Duration::from_secs(secs);
-    let interval = Duration::from_secs_f64(conns as f64 / rate);
-    let mut set = tokio::task::JoinSet::new();
-    for c in 0..conns {
-        let offset = Duration::from_secs_f64(c as f64 / rate);
-        set.spawn(open_conn(addr, request.clone(), start, offset, interval, end, want_ids));
-    }
-    let mut all = OpenLoop::new();
-    while let Some(r) = set.join_next().await {
-        all.merge(r.expect("open-loop connection"));
-    }
-    all
-}
-
 fn row(name: &str, h: &Histogram<u64>, errors: u64, target: &str, met: Option<bool>) {
     let met = match met {
         Some(true) => "yes",
@@ -157,43 +54,111 @@ fn row(name: &str, h: &Histogram<u64>, errors: u64, target: &str, met: Option<bo
     );
 }
 
+/// DevCycle in `Mode::All` on 127.0.0.1 (ingress on port 0, probes on a port of their own), a
+/// bench user's token, a reader of its results topic, warmed up with a few submissions through
+/// to their results (the processor's group join included).
+pub struct AllInOne {
+    pub deps: Arc<Deps>,
+    pub addr: SocketAddr,
+    /// `metrics.port`: where probes and /metrics are served from their own thread.
+    pub probe_addr: SocketAddr,
+    pub collector: Collector,
+    /// One `POST /v1/tasks` of the echo agent, with the token.
+    pub submit: Arc<Vec<u8>>,
+    /// Results expected so far (the warm-up's).
+    pub expected: usize,
+    on_server: tokio::runtime::Handle,
+    server: Option<tokio::runtime::Runtime>,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl AllInOne {
+    /// Starts it on a runtime of its own (or the caller's with `shared_runtime`); `mode` names the
+    /// bench in the header line.
+    pub async fn start(mode: &str, shared_runtime: bool, wait: Duration) -> AllInOne {
+        let mut settings = bench_settings();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        settings.metrics.port = free.local_addr().expect("bound").port();
+        drop(free);
+        let probe_addr: SocketAddr = ([127, 0, 0, 1], settings.metrics.port).into();
+        // The ingress and processor (and their pools and clients) live on the server runtime.
+        let server = (!shared_runtime).then(server_runtime);
+        let on_server = server.as_ref().map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
+        let deps = on_server.spawn(connect(settings)).await.expect("connect");
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = {
+            let (deps, shutdown) = (deps.clone(), shutdown.clone());
+            on_server.spawn(async move {
+                let _ = app::run_with(deps, Mode::All, shutdown, Some(tx)).await;
+            })
+        };
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("ingress bound").unwrap();
+        let token = bench_token(&deps).await;
+        let res_topic = deps.catalog.topic_name(RESULTS);
+        let collector = Collector::start(&deps.settings, &res_topic, false).await;
+        let submit = http_request(addr, "POST", "/v1/tasks", Some(&token), SUBMIT_BODY);
+        let runtime =
+            if shared_runtime { "the generator's runtime (--shared-runtime)" } else { "a runtime of its own" };
+        println!(
+            "# {mode}: devcycle Mode::All on {addr} (ingress + agent-executor) on {runtime}, results from {res_topic}"
+        );
+
+        let ids: Ids = Default::default();
+        let t = Instant::now();
+        let warm = drive_http(addr, std::slice::from_ref(&submit), 4, 1.0, true, Some(collect_ids(&ids))).await;
+        let expected = ids.lock().unwrap().len();
+        let got = collector.wait_for(expected, wait).await;
+        println!(
+            "# warm-up: {} submitted ({} errors{}), {got} results after {:.1} s",
+            warm.requests,
+            warm.errors,
+            warm.errors_text(),
+            t.elapsed().as_secs_f64()
+        );
+        AllInOne { deps, addr, probe_addr, collector, submit, expected, on_server, server, shutdown, handle }
+    }
+
+    /// Stops DevCycle and the reader; returns what the reader saw. Call [`AllInOne::clean_up`]
+    /// once done with it.
+    pub async fn stop(self) -> (HashMap<String, Seen>, Stopped) {
+        self.shutdown.cancel();
+        let seen = self.collector.stop().await;
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.handle).await;
+        (seen, Stopped { deps: self.deps, on_server: self.on_server, server: self.server })
+    }
+}
+
+/// A stopped [`AllInOne`], whose test data is still there.
+pub struct Stopped {
+    deps: Arc<Deps>,
+    on_server: tokio::runtime::Handle,
+    server: Option<tokio::runtime::Runtime>,
+}
+
+impl Stopped {
+    /// Deletes the run's topics, schema and keys, and ends the server runtime.
+    pub async fn clean_up(self) {
+        let deps = self.deps;
+        self.on_server
+            .spawn(async move { cleanup(&deps.settings, &deps.catalog, &deps.pool).await })
+            .await
+            .expect("cleanup");
+        if let Some(rt) = self.server {
+            drop_runtime(rt).await;
+        }
+    }
+}
+
 pub async fn run(a: Args) {
     let peak_resettable = reset_peak_rss();
-    let mut settings = bench_settings();
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    settings.metrics.port = free.local_addr().expect("bound").port();
-    drop(free);
-    let probe_addr: SocketAddr = ([127, 0, 0, 1], settings.metrics.port).into();
-    // The ingress and processor (and their pools and clients) live on the server runtime.
-    let server = (!a.shared_runtime).then(server_runtime);
-    let on_server = server.as_ref().map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
-    let deps = on_server.spawn(connect(settings)).await.expect("connect");
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let handle = on_server.spawn(app::run_with(deps.clone(), Mode::All, shutdown.clone(), Some(tx)));
-    let addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("ingress bound").unwrap();
-    let token = bench_token(&deps).await;
-    let res_topic = deps.catalog.topic_name(RESULTS);
-    let collector = Collector::start(&deps.settings, &res_topic, false).await;
-    let submit = http_request(addr, "POST", "/v1/tasks", Some(&token), SUBMIT_BODY);
-    let health = http_request(addr, "GET", "/health", None, "");
     let wait = Duration::from_secs(a.timeout_secs);
-    let runtime = if a.shared_runtime { "the generator's runtime (--shared-runtime)" } else { "a runtime of its own" };
-    println!("# e2e: devcycle Mode::All on {addr} (ingress + agent-executor) on {runtime}, results from {res_topic}");
-
-    // Warm-up: a few submissions through to their results (includes the processor's group join).
-    let ids: Ids = Default::default();
-    let t = Instant::now();
-    let warm = drive_http(addr, std::slice::from_ref(&submit), 4, 1.0, true, Some(collect_ids(&ids))).await;
-    let mut expected = ids.lock().unwrap().len();
-    let got = collector.wait_for(expected, wait).await;
-    println!(
-        "# warm-up: {} submitted ({} errors{}), {got} results after {:.1} s",
-        warm.requests,
-        warm.errors,
-        warm.errors_text(),
-        t.elapsed().as_secs_f64()
-    );
+    let stack = AllInOne::start("e2e", a.shared_runtime, wait).await;
+    let (addr, probe_addr, submit) = (stack.addr, stack.probe_addr, stack.submit.clone());
+    let collector = &stack.collector;
+    let health = http_request(addr, "GET", "/health", None, "");
+    let mut expected = stack.expected;
 
     // Probe (skipped with --rate): closed loop at `probe_conns` for `probe_secs`; saturated =
     // min(submissions/s, results/s), results counted from 1 s into the probe to its end.
@@ -242,19 +207,11 @@ pub async fn run(a: Args) {
     );
     reset_peak_rss();
     let stages = Stages::take();
-    let secs = a.secs;
-    let sampler = |at: SocketAddr, req: Arc<Vec<u8>>| {
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(open_loop(at, req, 100.0, 1, secs, false))
-        })
-    };
-    let health_probe_task = sampler(probe_addr, http_request(probe_addr, "GET", "/health", None, ""));
-    let health_api_task = sampler(addr, health);
+    let health_probe_task = sampler(probe_addr, http_request(probe_addr, "GET", "/health", None, ""), a.secs);
+    let health_api_task = sampler(addr, health, a.secs);
     let load = open_loop(addr, submit, rate, a.conns, a.secs, true).await;
-    let health = tokio::task::spawn_blocking(move || health_probe_task.join()).await.unwrap().expect("health sampler");
-    let health_api =
-        tokio::task::spawn_blocking(move || health_api_task.join()).await.unwrap().expect("health sampler (API port)");
+    let health = join_sampler(health_probe_task).await;
+    let health_api = join_sampler(health_api_task).await;
     let (hwm, _) = rss_mib();
     let stage_line = Stages::since(&stages);
     let achieved = load.ok as f64 / a.secs as f64;
@@ -262,9 +219,7 @@ pub async fn run(a: Args) {
     let t = Instant::now();
     let got = collector.wait_for(expected, wait).await;
     let drain = t.elapsed();
-    shutdown.cancel();
-    let seen = collector.stop().await;
-    let _ = tokio::time::timeout(Duration::from_secs(60), handle).await;
+    let (seen, stopped) = stack.stop().await;
 
     let (mut e2e, mut e2e_send, mut processing, mut reader) = (hist(), hist(), hist(), hist());
     let mut missing = 0u64;
@@ -330,8 +285,5 @@ pub async fn run(a: Args) {
     );
     row("generator lateness (send − scheduled), submissions", load.lag.as_ref().unwrap(), 0, "", None);
     println!("{stage_line} (open loop only)");
-    on_server.spawn(async move { cleanup(&deps.settings, &deps.catalog, &deps.pool).await }).await.expect("cleanup");
-    if let Some(rt) = server {
-        drop_runtime(rt).await;
-    }
+    stopped.clean_up().await;
 }

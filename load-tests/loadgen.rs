@@ -3,6 +3,7 @@
 //! `cargo run --release --example loadgen -- ingress [--secs 10] [--conns 1,16,64] [--batch 100] [--rounds 3] [--process target/release/devcycle]`
 //! `cargo run --release --example loadgen -- pipeline [--tasks 20000]`
 //! `cargo run --release --example loadgen -- e2e [--secs 20] [--conns 64]`
+//! `cargo run --release --example loadgen -- spike [--rate 167] [--factor 5] [--base-secs 60] [--spike-secs 600]`
 //! `cargo run --release --example loadgen -- sleep [--tasks 1200] [--ms 3000] [--process target/release/devcycle]`
 //! `cargo run --release --example loadgen -- scaling [--tasks 20000] [--processors 1,2,4] [--partitions 8]`
 //!
@@ -17,6 +18,7 @@ mod pipeline;
 mod scaling;
 mod separate;
 mod sleep;
+mod spike;
 
 use clap::{Parser, Subcommand};
 
@@ -87,6 +89,28 @@ enum Cmd {
         #[arg(long)]
         shared_runtime: bool,
     },
+    /// The spec's spike test on Mode::All: the normal rate, `factor` times it for `spike-secs`,
+    /// the normal rate again; per phase submission, end-to-end and /health latency.
+    Spike {
+        /// The normal offered rate (submissions/s); the spec's 10,000 messages/minute.
+        #[arg(long, default_value_t = 167.0)]
+        rate: f64,
+        /// The spike's rate as a multiple of the normal one.
+        #[arg(long, default_value_t = 5.0)]
+        factor: f64,
+        /// Seconds at the normal rate before and after the spike.
+        #[arg(long, default_value_t = 60)]
+        base_secs: u64,
+        /// Seconds of the spike (the spec's 10 minutes).
+        #[arg(long, default_value_t = 600)]
+        spike_secs: u64,
+        /// Connections of the open-loop generator.
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        /// Give up waiting for results after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
     /// Pre-loaded sleep-agent tasks through one agent-executor: peak concurrent executions.
     Sleep {
         #[arg(long, default_value_t = 1200)]
@@ -130,6 +154,9 @@ async fn main() {
         Cmd::E2e { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs, shared_runtime } => {
             let a = e2e::Args { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs, shared_runtime };
             e2e::run(a).await
+        }
+        Cmd::Spike { rate, factor, base_secs, spike_secs, conns, timeout_secs } => {
+            spike::run(spike::Args { rate, factor, base_secs, spike_secs, conns, timeout_secs }).await
         }
         Cmd::Sleep { tasks, ms, timeout_secs, process } => sleep::run(tasks, ms, timeout_secs, process).await,
         Cmd::Scaling { tasks, processors, partitions, timeout_secs } => {
