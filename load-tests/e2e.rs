@@ -6,10 +6,12 @@
 //! on the API port.
 
 use crate::common::*;
+use crate::separate::Separate;
 use devcycle::app::{self, Deps, Mode};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,13 +72,19 @@ pub struct AllInOne {
     on_server: tokio::runtime::Handle,
     server: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<()>,
+    /// In this process: the app's task; as a process of its own: the child.
+    running: Running,
+}
+
+enum Running {
+    Here(tokio::task::JoinHandle<()>),
+    Separate(Separate),
 }
 
 impl AllInOne {
-    /// Starts it on a runtime of its own (or the caller's with `shared_runtime`); `mode` names the
-    /// bench in the header line.
-    pub async fn start(mode: &str, shared_runtime: bool, wait: Duration) -> AllInOne {
+    /// Starts it on a runtime of its own (or the caller's with `shared_runtime`), or with
+    /// `process` as `BIN run`, a process of its own; `mode` names the bench in the header line.
+    pub async fn start(mode: &str, shared_runtime: bool, process: Option<&Path>, wait: Duration) -> AllInOne {
         let mut settings = bench_settings();
         let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         settings.metrics.port = free.local_addr().expect("bound").port();
@@ -87,14 +95,31 @@ impl AllInOne {
         let on_server = server.as_ref().map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
         let deps = on_server.spawn(connect(settings)).await.expect("connect");
         let shutdown = CancellationToken::new();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let handle = {
-            let (deps, shutdown) = (deps.clone(), shutdown.clone());
-            on_server.spawn(async move {
-                let _ = app::run_with(deps, Mode::All, shutdown, Some(tx)).await;
-            })
+        let (running, addr) = match process {
+            Some(bin) => {
+                let log = root().join(format!("target/loadgen-{mode}-{}.log", std::process::id()));
+                let sep = Separate::all(bin, &deps.settings, &log, probe_addr.port()).await;
+                println!(
+                    "# devcycle: `{} run` as a process of its own (pid {}, log {})",
+                    bin.display(),
+                    sep.pid(),
+                    log.display()
+                );
+                let addr = sep.addr;
+                (Running::Separate(sep), addr)
+            }
+            None => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let handle = {
+                    let (deps, shutdown) = (deps.clone(), shutdown.clone());
+                    on_server.spawn(async move {
+                        let _ = app::run_with(deps, Mode::All, shutdown, Some(tx)).await;
+                    })
+                };
+                let addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("ingress bound").unwrap();
+                (Running::Here(handle), addr)
+            }
         };
-        let addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("ingress bound").unwrap();
         let token = bench_token(&deps).await;
         let res_topic = deps.catalog.topic_name(RESULTS);
         let collector = Collector::start(&deps.settings, &res_topic, false).await;
@@ -117,7 +142,15 @@ impl AllInOne {
             warm.errors_text(),
             t.elapsed().as_secs_f64()
         );
-        AllInOne { deps, addr, probe_addr, collector, submit, expected, on_server, server, shutdown, handle }
+        AllInOne { deps, addr, probe_addr, collector, submit, expected, on_server, server, shutdown, running }
+    }
+
+    /// The pid of DevCycle's own process (`None`: it runs in this one).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.running {
+            Running::Separate(sep) => Some(sep.pid()),
+            Running::Here(_) => None,
+        }
     }
 
     /// Stops DevCycle and the reader; returns what the reader saw. Call [`AllInOne::clean_up`]
@@ -125,7 +158,13 @@ impl AllInOne {
     pub async fn stop(self) -> (HashMap<String, Seen>, Stopped) {
         self.shutdown.cancel();
         let seen = self.collector.stop().await;
-        let _ = tokio::time::timeout(Duration::from_secs(60), self.handle).await;
+        match self.running {
+            Running::Here(handle) => {
+                let _ = tokio::time::timeout(Duration::from_secs(60), handle).await;
+            }
+            // Dropping it stops the child (SIGTERM, then SIGKILL after 10 s).
+            Running::Separate(sep) => tokio::task::block_in_place(|| drop(sep)),
+        }
         (seen, Stopped { deps: self.deps, on_server: self.on_server, server: self.server })
     }
 }
@@ -154,7 +193,7 @@ impl Stopped {
 pub async fn run(a: Args) {
     let peak_resettable = reset_peak_rss();
     let wait = Duration::from_secs(a.timeout_secs);
-    let stack = AllInOne::start("e2e", a.shared_runtime, wait).await;
+    let stack = AllInOne::start("e2e", a.shared_runtime, None, wait).await;
     let (addr, probe_addr, submit) = (stack.addr, stack.probe_addr, stack.submit.clone());
     let collector = &stack.collector;
     let health = http_request(addr, "GET", "/health", None, "");

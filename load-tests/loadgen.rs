@@ -3,7 +3,7 @@
 //! `cargo run --release --example loadgen -- ingress [--secs 10] [--conns 1,16,64] [--batch 100] [--rounds 3] [--process target/release/devcycle]`
 //! `cargo run --release --example loadgen -- pipeline [--tasks 20000]`
 //! `cargo run --release --example loadgen -- e2e [--secs 20] [--conns 64]`
-//! `cargo run --release --example loadgen -- spike [--rate 167] [--factor 5] [--base-secs 60] [--spike-secs 600]`
+//! `cargo run --release --example loadgen -- spike [--rate 167] [--factor 5] [--base-secs 60] [--spike-secs 600] [--process target/release/devcycle]`
 //! `cargo run --release --example loadgen -- sleep [--tasks 1200] [--ms 3000] [--process target/release/devcycle]`
 //! `cargo run --release --example loadgen -- scaling [--tasks 20000] [--processors 1,2,4] [--partitions 8]`
 //!
@@ -110,6 +110,10 @@ enum Cmd {
         /// Give up waiting for results after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+        /// Run DevCycle as `BIN run`, a process of its own (e.g. target/release/devcycle), so
+        /// that the peak RSS is its own.
+        #[arg(long)]
+        process: Option<std::path::PathBuf>,
     },
     /// Pre-loaded sleep-agent tasks through one agent-executor: peak concurrent executions.
     Sleep {
@@ -155,8 +159,8 @@ async fn main() {
             let a = e2e::Args { secs, conns, probe_secs, probe_conns, rate, fraction, timeout_secs, shared_runtime };
             e2e::run(a).await
         }
-        Cmd::Spike { rate, factor, base_secs, spike_secs, conns, timeout_secs } => {
-            spike::run(spike::Args { rate, factor, base_secs, spike_secs, conns, timeout_secs }).await
+        Cmd::Spike { rate, factor, base_secs, spike_secs, conns, timeout_secs, process } => {
+            spike::run(spike::Args { rate, factor, base_secs, spike_secs, conns, timeout_secs, process }).await
         }
         Cmd::Sleep { tasks, ms, timeout_secs, process } => sleep::run(tasks, ms, timeout_secs, process).await,
         Cmd::Scaling { tasks, processors, partitions, timeout_secs } => {

@@ -1,5 +1,5 @@
-//! `--process BIN` (modes `ingress` and `sleep`): the component under test as a process of its
-//! own (`BIN ingress`, `BIN process agent-executor`; the release binary), so that its peak RSS is
+//! `--process BIN` (modes `ingress`, `sleep` and `spike`): the component under test as a process
+//! of its own (`BIN ingress`, `BIN process agent-executor`, `BIN run`; the release binary), so that its peak RSS is
 //! its own, not that of the generator's connections, the readers and the baselines sharing this
 //! process. It gets this run's isolated settings through
 //! `DEVCYCLE__*` variables ([`Settings::isolation_env`], and the raised limits of
@@ -24,14 +24,24 @@ impl Separate {
     /// Starts `bin ingress` on a free port of 127.0.0.1 and waits (up to 30 s) until it accepts
     /// connections.
     pub async fn ingress(bin: &Path, s: &Settings, log: &Path) -> Separate {
-        let mut sep = Separate::spawn(bin, &["ingress"], s, log);
+        Separate::listening(bin, &["ingress"], s, log, 0).await
+    }
+
+    /// Starts `bin run` (the ingress and the processors of `run.processors`) with its probes on
+    /// `metrics_port`, and waits (up to 30 s) until its ingress accepts connections.
+    pub async fn all(bin: &Path, s: &Settings, log: &Path, metrics_port: u16) -> Separate {
+        Separate::listening(bin, &["run"], s, log, metrics_port).await
+    }
+
+    async fn listening(bin: &Path, args: &[&str], s: &Settings, log: &Path, metrics_port: u16) -> Separate {
+        let mut sep = Separate::spawn(bin, args, s, log, metrics_port);
         let addr = sep.addr;
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(addr).await.is_err() {
             if let Ok(Some(status)) = sep.child.try_wait() {
-                panic!("{} ingress exited before it listened ({status}); see {}", bin.display(), log.display());
+                panic!("{} {args:?} exited before it listened ({status}); see {}", bin.display(), log.display());
             }
-            assert!(Instant::now() < deadline, "{} ingress did not listen on {addr} within 30 s", bin.display());
+            assert!(Instant::now() < deadline, "{} {args:?} did not listen on {addr} within 30 s", bin.display());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         sep
@@ -39,10 +49,10 @@ impl Separate {
 
     /// Starts `bin process <name>`.
     pub fn processor(bin: &Path, name: &str, s: &Settings, log: &Path) -> Separate {
-        Separate::spawn(bin, &["process", name], s, log)
+        Separate::spawn(bin, &["process", name], s, log, 0)
     }
 
-    fn spawn(bin: &Path, args: &[&str], s: &Settings, log: &Path) -> Separate {
+    fn spawn(bin: &Path, args: &[&str], s: &Settings, log: &Path, metrics_port: u16) -> Separate {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let never = s.rate_limits.api_per_window.to_string();
         let child = Command::new(bin)
@@ -51,7 +61,7 @@ impl Separate {
             .env("ENVIRONMENT", "test")
             .env("DEVCYCLE__HTTP__HOST", "127.0.0.1")
             .env("DEVCYCLE__HTTP__PORT", port.to_string())
-            .env("DEVCYCLE__METRICS__PORT", "0")
+            .env("DEVCYCLE__METRICS__PORT", metrics_port.to_string())
             .envs(s.isolation_env())
             .env("DEVCYCLE__DATABASE__MAX_CONNECTIONS", s.database.max_connections.to_string())
             .env("DEVCYCLE__REDIS__POOL_SIZE", s.redis.pool_size.to_string())
