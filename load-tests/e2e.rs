@@ -124,8 +124,11 @@ impl AllInOne {
         let res_topic = deps.catalog.topic_name(RESULTS);
         let collector = Collector::start(&deps.settings, &res_topic, false).await;
         let submit = http_request(addr, "POST", "/v1/tasks", Some(&token), SUBMIT_BODY);
-        let runtime =
-            if shared_runtime { "the generator's runtime (--shared-runtime)" } else { "a runtime of its own" };
+        let runtime = match (process, shared_runtime) {
+            (Some(_), _) => "a process of its own",
+            (None, true) => "the generator's runtime (--shared-runtime)",
+            (None, false) => "a runtime of its own",
+        };
         println!(
             "# {mode}: devcycle Mode::All on {addr} (ingress + agent-executor) on {runtime}, results from {res_topic}"
         );
