@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::Instant;
 
-type Consumer_ = StreamConsumer<RunnerContext>;
+type RunnerConsumer = StreamConsumer<RunnerContext>;
 
 pub(super) struct Held {
     pub offsets: Assignments,
@@ -82,7 +82,7 @@ impl Held {
     }
 
     /// Applies what the consumer's rebalance callbacks recorded since the last call.
-    pub fn apply_rebalances(&mut self, consumer: &Consumer_) {
+    pub fn apply_rebalances(&mut self, consumer: &RunnerConsumer) {
         let events = std::mem::take(&mut *consumer.context().events.lock().expect("lock"));
         for event in events {
             match event {
@@ -114,7 +114,7 @@ impl Held {
 
     /// A worker reported its record: it frees its slot; when finished, its offset counts
     /// towards its partition's checkpoint.
-    pub fn complete(&mut self, consumer: &Consumer_, done: Done) {
+    pub fn complete(&mut self, consumer: &RunnerConsumer, done: Done) {
         self.scheduler.finish(done.key.as_ref());
         self.revokes.finished(&done.tp);
         if !done.finished {
@@ -145,7 +145,7 @@ impl Held {
     /// Exactly-once: commits the open transaction (true when it committed; always true without
     /// one). An abortable failure is retried on the next tick; a fatal one (this producer was
     /// fenced) stops the processor.
-    pub async fn commit_transaction(&mut self, consumer: &Consumer_) -> Result<bool, RunnerError> {
+    pub async fn commit_transaction(&mut self, consumer: &RunnerConsumer) -> Result<bool, RunnerError> {
         let Some(t) = self.txn.as_mut() else { return Ok(true) };
         match t.commit(consumer, &self.offsets).await {
             Ok(_) => Ok(true),
@@ -163,7 +163,7 @@ impl Held {
     /// Hands over the held revokes that are ready (all of them with `all`; see
     /// [`super::revoke`]): exactly-once commits the finished records' outputs and offsets first;
     /// at-least-once has stored them, and librdkafka commits stored offsets when it unassigns.
-    pub async fn hand_over(&mut self, consumer: &Consumer_, all: bool) -> Result<(), RunnerError> {
+    pub async fn hand_over(&mut self, consumer: &RunnerConsumer, all: bool) -> Result<(), RunnerError> {
         if self.revokes.is_empty() {
             return Ok(());
         }
