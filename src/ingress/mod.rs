@@ -368,3 +368,31 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
         .emit();
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: Fn(Arc<Deps>, Request<Incoming>, SocketAddr) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    fn route_future_size<'a, F, Fut>(_: F) -> usize
+    where
+        F: Fn(&'a Ctx, Request<Incoming>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// A request in flight holds its whole `handle` future (in hyper's connection task) for as
+    /// long as it waits, e.g. for its record's acknowledgement: that future must be about the
+    /// size of a submission's own state, not of the largest route's (see `Handler::call`).
+    #[test]
+    fn a_submission_in_flight_holds_little_more_than_its_own_state() {
+        let (whole, submit) = (future_size(handle), route_future_size(tasks::submit));
+        assert!(whole <= submit + 4096, "handle's future is {whole} bytes, a submission's {submit}");
+    }
+}
