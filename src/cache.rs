@@ -146,7 +146,9 @@ impl Cache {
         if let Some(a) = self.memo.get(name) {
             return Ok(Some(a));
         }
-        let v: Option<String> = self.pool.get(self.agent_key(name)).await?;
+        // Boxed: a memo miss is rare, and the Redis command's future (~5.8 KB) would otherwise
+        // make every caller's future that much larger for the whole of its life.
+        let v: Option<String> = Box::pin(self.pool.get(self.agent_key(name))).await?;
         let agent: Option<Agent> = v.and_then(|s| serde_json::from_str(&s).ok());
         if let Some(a) = &agent {
             self.memo.put(a);

@@ -18,14 +18,16 @@ pub struct AgentWrite {
 }
 
 /// An agent for a hot path: the cache (process memo, then Redis) first, then this table,
-/// caching what it finds. A Redis outage only costs the Postgres read.
+/// caching what it finds. A Redis outage only costs the Postgres read. Caching what it read is
+/// boxed: that Redis command's future (~5.8 KB) would otherwise make every caller's future that
+/// much larger for the whole of its life (a submission waiting for its acknowledgement, for one).
 pub async fn load(pool: &PgPool, cache: &crate::cache::Cache, name: &str) -> Result<Option<Agent>, DbError> {
     if let Ok(Some(a)) = cache.get_agent(name).await {
         return Ok(Some(a));
     }
     let agent = get(pool, name).await?;
     if let Some(a) = &agent {
-        let _ = cache.put_agent(a).await;
+        let _ = Box::pin(cache.put_agent(a)).await;
     }
     Ok(agent)
 }

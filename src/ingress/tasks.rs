@@ -123,7 +123,9 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         Ok(p) => p,
         Err(e) => {
             produce.error(e.to_string());
-            let _ = deps.cache.forget_task(request.task_id).await;
+            // Boxed: the Redis command's future (~5.5 KB) would otherwise be part of every
+            // submission's future for its whole life, acknowledged or not.
+            let _ = Box::pin(deps.cache.forget_task(request.task_id)).await;
             return Err(match e {
                 ProduceError::Unavailable(k) => {
                     ApiError::Unavailable { service: "kafka", reason: k.to_string(), retry_after }
