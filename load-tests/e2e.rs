@@ -9,7 +9,7 @@ use crate::common::*;
 use crate::separate::Separate;
 use devcycle::app::{self, Deps, Mode};
 use hdrhistogram::Histogram;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -280,14 +280,12 @@ pub async fn run(a: Args) {
     let errors: u64 = load.errors.values().sum();
     let health_errors: u64 = health.errors.values().sum();
     let health_api_errors: u64 = health_api.errors.values().sum();
-    // Error statuses (0 = broken or timed-out exchange).
-    let statuses = |m: &BTreeMap<u16, u64>| m.iter().map(|(s, n)| format!(" {s}×{n}")).collect::<String>();
     println!(
         "# accepted {} ({achieved:.0}/s), submission errors {errors}{}, results missing {missing} (waited {:.1} s after the load; {got}/{expected} results in all); /health errors {health_errors}{}",
         load.ok,
-        statuses(&load.errors),
+        statuses_text(&load.errors),
         drain.as_secs_f64(),
-        statuses(&health.errors),
+        statuses_text(&health.errors),
     );
     println!("# peak RSS of the whole process (ingress + processor + generator + clients) during the open loop: {hwm:.1} MiB (resettable: {peak_resettable})");
     table(&[&["metric", "samples", "errors"][..], &LAT, &["target", "met"]].concat(), "lrrrrrrrll");

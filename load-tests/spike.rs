@@ -115,7 +115,7 @@ pub async fn run(a: Args) {
             p.rate,
             p.secs,
             p.load.ok as f64 / p.secs as f64,
-            statuses(&p.load.errors),
+            statuses_text(&p.load.errors),
             three(sub),
             three(&e2e),
             pct(hl, 0.99),
@@ -126,12 +126,4 @@ pub async fn run(a: Args) {
     }
     println!("\nspike test ({:.0}× for {} s): {}", a.factor, a.spike_secs, if all_met { "met" } else { "**not met**" });
     stopped.clean_up().await;
-}
-
-/// Refused submissions by status (0 = a broken or timed-out exchange).
-fn statuses(m: &std::collections::BTreeMap<u16, u64>) -> String {
-    if m.is_empty() {
-        return String::new();
-    }
-    format!(" ({})", m.iter().map(|(s, n)| format!("{s}×{n}")).collect::<Vec<_>>().join(", "))
 }

@@ -115,8 +115,13 @@ impl HttpRun {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
     pub fn errors_text(&self) -> String {
-        self.error_statuses.iter().map(|(s, n)| format!(" {s}×{n}")).collect()
+        statuses_text(&self.error_statuses)
     }
+}
+
+/// Non-success statuses and their counts as ` 503×2 0×1` (0 = a broken or timed-out exchange).
+pub fn statuses_text(m: &BTreeMap<u16, u64>) -> String {
+    m.iter().map(|(s, n)| format!(" {s}×{n}")).collect()
 }
 
 /// Called with a successful response's start instant and body.

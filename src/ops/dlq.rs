@@ -304,11 +304,10 @@ mod tests {
     fn a_read_that_stops_making_progress_fails_as_incomplete() {
         let mock = MockCluster::new(1).expect("mock cluster");
         mock.create_topic(TOPIC, 1, 1).expect("mock topic");
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-        let env = [("ENVIRONMENT".to_string(), "test".to_string())].into_iter().collect();
-        let mut kafka = crate::settings::Settings::load_with_env(&dir, &env).expect("settings").kafka;
-        kafka.bootstrap_servers = mock.bootstrap_servers();
-        kafka.request_timeout_ms = 2000;
+        let kafka = KafkaSettings {
+            request_timeout_ms: 2000,
+            ..crate::settings::Settings::test_kafka(mock.bootstrap_servers())
+        };
         let producer: BaseProducer = client_config(&kafka, "dlq-test").create().expect("producer");
         for value in ["a", "b", "c"] {
             producer.send(BaseRecord::<(), str>::to(TOPIC).payload(value)).expect("queued");

@@ -3,14 +3,14 @@
 //! cancelled at once, not left running beside the partition's next owner, and the partition is
 //! read again from its last commit once the member rejoins.
 
-use super::stall_tests::{kafka, mock_with, run_in_group, TOPIC};
+use super::stall_tests::{kafka, mock_with, run_in_group, wait_for, TOPIC};
 use super::{DecodeError, ProcessError, Processor, RecordMeta, RunnerHealth};
 use async_trait::async_trait;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Takes a minute per record; counts its starts, and its ends before that minute (drops).
 #[derive(Default)]
@@ -39,14 +39,6 @@ impl Processor for Minute {
         tokio::time::sleep(Duration::from_secs(60)).await;
         std::mem::forget(dropped);
         Ok(())
-    }
-}
-
-async fn wait_for(what: &str, within: Duration, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -46,12 +46,16 @@ pub(super) fn mock_with(partitions: i32) -> MockCluster<'static, DefaultProducer
 }
 
 pub(super) fn kafka(mock: &MockCluster<'static, DefaultProducerContext>) -> KafkaSettings {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
-    let env = [("ENVIRONMENT".to_string(), "test".to_string())].into_iter().collect();
-    let mut kafka = Settings::load_with_env(&dir, &env).expect("settings").kafka;
-    kafka.bootstrap_servers = mock.bootstrap_servers();
-    kafka.session_timeout_ms = 6000;
-    kafka
+    KafkaSettings { session_timeout_ms: 6000, ..Settings::test_kafka(mock.bootstrap_servers()) }
+}
+
+/// Waits (polling) until `done`, failing the test with `what` after `within`.
+pub(super) async fn wait_for(what: &str, within: Duration, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs a processor that takes (and counts) every record for at most `run`, with a stall window
@@ -237,14 +241,8 @@ async fn a_runner_dropped_while_it_holds_a_revoke_still_closes_its_consumer() {
         let (window, run) = (Duration::from_secs(60), Duration::from_secs(120));
         tokio::spawn(async move { run_in_group(&kafka, &group, window, run, health, Arc::new(Slow)).await })
     };
-    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(std::time::Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    tokio::task::block_in_place(|| wait_for("both records running", &|| health.in_flight.load(Ordering::SeqCst) == 2));
+    let within = Duration::from_secs(30);
+    wait_for("both records running", within, || health.in_flight.load(Ordering::SeqCst) == 2).await;
     // A second member joins: the runner is asked to give up one partition, whose record runs.
     let joining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let member = {
@@ -262,7 +260,7 @@ async fn a_runner_dropped_while_it_holds_a_revoke_still_closes_its_consumer() {
             }
         })
     };
-    tokio::task::block_in_place(|| wait_for("a revoke held", &|| health.revoking.load(Ordering::SeqCst) == 1));
+    wait_for("a revoke held", within, || health.revoking.load(Ordering::SeqCst) == 1).await;
     runner.abort();
     let ended = tokio::time::timeout(Duration::from_secs(20), runner).await;
     joining.store(false, Ordering::SeqCst);

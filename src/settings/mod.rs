@@ -173,6 +173,16 @@ impl Settings {
         ]
     }
 
+    /// The repository's `config/` as the `test` environment loads it, with Kafka at
+    /// `bootstrap_servers` (unit tests against librdkafka's mock cluster).
+    #[cfg(test)]
+    pub(crate) fn test_kafka(bootstrap_servers: String) -> KafkaSettings {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+        let env = [("ENVIRONMENT".to_string(), "test".to_string())].into_iter().collect();
+        let kafka = Settings::load_with_env(&dir, &env).expect("the repository's settings").kafka;
+        KafkaSettings { bootstrap_servers, ..kafka }
+    }
+
     /// Like [`Settings::load`] with an explicit environment (for tests).
     pub fn load_with_env(dir: &Path, env: &BTreeMap<String, String>) -> Result<Settings, ConfigError> {
         let mut merged = read_toml(&dir.join("default.toml"))?;
