@@ -1,15 +1,8 @@
-//! Fault injection against the real services: nothing lost, nothing done twice.
-//!
-//! Each scenario pre-loads tasks into a private request topic, runs `devcycle process
-//! agent-executor` as child processes, injures the system (SIGKILL, scaling, more partitions,
-//! broker restart, Postgres/Redis outages, poison pills), and ends with exact counts:
-//! submitted = finished, 0 lost, 0 duplicate effects in Postgres, every task id on the results
-//! topic with one single outcome.
-//!
-//! Sizes: `FAULT_TASKS` (default 600) and `FAULT_KILLS` (default 3); the long run is
-//! `scripts/faults-long` (10,000 tasks). Scenarios run one at a time (some restart services).
+//! One fault scenario's private world: its namespace, database schema, key prefix and
+//! processors directory; pre-loading tasks, spawning and killing `devcycle process` children,
+//! and the exact end-of-run checks (every task finished once, once on the results topic).
 
-mod common;
+use super::common;
 
 use devcycle::catalog::Catalog;
 use devcycle::domain::TaskRequest;
@@ -23,29 +16,29 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn env_num(name: &str, default: usize) -> usize {
+pub fn env_num(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// One scenario's private world: namespace, schema, key prefix, processors dir.
-struct World {
-    settings: Settings,
-    catalog: Catalog,
-    pool: sqlx::PgPool,
-    dir: PathBuf,
-    children: Vec<Child>,
-    spawned: usize,
-    codec: devcycle::avro::Codec,
+pub struct World {
+    pub settings: Settings,
+    pub catalog: Catalog,
+    pub pool: sqlx::PgPool,
+    pub dir: PathBuf,
+    pub children: Vec<Child>,
+    pub spawned: usize,
+    pub codec: devcycle::avro::Codec,
 }
 
 impl World {
-    async fn new(name: &str, concurrency: usize) -> World {
+    pub async fn new(name: &str, concurrency: usize) -> World {
         Self::with_guarantee(name, concurrency, "at_least_once").await
     }
 
-    async fn with_guarantee(name: &str, concurrency: usize, guarantee: &str) -> World {
+    pub async fn with_guarantee(name: &str, concurrency: usize, guarantee: &str) -> World {
         let mut settings = common::test_settings();
         settings.kafka.session_timeout_ms = 6000;
         let dir = common::root().join("target").join("faults").join(format!("{name}-{}", &settings.database.schema));
@@ -70,11 +63,11 @@ impl World {
         World { pool: deps.pool.clone(), settings, catalog, dir, children: Vec::new(), spawned: 0, codec }
     }
 
-    fn topic(&self, declared: &str) -> String {
+    pub fn topic(&self, declared: &str) -> String {
         self.catalog.topic_name(declared)
     }
 
-    fn command(&self, args: &[&str], log: &Path) -> Command {
+    pub fn command(&self, args: &[&str], log: &Path) -> Command {
         let s = &self.settings;
         let mut c = Command::new(env!("CARGO_BIN_EXE_devcycle"));
         c.args(args)
@@ -91,7 +84,7 @@ impl World {
     }
 
     /// Starts one more processor process.
-    fn spawn_processor(&mut self) {
+    pub fn spawn_processor(&mut self) {
         self.spawned += 1;
         let log = self.dir.join(format!("processor-{}.log", self.spawned));
         let child = self.command(&["process", "agent-executor"], &log).spawn().expect("spawn processor");
@@ -99,7 +92,7 @@ impl World {
     }
 
     /// Restarts processors that exited on their own, as a supervisor (Kubernetes) would.
-    fn restart_exited(&mut self) {
+    pub fn restart_exited(&mut self) {
         let mut exited = 0;
         self.children.retain_mut(|c| match c.try_wait() {
             Ok(Some(status)) => {
@@ -114,7 +107,7 @@ impl World {
         }
     }
 
-    fn kill_one(&mut self, signal: i32) {
+    pub fn kill_one(&mut self, signal: i32) {
         if let Some(mut c) = self.children.pop() {
             unsafe { libc::kill(c.id() as i32, signal) };
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -132,7 +125,7 @@ impl World {
     }
 
     /// Produces `n` sleep-agent tasks (`ms` each) straight to the request topic.
-    async fn preload(&self, n: usize, ms: u64) -> Vec<Uuid> {
+    pub async fn preload(&self, n: usize, ms: u64) -> Vec<Uuid> {
         let producer: FutureProducer = devcycle::kafka::client_config(&self.settings.kafka, "faults-loader")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
@@ -161,7 +154,7 @@ impl World {
         ids
     }
 
-    async fn finished(&self) -> i64 {
+    pub async fn finished(&self) -> i64 {
         let r: Result<(i64,), _> =
             sqlx::query_as("SELECT count(*) FROM tasks WHERE status IN ('succeeded','failed','dead_lettered')")
                 .fetch_one(&self.pool)
@@ -169,7 +162,7 @@ impl World {
         r.map(|r| r.0).unwrap_or(-1)
     }
 
-    async fn wait_finished(&mut self, n: usize, within: Duration) {
+    pub async fn wait_finished(&mut self, n: usize, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             self.restart_exited();
@@ -187,7 +180,7 @@ impl World {
     /// The exact-count verdict: every task finished once, its result on the topic, one outcome.
     /// The last lines of each processor log other than per-task lines, for a failure message
     /// (CI keeps the test output, not the files).
-    fn log_tails(&self) -> String {
+    pub fn log_tails(&self) -> String {
         let mut out = String::new();
         for i in 1..=self.spawned {
             let text = std::fs::read_to_string(self.dir.join(format!("processor-{i}.log"))).unwrap_or_default();
@@ -201,7 +194,7 @@ impl World {
         out
     }
 
-    async fn verify(&self, ids: &[Uuid]) {
+    pub async fn verify(&self, ids: &[Uuid]) {
         let n = ids.len() as i64;
         let (rows, succeeded): (i64, i64) =
             sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status = 'succeeded') FROM tasks")
@@ -235,7 +228,7 @@ impl World {
     }
 
     /// Exactly-once: every task's result is on the results topic exactly once (read_committed).
-    async fn verify_exactly_once(&self, ids: &[Uuid]) {
+    pub async fn verify_exactly_once(&self, ids: &[Uuid]) {
         let consumer = common::reader(&self.settings, &self.topic("devcycle.task-results"));
         let mut counts: BTreeMap<Uuid, usize> = BTreeMap::new();
         let mut read = 0usize;
@@ -267,7 +260,7 @@ impl World {
         );
     }
 
-    fn stop_all(&mut self) {
+    pub fn stop_all(&mut self) {
         while !self.children.is_empty() {
             self.kill_one(libc::SIGTERM);
         }
@@ -281,172 +274,4 @@ impl Drop for World {
             let _ = c.wait();
         }
     }
-}
-
-fn services(args: &[&str]) {
-    let status = Command::new(common::root().join("scripts/services")).args(args).status().expect("scripts/services");
-    assert!(status.success(), "scripts/services {args:?} failed");
-}
-
-fn tasks() -> usize {
-    env_num("FAULT_TASKS", 600)
-}
-
-/// Per-task sleep so that `tasks()` tasks on 8 slots take about `seconds` of work: long
-/// enough that the faults land while tasks are still being processed.
-fn sleep_ms(seconds: u64) -> u64 {
-    (seconds * 1000 * 8 / tasks() as u64).max(2)
-}
-
-/// Asserts the run is still in progress when a fault is injected (else it proves nothing).
-async fn assert_mid_run(w: &World, n: usize) {
-    let done = w.finished().await;
-    assert!(done < n as i64, "all {n} tasks finished before the fault was injected; raise the per-task time");
-}
-
-/// The shape of most scenarios: one processor starts on `n` pre-loaded tasks that take about
-/// `seconds` in all, `fault` is injected while they run, then every task must have finished
-/// exactly once. Returns the world and the task ids for further checks.
-async fn scenario(mut w: World, seconds: u64, fault: impl AsyncFnOnce(&mut World, usize)) -> (World, Vec<Uuid>) {
-    let n = tasks();
-    let ids = w.preload(n, sleep_ms(seconds)).await;
-    w.spawn_processor();
-    fault(&mut w, n).await;
-    w.wait_finished(n, Duration::from_secs(300)).await;
-    w.stop_all();
-    w.verify(&ids).await;
-    (w, ids)
-}
-
-/// SIGKILLs a processor `kills` times, 2.5 s apart, starting a new one each time.
-async fn kill_repeatedly(w: &mut World, n: usize, kills: usize) {
-    for _ in 0..kills {
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert_mid_run(w, n).await;
-        w.kill_one(libc::SIGKILL);
-        w.spawn_processor();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_repeatedly_loses_nothing_and_repeats_nothing() {
-    let _serial = SERIAL.lock().await;
-    let kills = env_num("FAULT_KILLS", 3);
-    let w = World::new("sigkill", 8).await;
-    scenario(w, 4 * kills as u64 + 6, async |w, n| kill_repeatedly(w, n, kills).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scaling_from_one_to_three_and_back() {
-    let _serial = SERIAL.lock().await;
-    scenario(World::new("scale", 8).await, 16, async |w, n| {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        w.spawn_processor();
-        w.spawn_processor();
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        assert_mid_run(w, n).await;
-        w.kill_one(libc::SIGTERM);
-        w.kill_one(libc::SIGTERM);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raising_partitions_mid_run_is_picked_up() {
-    let _serial = SERIAL.lock().await;
-    let mut w = World::new("partitions", 8).await;
-    let n = tasks();
-    let mut ids = w.preload(n / 2, sleep_ms(12)).await;
-    w.spawn_processor();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_mid_run(&w, n / 2).await;
-    // Edit the declaration and apply it with the CLI, as an operator would.
-    let decl = w.dir.join("topics/devcycle.task-requests.toml");
-    let text = std::fs::read_to_string(&decl).unwrap().replace("partitions = 6", "partitions = 9");
-    std::fs::write(&decl, text).unwrap();
-    let out = w.command(&["topics", "apply"], &w.dir.join("apply.log")).output().unwrap();
-    assert!(out.status.success());
-    let printed = std::fs::read_to_string(w.dir.join("apply.log")).unwrap();
-    assert!(printed.contains("partitions 6 -> 9"), "{printed}");
-    ids.extend(w.preload(n - n / 2, sleep_ms(4)).await);
-    w.wait_finished(n, Duration::from_secs(300)).await;
-    // The new partitions really carried tasks.
-    let (high,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM tasks WHERE source_partition >= 6").fetch_one(&w.pool).await.unwrap();
-    assert!(high > 0, "no task came from the new partitions");
-    w.stop_all();
-    w.verify(&ids).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_mid_run() {
-    let _serial = SERIAL.lock().await;
-    scenario(World::new("broker", 8).await, 16, async |w, n| {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_mid_run(w, n).await;
-        services(&["restart", "kafka"]);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_then_redis_outage_mid_run() {
-    let _serial = SERIAL.lock().await;
-    scenario(World::new("outage", 8).await, 20, async |w, n| {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_mid_run(w, n).await;
-        services(&["down", "postgres"]);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        services(&["up", "postgres"]);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_mid_run(w, n).await;
-        services(&["down", "redis"]);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        services(&["up", "redis"]);
-        // The processor survived both outages: still the same process.
-        assert!(w.children[0].try_wait().unwrap().is_none(), "processor exited during the outage");
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_pills_interleaved_with_good_records() {
-    let _serial = SERIAL.lock().await;
-    let mut w = World::new("poison", 8).await;
-    let n = tasks();
-    let topic = w.topic("devcycle.task-requests");
-    let producer: FutureProducer = devcycle::kafka::client_config(&w.settings.kafka, "poison").create().unwrap();
-    let mut ids = Vec::new();
-    let mut poisons = 0;
-    for round in 0..10 {
-        ids.extend(w.preload(n / 10, 5).await);
-        for (i, bytes) in [&b"garbage"[..], &[0, 0, 0, 0x7f, 0x11, 1][..], &[0u8][..]].iter().enumerate() {
-            let key = format!("poison-{round}-{i}");
-            producer.send(FutureRecord::to(&topic).key(&key).payload(*bytes), Duration::from_secs(10)).await.unwrap();
-            poisons += 1;
-        }
-    }
-    w.spawn_processor();
-    w.wait_finished(ids.len(), Duration::from_secs(300)).await;
-    // Every poison pill is on the dead-letter topic.
-    let consumer = common::reader(&w.settings, &w.topic("devcycle.dead-letters"));
-    let mut seen = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.len() < poisons {
-        assert!(Instant::now() < deadline, "{} of {poisons} poison pills dead-lettered", seen.len());
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else { continue };
-        seen.insert(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
-    }
-    assert_eq!(seen.len(), poisons);
-    w.stop_all();
-    w.verify(&ids).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_mode_publishes_each_result_once_despite_sigkill() {
-    let _serial = SERIAL.lock().await;
-    let kills = env_num("FAULT_KILLS", 3);
-    let w = World::with_guarantee("eos", 8, "exactly_once").await;
-    let (w, ids) = scenario(w, 4 * kills as u64 + 6, async |w, n| kill_repeatedly(w, n, kills).await).await;
-    w.verify_exactly_once(&ids).await;
 }
