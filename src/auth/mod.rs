@@ -291,33 +291,7 @@ pub fn otpauth_url(issuer: &str, email: &str, secret: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc6238_vector() {
-        // RFC 6238 appendix B, SHA1, secret "12345678901234567890", 8 digits 94287082 at t=59.
-        let secret = base32_encode(b"12345678901234567890");
-        assert_eq!(totp_code(&secret, 59).unwrap(), "287082");
-        assert_eq!(base32_decode(&secret).unwrap(), b"12345678901234567890");
-    }
-
-    #[test]
-    fn password_policy() {
-        assert!(check_password_policy("Short1!", 12).is_err());
-        assert!(check_password_policy("NoDigitsHere!!", 12).is_err());
-        assert!(check_password_policy("nouppercase1!", 12).is_err());
-        assert!(check_password_policy("NoSpecial1234", 12).is_err());
-        assert!(check_password_policy("Good-Passw0rd!", 12).is_ok());
-    }
-
-    #[test]
-    fn roles() {
-        assert_eq!(role_permissions("viewer").unwrap(), vec!["agent:read", "task:read"]);
-        assert!(role_permissions("admin").unwrap().contains(&"task:read:all".to_string()));
-        assert!(role_permissions("root").is_none());
-    }
-}
+mod tests;
 
 /// Why a user could not be created or a password not set.
 #[derive(Debug, thiserror::Error)]

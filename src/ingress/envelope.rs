@@ -208,3 +208,116 @@ impl From<crate::cache::CacheError> for ApiError {
         ApiError::Unavailable { service: "redis", reason: e.to_string(), retry_after: 5 }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::ratelimit::Decision;
+    use http_body_util::BodyExt;
+
+    async fn body(r: HttpResponse) -> Value {
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn header<'a>(r: &'a HttpResponse, name: &str) -> Option<&'a str> {
+        r.headers().get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Every error maps to its own status and code, in the spec's error envelope, with the
+    /// request id and a millisecond UTC timestamp.
+    #[tokio::test]
+    async fn every_error_has_its_status_code_and_the_error_envelope() {
+        let d = Decision { allowed: false, limit: 100, remaining: 0, reset_secs: 42 };
+        let cases = [
+            (ApiError::MalformedJson("eof".into()), 400, "MALFORMED_JSON"),
+            (ApiError::validation("agent", "required"), 422, "VALIDATION_ERROR"),
+            (ApiError::Unauthorized("no token".into()), 401, "UNAUTHORIZED"),
+            (ApiError::Forbidden("not yours".into()), 403, "FORBIDDEN"),
+            (ApiError::RateLimited(d), 429, "RATE_LIMITED"),
+            (ApiError::QuotaExceeded { unit: "records", decision: d }, 429, "RATE_LIMITED"),
+            (ApiError::NotFound("task".into()), 404, "NOT_FOUND"),
+            (ApiError::MethodNotAllowed { method: "PUT".into(), allow: "GET, POST".into() }, 405, "METHOD_NOT_ALLOWED"),
+            (ApiError::PayloadTooLarge { limit: 1024 }, 413, "PAYLOAD_TOO_LARGE"),
+            (ApiError::UnsupportedMediaType("text/plain".into()), 415, "UNSUPPORTED_MEDIA_TYPE"),
+            (ApiError::Conflict("exists".into()), 409, "CONFLICT"),
+            (
+                ApiError::Unavailable { service: "kafka", reason: "down".into(), retry_after: 7 },
+                503,
+                "SERVICE_UNAVAILABLE",
+            ),
+            (ApiError::Internal("pool closed".into()), 500, "INTERNAL_ERROR"),
+        ];
+        for (err, status, code) in cases {
+            let message = err.to_string();
+            let r = err.into_response("req-1");
+            assert_eq!(r.status().as_u16(), status, "{code}");
+            assert_eq!(header(&r, "content-type"), Some("application/json"));
+            let b = body(r).await;
+            assert_eq!(b["success"], false, "{b}");
+            assert_eq!(b["error"], code, "{b}");
+            assert_eq!(b["request_id"], "req-1", "{b}");
+            assert!(b["details"].is_object(), "{b}");
+            let ts = b["timestamp"].as_str().unwrap();
+            assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z') && ts.len() == 24, "{ts}");
+            if code != "INTERNAL_ERROR" {
+                assert_eq!(b["message"], message, "{b}");
+            }
+        }
+    }
+
+    /// An internal error's cause (which may name hosts, queries or paths) stays in the log.
+    #[tokio::test]
+    async fn an_internal_error_does_not_show_its_cause() {
+        let b = body(ApiError::Internal("password authentication failed for user devcycle".into()).into_response("r"))
+            .await;
+        assert_eq!(b["message"], "internal error");
+        assert!(!b.to_string().contains("password"), "{b}");
+        assert_eq!(b["details"], json!({}));
+    }
+
+    /// The headers a client acts on: Allow, Retry-After, WWW-Authenticate and RateLimit-*.
+    #[tokio::test]
+    async fn errors_carry_the_headers_a_client_acts_on() {
+        let r = ApiError::MethodNotAllowed { method: "PUT".into(), allow: "GET, POST".into() }.into_response("r");
+        assert_eq!(header(&r, "allow"), Some("GET, POST"));
+        assert_eq!(body(r).await["details"], json!({"allow": "GET, POST"}));
+
+        let r = ApiError::Unavailable { service: "redis", reason: "refused".into(), retry_after: 5 }.into_response("r");
+        assert_eq!(header(&r, "retry-after"), Some("5"));
+        assert_eq!(body(r).await["details"], json!({"service": "redis", "retry_after_seconds": 5}));
+
+        let r = ApiError::Unauthorized("expired".into()).into_response("r");
+        assert_eq!(header(&r, "www-authenticate"), Some("Bearer realm=\"devcycle\""));
+
+        let d = Decision { allowed: false, limit: 60, remaining: 0, reset_secs: 17 };
+        let r = ApiError::QuotaExceeded { unit: "bytes", decision: d }.into_response("r");
+        assert_eq!(
+            ["retry-after", "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"].map(|h| header(&r, h)),
+            [Some("17"), Some("60"), Some("0"), Some("17")]
+        );
+        assert_eq!(body(r).await["details"], json!({"limit": 60, "unit": "bytes/s", "retry_after_seconds": 17}));
+
+        let r = ApiError::PayloadTooLarge { limit: 1024 }.into_response("r");
+        assert_eq!(header(&r, "retry-after"), None);
+        assert_eq!(body(r).await["details"], json!({"limit_bytes": 1024}));
+    }
+
+    #[tokio::test]
+    async fn success_envelopes_hold_the_data_and_the_request_id() {
+        let r = ok(StatusCode::ACCEPTED, json!({"task_id": "t"}), "queued", "req-9");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let b = body(r).await;
+        assert_eq!(
+            (&b["success"], &b["data"], &b["message"], &b["request_id"]),
+            (&json!(true), &json!({"task_id": "t"}), &json!("queued"), &json!("req-9"))
+        );
+        let stored = br#"{"success":true}"#;
+        let r = raw_json(StatusCode::OK, &stored[..]);
+        assert_eq!(
+            r.into_body().collect().await.unwrap().to_bytes(),
+            &stored[..],
+            "a stored answer is replayed byte for byte"
+        );
+    }
+}
