@@ -14,6 +14,7 @@ use std::io::{IsTerminal, Write};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -34,12 +35,21 @@ pub fn init(settings: &Settings) {
     let _ = if text {
         registry.with(tracing_subscriber::fmt::layer().with_target(true)).try_init()
     } else {
-        registry.with(JsonLayer).try_init()
+        registry.with(JsonLayer::stdout()).try_init()
     };
 }
 
-/// Emits one JSON object per event on stdout in the spec's log format.
-pub struct JsonLayer;
+/// Emits one JSON object per event, in the spec's log format, to its writer (stdout in
+/// production), each line in one write.
+pub struct JsonLayer<W = fn() -> std::io::Stdout> {
+    writer: W,
+}
+
+impl JsonLayer {
+    pub fn stdout() -> Self {
+        JsonLayer { writer: std::io::stdout }
+    }
+}
 
 #[derive(Default)]
 struct SpanFields(Map<String, Value>);
@@ -70,9 +80,10 @@ impl Visit for JsonVisitor<'_> {
     }
 }
 
-impl<S> Layer<S> for JsonLayer
+impl<S, W> Layer<S> for JsonLayer<W>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut fields = SpanFields::default();
@@ -102,8 +113,7 @@ where
         }
         event.record(&mut JsonVisitor(&mut fields));
         let line = format_line(event.metadata().level().as_str(), event.metadata().target(), fields);
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(line.as_bytes());
+        let _ = self.writer.make_writer().write_all(line.as_bytes());
     }
 }
 
@@ -147,5 +157,75 @@ mod tests {
         assert_eq!(keys, ["timestamp", "level", "logger", "message", "user_id", "request_id", "duration_ms", "extra"]);
         let ts = v["timestamp"].as_str().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z') && ts.len() == 24);
+    }
+
+    /// A shared buffer the layer writes to in place of stdout.
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("publishing the result failed")]
+    struct Outer(#[source] std::io::Error);
+
+    /// What the layer adds to `format_line`: the fields of every enclosing span (a request
+    /// span's `request_id`, a `user_id` recorded later), typed values, and an error's causes.
+    #[test]
+    fn events_carry_their_spans_fields_typed_values_and_error_causes() {
+        let buf = Buf::default();
+        let subscriber = tracing_subscriber::registry().with(JsonLayer { writer: buf.clone() });
+        tracing::subscriber::with_default(subscriber, || {
+            let request = tracing::info_span!("request", request_id = "req_1", user_id = tracing::field::Empty);
+            let _r = request.enter();
+            request.record("user_id", "user_9");
+            let step = tracing::info_span!("step", attempt = 2u64, request_id = "req_2");
+            let _s = step.enter();
+            let err = Outer(std::io::Error::other("broker down"));
+            tracing::warn!(
+                duration_ms = 12.5,
+                ok = true,
+                delta = -3i64,
+                error = &err as &(dyn std::error::Error + 'static),
+                "step failed"
+            );
+            drop(_s);
+            drop(_r);
+            tracing::info!("outside");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let v = &lines[0];
+        assert_eq!(
+            (&v["level"], &v["logger"], &v["message"]),
+            (&"WARN".into(), &"devcycle.telemetry.tests".into(), &"step failed".into())
+        );
+        assert_eq!(v["user_id"], "user_9", "recorded on the span after it was created");
+        assert_eq!(v["request_id"], "req_2", "the innermost span's value wins");
+        assert_eq!(
+            (&v["duration_ms"], &v["attempt"], &v["ok"], &v["delta"]),
+            (&12.5.into(), &2.into(), &true.into(), &(-3).into())
+        );
+        assert_eq!(v["error"], "publishing the result failed: broker down");
+        let keys: Vec<&str> = v.as_object().unwrap().keys().take(7).map(|s| s.as_str()).collect();
+        assert_eq!(keys, ["timestamp", "level", "logger", "message", "user_id", "request_id", "duration_ms"]);
+        assert_eq!(lines[1]["message"], "outside");
+        assert!(lines[1].get("request_id").is_none(), "no span, no request id: {}", lines[1]);
     }
 }
