@@ -1,0 +1,123 @@
+//! The operator's command line, run as the built binary against the real services on a
+//! namespace, database schema and key prefix of its own: a first deployment (migrate, topics
+//! apply, schemas apply, users create, each idempotent where it says so), the read-only views
+//! (status, lag, dlq list), `config` with its secrets redacted, and a refused configuration's
+//! exit status.
+
+mod common;
+
+use devcycle::settings::Settings;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Runs `devcycle args…` with `settings`' isolation and `envs`; returns its exit code, stdout
+/// and stderr. Bounded: a command that does not end within 120 s fails the test.
+async fn devcycle(settings: &Settings, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_devcycle"));
+    c.args(args)
+        .current_dir(common::root())
+        .env("ENVIRONMENT", "test")
+        .env("LOG_LEVEL", "warn")
+        .envs(settings.isolation_env())
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), c.output())
+        .await
+        .unwrap_or_else(|_| panic!("devcycle {args:?} did not end within 120 s"))
+        .expect("run devcycle");
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_deployment_then_the_views_on_a_fresh_namespace() {
+    let s = common::test_settings();
+    let schema = s.database.schema.clone();
+    let requests = format!("{}devcycle.task-requests", s.kafka.namespace);
+
+    let (code, out, err) = devcycle(&s, &["migrate"], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), format!("migrations applied (schema {schema})"));
+    let pool = devcycle::db::connect(&s.database).await.unwrap();
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = $1")
+        .bind(&schema)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(tables >= 5, "{tables} tables in {schema}");
+    assert_eq!(devcycle(&s, &["migrate"], &[]).await.0, 0, "migrating again changes nothing and succeeds");
+
+    let (code, out, err) = devcycle(&s, &["topics", "apply"], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.lines().any(|l| l.starts_with(&format!("created {requests} ("))), "{out}");
+    let (code, again, _) = devcycle(&s, &["topics", "apply"], &[]).await;
+    assert_eq!((code, again.lines().next()), (0, Some("topics: no changes")), "{again}");
+
+    let (code, out, err) = devcycle(&s, &["schemas", "apply"], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let subject = format!("{requests}-value");
+    assert!(out.lines().any(|l| l.starts_with(&format!("{subject} registered (id "))), "{out}");
+    let (code, again, _) = devcycle(&s, &["schemas", "apply"], &[]).await;
+    assert_eq!(code, 0, "{again}");
+    assert!(!again.is_empty() && again.lines().all(|l| l.contains(" unchanged (id ")), "{again}");
+
+    let email = format!("ops-{}@example.test", uuid::Uuid::new_v4().simple());
+    let create = ["users", "create", "--email", &email, "--role", "viewer"];
+    let (code, out, err) = devcycle(&s, &create, &[("DEVCYCLE_PASSWORD", common::PASSWORD)]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("user ") && out.contains(&format!("created ({email}, role viewer)")), "{out}");
+    let role: String =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT role FROM {schema}.users WHERE email = $1")))
+            .bind(&email)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(role, "viewer");
+    let (code, out, err) = devcycle(&s, &create, &[("DEVCYCLE_PASSWORD", common::PASSWORD)]).await;
+    assert_ne!(code, 0, "the same email twice: {out}");
+    assert!(err.contains("already exists"), "{err}");
+    let weak = ["users", "create", "--email", "weak@example.test"];
+    let (code, _, err) = devcycle(&s, &weak, &[("DEVCYCLE_PASSWORD", "short")]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("password"), "{err}");
+
+    let (code, out, err) = devcycle(&s, &["status"], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("services: postgres ok | redis ok | schema registry ok\n"), "{out}");
+    assert!(out.contains(&requests), "{out}");
+    let (code, out, err) = devcycle(&s, &["lag"], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = devcycle(&s, &["dlq", "list"], &[]).await;
+    assert_eq!((code, out.trim()), (0, "0 dead letter(s)"), "{err}");
+    pool.close().await;
+}
+
+/// `config` prints the effective settings with every secret hidden: the signing key, and the
+/// password inside the database URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_prints_the_settings_without_their_secrets() {
+    let s = common::test_settings();
+    let key = format!("cli-test-signing-key-{}", uuid::Uuid::new_v4().simple());
+    let url = "postgres://devcycle:pg-Pa55word-in-url@127.0.0.1:5432/devcycle";
+    let (code, out, err) = devcycle(&s, &["config"], &[("SECRET_KEY", &key), ("DATABASE_URL", url)]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let shown: toml::Value = toml::from_str(&out).expect("config prints TOML");
+    assert_eq!(shown["database"]["schema"].as_str(), Some(s.database.schema.as_str()));
+    assert!(shown["database"]["url"].as_str().unwrap().starts_with("postgres://devcycle:"), "{out}");
+    for secret in [key.as_str(), "pg-Pa55word-in-url"] {
+        assert!(!out.contains(secret) && !err.contains(secret), "printed a secret: {out}{err}");
+    }
+    assert!(out.contains("[redacted]"), "{out}");
+}
+
+/// A configuration the loader refuses ends the process with status 2 and says why, before
+/// connecting to anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_configuration_exits_with_status_2_and_says_why() {
+    let s = common::test_settings();
+    let (code, out, err) = devcycle(&s, &["config"], &[("DEVCYCLE__HTTP__PORT", "eighty")]).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.starts_with("devcycle: configuration refused:"), "{err}");
+    assert!(out.is_empty(), "{out}");
+}
