@@ -2,7 +2,9 @@
 //! [`AgentMemo`], so hot paths do not ask Redis for the same agent on every task).
 //!
 //! Invariants: every key starts with the configured prefix (tests get one each) and has a TTL
-//! (task status: `task_status_ttl_secs`; agents: the spec's 30 minutes); Redis is a cache of
+//! (task status: `task_status_ttl_secs`, and the shorter `task_final_status_ttl_secs` once the
+//! task is final, so Redis's memory follows the task rate, not a day of history; agents: the
+//! spec's 30 minutes); Redis is a cache of
 //! Postgres, never the only copy of anything, so a lost key only costs a Postgres read. Every
 //! command is bounded by `timeout_ms` so an unavailable Redis fails fast.
 
@@ -17,34 +19,49 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Sets the field/value pairs ARGV[2..] on hash KEYS[1] (one HSET) and its TTL to ARGV[1]
-/// seconds, unless that would take a final status back to one that is not: a late `running`
-/// or `retrying` never hides a task's end (returns 0 then). The final statuses must match
+/// The Lua table of final statuses, and `expire`, which gives a task's hash the TTL its status
+/// calls for: ARGV[2] seconds once final, ARGV[1] before. It must match
 /// TaskStatus::is_terminal (a unit test compares them).
-static SET_FIELDS: Script = Script::new(
+macro_rules! status_lua {
+    ($body:literal) => {
+        concat!(
+            "local final = { succeeded = true, failed = true, dead_lettered = true, cancelled = true, expired = true }\n",
+            "local function expire()\n",
+            "  local now = redis.call('HGET', KEYS[1], 'status')\n",
+            "  redis.call('EXPIRE', KEYS[1], (now and final[now]) and ARGV[2] or ARGV[1])\n",
+            "end\n",
+            $body
+        )
+    };
+}
+
+/// Sets the field/value pairs ARGV[3..] on hash KEYS[1] (one HSET) and sets its TTL by the
+/// status it then holds, unless that would take a final status back to one that is not: a late
+/// `running` or `retrying` never hides a task's end (returns 0 then).
+static SET_FIELDS: Script = Script::new(status_lua!(
     r#"
-local final = { succeeded = true, failed = true, dead_lettered = true, cancelled = true, expired = true }
 local new
-for i = 2, #ARGV, 2 do if ARGV[i] == 'status' then new = ARGV[i + 1] end end
+for i = 3, #ARGV, 2 do if ARGV[i] == 'status' then new = ARGV[i + 1] end end
 if new and not final[new] then
   local current = redis.call('HGET', KEYS[1], 'status')
   if current and final[current] then return 0 end
 end
-if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+expire()
 return 1
-"#,
-);
+"#
+));
 
 /// Like [`SET_FIELDS`] but only fills fields not set yet (HSETNX), so a later writer's values win
-/// whatever order the writes land in.
-static SET_ABSENT_FIELDS: Script = Script::new(
+/// whatever order the writes land in (a submission's late `queued` keeps a final status, and
+/// its shorter TTL).
+static SET_ABSENT_FIELDS: Script = Script::new(status_lua!(
     r#"
-for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+for i = 3, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+expire()
 return 1
-"#,
-);
+"#
+));
 
 #[derive(Debug, thiserror::Error)]
 #[error("redis unavailable: {0}")]
@@ -55,6 +72,7 @@ pub struct Cache {
     pool: Pool,
     prefix: String,
     status_ttl: i64,
+    final_status_ttl: i64,
     agent_ttl: i64,
     memo: Arc<AgentMemo>,
 }
@@ -80,6 +98,7 @@ impl Cache {
             pool,
             prefix: s.key_prefix.clone(),
             status_ttl: s.task_status_ttl_secs as i64,
+            final_status_ttl: s.task_final_status_ttl_secs as i64,
             agent_ttl: s.agent_cache_ttl_secs as i64,
             memo: Arc::default(),
         })
@@ -92,7 +111,8 @@ impl Cache {
         format!("{}agent:{}", self.prefix, name)
     }
 
-    /// Writes the given fields of a task's status hash and refreshes its TTL, in one round trip.
+    /// Writes the given fields of a task's status hash and sets its TTL by the status it then
+    /// holds (`task_final_status_ttl_secs` once final), in one round trip.
     pub async fn set_status(&self, id: Uuid, fields: Vec<(&str, String)>) -> Result<(), CacheError> {
         self.write_fields(&SET_FIELDS, id, fields).await
     }
@@ -119,8 +139,9 @@ impl Cache {
 
     /// Runs one of the field scripts on a task's hash: one command, one round trip.
     async fn write_fields(&self, script: &Script, id: Uuid, fields: Vec<(&str, String)>) -> Result<(), CacheError> {
-        let mut args = Vec::with_capacity(1 + fields.len() * 2);
+        let mut args = Vec::with_capacity(2 + fields.len() * 2);
         args.push(self.status_ttl.to_string());
+        args.push(self.final_status_ttl.to_string());
         for (k, v) in fields {
             args.push(k.to_string());
             args.push(v);
@@ -291,9 +312,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_status_script_knows_the_final_statuses() {
-        for s in TaskStatus::ALL {
-            assert_eq!(SET_FIELDS.lua().contains(&format!(" {s} = true")), s.is_terminal(), "{s}");
+    fn the_status_scripts_know_the_final_statuses() {
+        for script in [&SET_FIELDS, &SET_ABSENT_FIELDS] {
+            for s in TaskStatus::ALL {
+                assert_eq!(script.lua().contains(&format!(" {s} = true")), s.is_terminal(), "{s}");
+            }
         }
     }
 }

@@ -187,6 +187,48 @@ async fn the_hot_status_never_goes_back_from_a_final_state() {
     cache.forget_task(id).await.unwrap();
 }
 
+/// A task's hot status lives `task_status_ttl_secs` while it is not final and the shorter
+/// `task_final_status_ttl_secs` once it is, whichever write makes it final and whatever lands
+/// after (a submission's late `queued`, a late `running`, fields alone): Redis holds recent
+/// tasks, not a day of them (at 10,000 tasks a minute a day of hashes is ~7 GB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_hot_status_lives_for_the_final_ttl_only() {
+    use fred::interfaces::KeysInterface;
+    let mut settings = common::test_settings();
+    settings.redis.task_status_ttl_secs = 86_400;
+    settings.redis.task_final_status_ttl_secs = 900;
+    let deps = devcycle::app::Deps::connect(settings).await.unwrap();
+    let cache = &deps.cache;
+    let ttl = |id: uuid::Uuid| async move {
+        let t: i64 = cache.pool().ttl(cache.task_key(id)).await.unwrap();
+        t
+    };
+    let active = 86_000..=86_400;
+    let short = 800..=900;
+
+    let id = uuid::Uuid::new_v4();
+    cache.set_queued(id, "echo", "2026-11-27T00:00:00Z", None).await.unwrap();
+    assert!(active.contains(&ttl(id).await), "queued: {}", ttl(id).await);
+    cache.set_status(id, vec![("status", "running".into())]).await.unwrap();
+    assert!(active.contains(&ttl(id).await), "running: {}", ttl(id).await);
+    cache.set_status(id, vec![("status", "succeeded".into())]).await.unwrap();
+    assert!(short.contains(&ttl(id).await), "succeeded: {}", ttl(id).await);
+    cache.set_status(id, vec![("status", "running".into())]).await.unwrap();
+    cache.set_status(id, vec![("updated_at", "later".into())]).await.unwrap();
+    assert!(short.contains(&ttl(id).await), "after late writes: {}", ttl(id).await);
+
+    // The processor can finish a task before its submission's `queued` reaches Redis.
+    let early = uuid::Uuid::new_v4();
+    cache.set_status(early, vec![("status", "failed".into()), ("error", "boom".into())]).await.unwrap();
+    cache.set_queued(early, "echo", "2026-11-27T00:00:00Z", None).await.unwrap();
+    let hot = cache.get_status(early).await.unwrap().unwrap();
+    assert_eq!((hot["status"].as_str(), hot["agent"].as_str()), ("failed", "echo"));
+    assert!(short.contains(&ttl(early).await), "late queued: {}", ttl(early).await);
+    for id in [id, early] {
+        cache.forget_task(id).await.unwrap();
+    }
+}
+
 /// Scripts are sent by their hash; a Redis that does not hold one (restarted, failed over,
 /// `SCRIPT FLUSH`) gets its text once more, and the call still answers. Flushing is
 /// server-wide: other tests running meanwhile take the same way back.

@@ -288,6 +288,13 @@ impl Settings {
         if self.redis.pool_size == 0 {
             return Err(invalid("redis.pool_size", "must be positive"));
         }
+        let r = &self.redis;
+        if r.task_final_status_ttl_secs == 0 || r.task_final_status_ttl_secs > r.task_status_ttl_secs {
+            return Err(invalid(
+                "redis.task_final_status_ttl_secs",
+                "must be positive and at most redis.task_status_ttl_secs",
+            ));
+        }
         let t = &self.telemetry;
         let endpoint = t.otlp_endpoint.trim();
         let off_or_url = endpoint.is_empty() || endpoint.starts_with("http://") || endpoint.starts_with("https://");

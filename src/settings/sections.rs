@@ -104,7 +104,12 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub pool_size: usize,
     pub timeout_ms: u64,
+    /// How long a task's hot status lives while the task is not final (queued, running,
+    /// retrying): as long as a task may plausibly wait.
     pub task_status_ttl_secs: u64,
+    /// How long it lives once the task is final: long enough for clients polling for the end;
+    /// Postgres answers after that. This, times the task rate, is what bounds Redis's memory.
+    pub task_final_status_ttl_secs: u64,
     pub agent_cache_ttl_secs: u64,
 }
 

@@ -47,6 +47,13 @@ fn unknown_and_invalid_keys_are_named() {
     }
     let e = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__HTTP__HEADER_READ_TIMEOUT_MS", "0")])).unwrap_err();
     assert!(e.to_string().contains("http.header_read_timeout_ms"), "{e}");
+    for bad in ["0", "86401"] {
+        let e =
+            Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__REDIS__TASK_FINAL_STATUS_TTL_SECS", bad)])).unwrap_err();
+        assert!(e.to_string().contains("redis.task_final_status_ttl_secs"), "{e}");
+    }
+    let s = Settings::load_with_env(&dir(), &env(&[])).unwrap();
+    assert_eq!((s.redis.task_status_ttl_secs, s.redis.task_final_status_ttl_secs), (86_400, 900));
 }
 
 #[test]
