@@ -35,6 +35,8 @@ pub mod registry;
 pub mod runtime;
 pub mod settings;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod topics;
 
 /// An error with its causes, `outer: inner: innermost`, for one log line.

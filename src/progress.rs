@@ -230,28 +230,11 @@ pub async fn while_running<F: Future>(label: &str, work: F) -> F::Output {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Buf {
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-        }
-    }
+    use crate::test_support::SharedBuf;
 
     /// What a command counting `n` items one by one shows in `mode`.
     fn shown(label: &str, unit: &'static str, mode: Mode, n: u64) -> String {
-        let buf = Buf::default();
+        let buf = SharedBuf::default();
         let mut p = Progress::to_writer(label, unit, mode, Box::new(buf.clone()));
         p.start(Some(n));
         for _ in 0..n {
@@ -287,13 +270,13 @@ mod tests {
 
     #[test]
     fn off_and_unknown_totals() {
-        let buf = Buf::default();
+        let buf = SharedBuf::default();
         let mut p = Progress::to_writer("x", "items", Mode::Off, Box::new(buf.clone()));
         p.start(None);
         p.inc(5);
         p.finish();
         assert!(buf.text().is_empty());
-        let mut p = Progress::to_writer("dlq read", "records", Mode::Plain, Box::new(Buf::default()));
+        let mut p = Progress::to_writer("dlq read", "records", Mode::Plain, Box::new(SharedBuf::default()));
         p.start(None);
         p.inc(7);
         assert!(p.line().starts_with("dlq read: 7 records, "), "{}", p.line());

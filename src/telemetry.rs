@@ -138,6 +138,7 @@ pub fn format_line(level: &str, target: &str, mut fields: Map<String, Value>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::SharedBuf;
 
     #[test]
     fn line_has_the_spec_fields_in_order() {
@@ -159,27 +160,6 @@ mod tests {
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z') && ts.len() == 24);
     }
 
-    /// A shared buffer the layer writes to in place of stdout.
-    #[derive(Clone, Default)]
-    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buf {
-        type Writer = Buf;
-        fn make_writer(&'a self) -> Buf {
-            self.clone()
-        }
-    }
-
     #[derive(Debug, thiserror::Error)]
     #[error("publishing the result failed")]
     struct Outer(#[source] std::io::Error);
@@ -188,7 +168,7 @@ mod tests {
     /// span's `request_id`, a `user_id` recorded later), typed values, and an error's causes.
     #[test]
     fn events_carry_their_spans_fields_typed_values_and_error_causes() {
-        let buf = Buf::default();
+        let buf = SharedBuf::default();
         let subscriber = tracing_subscriber::registry().with(JsonLayer { writer: buf.clone() });
         tracing::subscriber::with_default(subscriber, || {
             let request = tracing::info_span!("request", request_id = "req_1", user_id = tracing::field::Empty);
@@ -208,7 +188,7 @@ mod tests {
             drop(_r);
             tracing::info!("outside");
         });
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let out = buf.text();
         let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2, "{out}");
         let v = &lines[0];
