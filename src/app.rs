@@ -163,6 +163,12 @@ pub async fn run_with(
             Ok(())
         });
         let (d, token) = (deps.clone(), shutdown.clone());
+        let every = Duration::from_secs(d.settings.auth.deny_list_check_secs);
+        tasks.spawn(async move {
+            ingress::deny_sync::keep(d, every, token).await;
+            Ok(())
+        });
+        let (d, token) = (deps.clone(), shutdown.clone());
         let window = ingress::producer_watch::window(Duration::from_millis(d.settings.http.produce_timeout_ms));
         tasks.spawn(async move {
             match ingress::producer_watch::watch(&d.producer, &d.settings.kafka, window, &token).await {

@@ -43,6 +43,7 @@ fn settings() -> AuthSettings {
         argon2_iterations: 1,
         argon2_parallelism: 1,
         totp_issuer: "DevCycle".into(),
+        deny_list_check_secs: 5,
     }
 }
 

@@ -124,3 +124,39 @@ impl IngressProducerStalled {
         );
     }
 }
+
+/// The access-token deny list was written again from Postgres because Redis may have lost keys:
+/// `reason` is `start`, `restart` (a new Redis run id) or `eviction` (Redis evicted keys).
+pub struct DenyListResynced {
+    pub reason: &'static str,
+    pub tokens: usize,
+}
+impl DenyListResynced {
+    pub fn emit(self) {
+        metrics().deny_list_resyncs.get_or_create(&OutcomeLabels { outcome: self.reason.into() }).inc();
+        if self.reason == "start" {
+            tracing::info!(
+                reason = self.reason,
+                tokens = self.tokens as u64,
+                "access-token deny list written from postgres"
+            );
+        } else {
+            tracing::warn!(
+                reason = self.reason,
+                tokens = self.tokens as u64,
+                "redis lost keys; access-token deny list written again from postgres"
+            );
+        }
+    }
+}
+
+/// Checking or rewriting the deny list failed; it is tried again at the next check.
+pub struct DenyListSyncFailed<'a> {
+    pub error: &'a (dyn std::error::Error + 'static),
+}
+impl DenyListSyncFailed<'_> {
+    pub fn emit(self) {
+        metrics().deny_list_resyncs.get_or_create(&OutcomeLabels { outcome: "failed".into() }).inc();
+        tracing::warn!(error = self.error, "access-token deny list check failed; retrying at the next check");
+    }
+}

@@ -92,6 +92,7 @@ pub struct Metrics {
     pub task_stage_duration: Family<StageLabels, Histogram, fn() -> Histogram>,
     pub task_batch_size: Histogram,
     pub task_batch_duration: Histogram,
+    pub deny_list_resyncs: Family<OutcomeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -134,6 +135,7 @@ pub fn metrics() -> &'static Metrics {
             task_stage_duration: Family::new_with_constructor(latency),
             task_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             task_batch_duration: latency(),
+            deny_list_resyncs: Family::default(),
             registry: Registry::default(),
         };
         r.register("http_requests", "HTTP requests by route and status", m.http_requests.clone());
@@ -168,6 +170,11 @@ pub fn metrics() -> &'static Metrics {
             "task_writer_batch_duration_seconds",
             "Time of one group commit of task transitions",
             m.task_batch_duration.clone(),
+        );
+        r.register(
+            "deny_list_resyncs",
+            "Rewrites of the access-token deny list from Postgres after Redis lost keys, by reason (start, restart, eviction) or failed",
+            m.deny_list_resyncs.clone(),
         );
         Metrics { registry: r, ..m }
     })

@@ -12,6 +12,7 @@ mod admin;
 mod agents;
 mod auth;
 mod body;
+pub mod deny_sync;
 mod envelope;
 mod health;
 mod openapi;

@@ -279,6 +279,9 @@ impl Settings {
         {
             return Err(invalid("auth", "max_sessions and token lifetimes must be positive"));
         }
+        if self.auth.deny_list_check_secs == 0 {
+            return Err(invalid("auth.deny_list_check_secs", "must be positive"));
+        }
         if self.auth.password_min_length < 8 {
             return Err(invalid("auth.password_min_length", "must be at least 8"));
         }

@@ -72,6 +72,9 @@ pub struct AuthSettings {
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
     pub totp_issuer: String,
+    /// How often the ingress checks whether Redis lost keys (a restart or evictions) and, if it
+    /// did, writes the access-token deny list again from Postgres (see `ingress::deny_sync`).
+    pub deny_list_check_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -52,8 +52,11 @@ fn unknown_and_invalid_keys_are_named() {
             Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__REDIS__TASK_FINAL_STATUS_TTL_SECS", bad)])).unwrap_err();
         assert!(e.to_string().contains("redis.task_final_status_ttl_secs"), "{e}");
     }
+    let e = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__AUTH__DENY_LIST_CHECK_SECS", "0")])).unwrap_err();
+    assert!(e.to_string().contains("auth.deny_list_check_secs"), "{e}");
     let s = Settings::load_with_env(&dir(), &env(&[])).unwrap();
     assert_eq!((s.redis.task_status_ttl_secs, s.redis.task_final_status_ttl_secs), (86_400, 900));
+    assert_eq!(s.auth.deny_list_check_secs, 5);
 }
 
 #[test]

@@ -297,6 +297,18 @@ pub async fn end_session_by_jti(pool: &PgPool, jti: &str) -> Result<Vec<RevokedA
     Ok(revoked_list(&rows))
 }
 
+/// Every revoked session's access token not yet expired (a minute of leeway, as in
+/// `auth::deny_jti`): the whole deny list, for writing it to Redis again.
+pub async fn revoked_access_live(pool: &PgPool) -> Result<Vec<RevokedAccess>, DbError> {
+    let rows = sqlx::query(
+        "SELECT access_jti, access_exp FROM sessions
+         WHERE revoked_at IS NOT NULL AND access_exp > now() - interval '60 seconds'",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(revoked_list(&rows))
+}
+
 /// Ends every session of a user (e.g. after a password change); returns the access tokens to deny.
 pub async fn end_all_sessions(pool: &PgPool, user_id: Uuid, reason: &str) -> Result<Vec<RevokedAccess>, DbError> {
     let rows = sqlx::query(

@@ -1,0 +1,136 @@
+//! Keeps the access-token deny list in Redis whole.
+//!
+//! A logged-out (or otherwise revoked) access token is refused by the Redis key that
+//! `auth::deny_jti` writes; Postgres keeps the same fact as the revoked session row. Redis can
+//! lose that key before the token expires: a restart without persistence (or with a snapshot
+//! older than the revocation), a failover, or eviction under `maxmemory` (the spec's
+//! `allkeys-lru` evicts any key, deny-list keys included). A lost key would let a revoked token
+//! through until it expires.
+//!
+//! So the ingress asks Redis every `auth.deny_list_check_secs` for its run id and its count of
+//! evicted keys (`INFO`), and writes every revoked, unexpired access token from Postgres again
+//! when the run id is new (a restart), the count moved (evictions, or a reset of Redis's stats),
+//! or at its own start.
+//!
+//! Invariants: the mark is taken before the list is read, so an eviction during a rewrite is
+//! seen at the next check; a failed check keeps the previous mark, so it is tried again; the
+//! rewrite only adds keys (idempotent; several ingress replicas may do it at once). Between a
+//! loss and the next check (at most one interval) a revoked token may pass.
+
+use crate::app::Deps;
+use crate::cache::{Cache, CacheError};
+use crate::db::{users, DbError};
+use crate::events::{DenyListResynced, DenyListSyncFailed};
+use fred::interfaces::ClientLike;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why a check failed; the next check tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum DenySyncError {
+    #[error("redis: {0}")]
+    Redis(#[from] CacheError),
+    #[error("redis INFO lacks run_id or evicted_keys")]
+    Info,
+    #[error("postgres: {0}")]
+    Db(#[from] DbError),
+}
+
+/// What tells whether Redis lost keys since the last look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub run_id: String,
+    pub evicted_keys: u64,
+}
+
+/// The mark in the text of `INFO` (sections server and stats).
+pub fn parse_info(info: &str) -> Option<Mark> {
+    let field = |name: &str| {
+        info.lines().find_map(|l| l.trim_end().strip_prefix(name).and_then(|r| r.strip_prefix(':')).map(str::to_owned))
+    };
+    Some(Mark { run_id: field("run_id")?, evicted_keys: field("evicted_keys")?.parse().ok()? })
+}
+
+/// Why the deny list must be written again, if it must: `start` (no earlier mark), `restart`
+/// (a new run id) or `eviction` (the count moved; a count gone down is a stats reset, after
+/// which evictions cannot be ruled out).
+pub fn resync_reason(last: Option<&Mark>, now: &Mark) -> Option<&'static str> {
+    match last {
+        None => Some("start"),
+        Some(l) if l.run_id != now.run_id => Some("restart"),
+        Some(l) if l.evicted_keys != now.evicted_keys => Some("eviction"),
+        Some(_) => None,
+    }
+}
+
+/// Redis's current mark.
+pub async fn mark(cache: &Cache) -> Result<Mark, DenySyncError> {
+    let info: String = cache.pool().next().info(None).await.map_err(CacheError::from)?;
+    parse_info(&info).ok_or(DenySyncError::Info)
+}
+
+/// Writes every revoked, unexpired access token of Postgres to the deny list; returns how many.
+pub async fn resync(pool: &sqlx::PgPool, cache: &Cache) -> Result<usize, DenySyncError> {
+    let revoked = users::revoked_access_live(pool).await?;
+    // Bounded fan-out: the pool's connections pipeline these.
+    for chunk in revoked.chunks(256) {
+        let writes = chunk.iter().map(|r| crate::auth::deny_jti(cache, &r.jti, r.exp.timestamp()));
+        futures::future::try_join_all(writes).await?;
+    }
+    Ok(revoked.len())
+}
+
+/// One check: the new mark, after a rewrite when one was due.
+pub async fn check(deps: &Deps, last: Option<&Mark>) -> Result<Mark, DenySyncError> {
+    let now = mark(&deps.cache).await?;
+    if let Some(reason) = resync_reason(last, &now) {
+        let tokens = resync(&deps.pool, &deps.cache).await?;
+        DenyListResynced { reason, tokens }.emit();
+    }
+    Ok(now)
+}
+
+/// Checks at start, then every `every`, until `shutdown`.
+pub async fn keep(deps: Arc<Deps>, every: Duration, shutdown: CancellationToken) {
+    let mut last: Option<Mark> = None;
+    loop {
+        match check(&deps, last.as_ref()).await {
+            Ok(now) => last = Some(now),
+            Err(e) => DenyListSyncFailed { error: &e }.emit(),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(run_id: &str, evicted_keys: u64) -> Mark {
+        Mark { run_id: run_id.into(), evicted_keys }
+    }
+
+    #[test]
+    fn the_mark_is_read_from_info() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:4f2c9a\r\ntcp_port:6379\r\n\r\n# Stats\r\n\
+                    expired_keys:12\r\nevicted_keys:3\r\nevicted_clients:0\r\n";
+        assert_eq!(parse_info(info), Some(m("4f2c9a", 3)));
+        assert_eq!(parse_info("run_id:x\nexpired_keys:1\n"), None, "no evicted_keys");
+        assert_eq!(parse_info("evicted_keys:1\n"), None, "no run_id");
+        assert_eq!(parse_info("run_id:x\nevicted_keys:many\n"), None, "not a number");
+    }
+
+    #[test]
+    fn a_rewrite_is_due_at_start_after_a_restart_and_after_evictions() {
+        assert_eq!(resync_reason(None, &m("a", 0)), Some("start"));
+        assert_eq!(resync_reason(Some(&m("a", 0)), &m("a", 0)), None);
+        assert_eq!(resync_reason(Some(&m("a", 0)), &m("b", 0)), Some("restart"));
+        assert_eq!(resync_reason(Some(&m("a", 5)), &m("b", 9)), Some("restart"));
+        assert_eq!(resync_reason(Some(&m("a", 5)), &m("a", 6)), Some("eviction"));
+        assert_eq!(resync_reason(Some(&m("a", 5)), &m("a", 0)), Some("eviction"), "stats reset");
+    }
+}

@@ -1,0 +1,146 @@
+//! A revoked access token stays refused when Redis loses its deny-list key: after a Redis
+//! restart (no persistence: every key gone) and after evictions under `maxmemory`. Each test
+//! runs its own `redis-server` on a free 127.0.0.1 port, so filling or restarting it touches no
+//! other test.
+
+use super::*;
+use fred::prelude::*;
+use std::process::{Child, Command, Stdio};
+
+/// A private Redis, killed when dropped.
+struct PrivateRedis {
+    port: u16,
+    child: Child,
+}
+
+impl PrivateRedis {
+    fn start_on(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--maxmemory", "8mb", "--maxmemory-policy", "allkeys-lru"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by scripts/services)");
+        PrivateRedis { port, child }
+    }
+
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A client of its own, once the server answers.
+    async fn client(&self) -> Client {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let client = Client::new(Config::from_url(&self.url()).unwrap(), None, None, None);
+            if client.init().await.is_ok() && client.ping::<String>(None).await.is_ok() {
+                return client;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "private redis-server on {} not answering", self.port);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills it and starts it again on the same port: every key is gone, the run id is new.
+    fn restart(mut self) -> PrivateRedis {
+        let port = self.port;
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        Self::start_on(port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An app on `redis` checking the deny list every second, and a logged-out user's token.
+async fn app_with_a_revoked_token(redis: &PrivateRedis) -> (TestApp, String) {
+    let url = redis.url();
+    let app = TestApp::spawn_with(|s| {
+        s.redis.url = devcycle::settings::Secret::new(url);
+        s.auth.deny_list_check_secs = 1;
+        s.rate_limits.enabled = false;
+    })
+    .await;
+    let (_, token) = app.user_token("developer").await;
+    let (s, b) = post_with(&app, "/v1/auth/logout", &token, &json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_refused(&app, &token).await;
+    (app, token)
+}
+
+async fn assert_refused(app: &TestApp, token: &str) {
+    let (s, _, b) = get_with(app, "/v1/agents", token).await;
+    assert_error(s, &b, 401, "UNAUTHORIZED");
+    assert_eq!(b["message"], "token revoked");
+}
+
+/// Waits (up to 10 s: ten checks) for the token to be refused as revoked again.
+async fn refused_again_within_10s(app: &TestApp, token: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, _, b) = get_with(app, "/v1/agents", token).await;
+        if s == 401 && b["message"] == "token revoked" {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the revoked token is still accepted: {s} {b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_stays_refused_after_redis_restarts_empty() {
+    let redis = PrivateRedis::start();
+    redis.client().await;
+    let (app, token) = app_with_a_revoked_token(&redis).await;
+    let redis = redis.restart();
+    let fresh = redis.client().await;
+    refused_again_within_10s(&app, &token).await;
+    let jti = payload(&token)["jti"].as_str().unwrap().to_string();
+    let key = devcycle::auth::deny_key(&app.deps.cache, &jti);
+    let ttl: i64 = fresh.ttl(&key).await.unwrap();
+    assert!(ttl > 800 && ttl <= 960 + 5, "deny key lives until the token's expiry (+60 s): {ttl}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_stays_refused_after_redis_evicts_keys() {
+    let redis = PrivateRedis::start();
+    let client = redis.client().await;
+    let (app, token) = app_with_a_revoked_token(&redis).await;
+    let jti = payload(&token)["jti"].as_str().unwrap().to_string();
+    let key = devcycle::auth::deny_key(&app.deps.cache, &jti);
+
+    // The key is lost (as an eviction would lose it); until Redis evicts something, nothing
+    // tells the ingress, and the revoked token passes.
+    let n: i64 = client.del(&key).await.unwrap();
+    assert_eq!(n, 1);
+    let (s, _, b) = get_with(&app, "/v1/agents", &token).await;
+    assert_eq!(s, 200, "without its key the revoked token passes: {b}");
+
+    // Fill the 8 MB Redis until it evicts.
+    let filler = "x".repeat(64 * 1024);
+    let mut evicted = 0u64;
+    for i in 0..1_000 {
+        let _: () = client.set(format!("filler:{i}"), filler.as_str(), None, None, false).await.unwrap();
+        let info: String = client.info(Some(fred::types::InfoKind::Stats)).await.unwrap();
+        evicted = devcycle::ingress::deny_sync::parse_info(&format!("run_id:-\n{info}")).unwrap().evicted_keys;
+        if evicted > 0 {
+            break;
+        }
+    }
+    assert!(evicted > 0, "Redis evicted nothing after 64 MB of writes");
+    refused_again_within_10s(&app, &token).await;
+    let exists: i64 = client.exists(&key).await.unwrap();
+    assert_eq!(exists, 1);
+    app.stop().await;
+}
