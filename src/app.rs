@@ -61,6 +61,9 @@ pub struct Deps {
     pub registry_http: reqwest::Client,
     /// Health of the processors running in this process (for /ready and /startup).
     pub runners: std::sync::Mutex<Vec<(String, Arc<crate::runtime::RunnerHealth>)>>,
+    /// A throwaway password hash at this process's argon2 cost, made on first use: logins and
+    /// password changes for unknown emails verify against it (see `ingress::auth`).
+    pub dummy_password_hash: tokio::sync::OnceCell<String>,
 }
 
 impl Deps {
@@ -99,6 +102,7 @@ impl Deps {
             tracer,
             registry_http: reqwest::Client::new(),
             runners: Default::default(),
+            dummy_password_hash: Default::default(),
         }))
     }
 }

@@ -144,6 +144,23 @@ fn session<'a>(user: &User, t: &'a Issued, refresh_hash: &'a str) -> NewSession<
     }
 }
 
+/// Whether `password` is `user`'s. An unknown (or disabled) user's password is verified against
+/// a throwaway hash of the same cost, so the time an answer takes does not tell which emails
+/// exist.
+async fn verify_in_constant_time(ctx: &Ctx, user: Option<&User>, password: &str) -> bool {
+    let hash = match user {
+        Some(u) => u.password_hash.clone(),
+        None => {
+            let auth = &ctx.deps.settings.auth;
+            let dummy = ctx.deps.dummy_password_hash.get_or_init(|| async {
+                core::hash_password_async(auth, "not-a-real-password").await.unwrap_or_default()
+            });
+            dummy.await.clone()
+        }
+    };
+    core::verify_any_async(vec![hash], password).await && user.is_some()
+}
+
 /// `POST /v1/auth/login {email, password, totp?}`.
 pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let deps = &ctx.deps;
@@ -153,20 +170,7 @@ pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, Ap
     let password = required(&map, "password")?;
     let totp = opt_str(&map, "totp")?;
     let user = repo::by_email(&deps.pool, email).await?.filter(|u| !u.disabled);
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
-    // Unknown emails are verified against a throwaway hash too, so timing does not reveal them.
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let hash = match hash {
-        Some(h) => h,
-        None => match DUMMY.get() {
-            Some(d) => d.clone(),
-            None => {
-                let d = core::hash_password_async(&deps.settings.auth, "not-a-real-password").await;
-                DUMMY.get_or_init(|| d.unwrap_or_default()).clone()
-            }
-        },
-    };
-    let matches = core::verify_any_async(vec![hash], password).await;
+    let matches = verify_in_constant_time(ctx, user.as_ref(), password).await;
     let Some(user) = user.filter(|_| matches) else {
         audit(ctx, None, "login", "failure", Some(email), json!({"reason": "bad_credentials"})).await;
         return Err(ApiError::Unauthorized("invalid email or password".into()));
@@ -265,10 +269,7 @@ pub async fn change_password(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpRe
     let current = required(&map, "current_password")?;
     let new = required(&map, "new_password")?;
     let user = repo::by_email(&deps.pool, email).await?.filter(|u| !u.disabled);
-    let valid = match &user {
-        Some(u) => core::verify_any_async(vec![u.password_hash.clone()], current).await,
-        None => false,
-    };
+    let valid = verify_in_constant_time(ctx, user.as_ref(), current).await;
     let Some(user) = user.filter(|_| valid) else {
         audit(ctx, None, "password_change", "failure", Some(email), json!({"reason": "bad_credentials"})).await;
         return Err(ApiError::Unauthorized("invalid email or password".into()));

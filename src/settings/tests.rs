@@ -92,3 +92,38 @@ fn otlp_export_is_off_by_default_and_set_by_either_name() {
     let e = Settings::load_with_env(&dir(), &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "otel:4318")])).unwrap_err();
     assert!(e.to_string().contains("telemetry.otlp_endpoint"), "{e}");
 }
+
+/// Each check that keeps an unsafe or broken configuration from starting names its key, and no
+/// refusal repeats the secret it refused.
+#[test]
+fn unsafe_or_broken_values_are_refused_by_name_without_echoing_secrets() {
+    let refused = |pairs: &[(&str, &str)], key: &str| {
+        let e = Settings::load_with_env(&dir(), &env(pairs)).unwrap_err().to_string();
+        assert!(e.contains(key), "{pairs:?}: {e}");
+        e
+    };
+    let e = refused(&[("SECRET_KEY", "short-s3cret")], "secret_key");
+    assert!(!e.contains("short-s3cret"), "{e}");
+    let e = refused(&[("ENVIRONMENT", "production"), ("SECRET_KEY", "sixteen-chars-s3cr3t")], "secret_key");
+    assert!(e.contains("at least 32") && !e.contains("sixteen-chars-s3cr3t"), "{e}");
+    let long = "0123456789abcdef0123456789abcdef-prod";
+    let s = Settings::load_with_env(&dir(), &env(&[("ENVIRONMENT", "production"), ("SECRET_KEY", long)])).unwrap();
+    assert_eq!(s.environment, Environment::Production);
+    refused(&[("ENVIRONMENT", "staging")], "environment");
+    let e = refused(&[("DATABASE_URL", "mysql://u:hunter2@h/db")], "database.url");
+    assert!(!e.contains("hunter2"), "{e}");
+    let e = refused(&[("REDIS_URL", "u:hunter2@127.0.0.1:6379")], "redis.url");
+    assert!(!e.contains("hunter2"), "{e}");
+    refused(&[("SCHEMA_REGISTRY_URL", "ftp://127.0.0.1")], "schema_registry.url");
+    refused(&[("KAFKA_BOOTSTRAP_SERVERS", "  ")], "kafka.bootstrap_servers");
+    for bad in ["", "a;drop", "pub lic", "x\"y"] {
+        refused(&[("DEVCYCLE__DATABASE__SCHEMA", bad)], "database.schema");
+    }
+    refused(&[("DEVCYCLE__KAFKA__NAMESPACE", "a b")], "kafka.namespace");
+    refused(&[("DEVCYCLE__HTTP__TLS_CERT_PATH", "/etc/cert.pem")], "http.tls_cert_path");
+    refused(&[("DEVCYCLE__HTTP__MAX_BODY_BYTES", "0")], "http.max_body_bytes");
+    refused(&[("DEVCYCLE__RATE_LIMITS__WINDOW_SECS", "0")], "rate_limits.window_secs");
+    refused(&[("DEVCYCLE__AUTH__PASSWORD_MIN_LENGTH", "7")], "auth.password_min_length");
+    refused(&[("DEVCYCLE__AUTH__ACCESS_TOKEN_TTL_SECS", "0")], "auth");
+    refused(&[("DEVCYCLE__TELEMETRY__OTLP_QUEUE_SIZE", "0")], "telemetry.otlp_queue_size");
+}

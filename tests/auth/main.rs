@@ -5,6 +5,7 @@ mod access;
 #[path = "../common/mod.rs"]
 mod common;
 mod deny_sync;
+mod refusals;
 mod second_factor;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
