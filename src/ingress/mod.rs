@@ -93,7 +93,8 @@ fn tls_acceptor(s: &crate::settings::HttpSettings) -> std::io::Result<Option<tok
     let key = PrivateKeyDer::from_pem_file(&s.tls_key_path).map_err(|e| bad(&s.tls_key_path, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        // The spec's "TLS 1.3 minimum": a TLS 1.2 client is refused in the handshake.
+        .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| bad("protocols", &e))?
         .with_no_client_auth()
         .with_single_cert(certs, key)

@@ -74,6 +74,16 @@ async fn ingress_serves_tls_when_configured() {
     assert!(app.url("/").starts_with("https://"));
     let (s, b) = app.get("/v1/agents").await;
     assert_eq!(s, 200, "{b}");
+    // The spec's TLS 1.3 minimum: a client that stops at TLS 1.2 gets no answer; one that may
+    // use 1.3 does.
+    let client = |max: reqwest::tls::Version| {
+        reqwest::Client::builder().tls_danger_accept_invalid_certs(true).max_tls_version(max).build().unwrap()
+    };
+    let health = format!("https://{}/health", app.addr);
+    let tls12 = client(reqwest::tls::Version::TLS_1_2).get(&health).send().await;
+    assert!(tls12.is_err(), "a TLS 1.2 client was answered: {tls12:?}");
+    let tls13 = client(reqwest::tls::Version::TLS_1_3).get(&health).send().await.unwrap();
+    assert_eq!(tls13.status().as_u16(), 200);
     // Plain HTTP to the TLS port gets no HTTP answer.
     let plain = reqwest::Client::new().get(format!("http://{}/health", app.addr)).send().await;
     assert!(plain.is_err() || plain.unwrap().status().as_u16() != 200);
