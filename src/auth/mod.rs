@@ -131,6 +131,23 @@ pub fn verify_access(secret: &str, leeway_secs: u64, token: &str) -> Result<Clai
     Ok(data.claims)
 }
 
+/// Verifies an access token signed with `current` or, during a key rotation, with `previous`
+/// (empty outside one). Every check but the signature's is the same for both keys.
+pub fn verify_access_rotating(
+    current: &str,
+    previous: &str,
+    leeway_secs: u64,
+    token: &str,
+) -> Result<Claims, TokenError> {
+    match verify_access(current, leeway_secs, token) {
+        Err(TokenError::Invalid(e)) if !previous.is_empty() => match verify_access(previous, leeway_secs, token) {
+            Err(TokenError::Invalid(_)) => Err(TokenError::Invalid(e)),
+            r => r,
+        },
+        r => r,
+    }
+}
+
 /// A random opaque token with `prefix` (URL-safe base64 of 32 random bytes).
 pub fn random_token(prefix: &str) -> String {
     let mut b = [0u8; 32];

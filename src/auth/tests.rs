@@ -168,3 +168,24 @@ fn emails_need_a_local_part_a_domain_and_no_spaces() {
         assert!(validate_email(bad).is_err(), "{bad:?}");
     }
 }
+
+/// During a key rotation a token of the previous key verifies, with every other check intact;
+/// outside one (or with a third key) it does not.
+#[test]
+fn a_rotation_accepts_the_previous_key_only_while_it_is_configured() {
+    const OLD: &str = "the-previous-secret-of-32-bytes!!!!";
+    let (old_token, _) = issue_access(OLD, &settings(), "u1", "a@b.c", "developer");
+    let (new_token, _) = issue_access(SECRET, &settings(), "u1", "a@b.c", "developer");
+    assert!(verify_access_rotating(SECRET, OLD, 30, &old_token).is_ok());
+    assert!(verify_access_rotating(SECRET, OLD, 30, &new_token).is_ok());
+    assert!(matches!(verify_access_rotating(SECRET, "", 30, &old_token), Err(TokenError::Invalid(_))));
+    let (third, _) = issue_access("a-third-secret-nobody-configured!!", &settings(), "u1", "a@b.c", "developer");
+    assert!(matches!(verify_access_rotating(SECRET, OLD, 30, &third), Err(TokenError::Invalid(_))));
+    let now = chrono::Utc::now().timestamp();
+    let expired = sign(Algorithm::HS256, OLD, &claims_at(now - 1000, now - 100));
+    assert!(matches!(verify_access_rotating(SECRET, OLD, 30, &expired), Err(TokenError::Invalid(_))));
+    let future = sign(Algorithm::HS256, OLD, &claims_at(now + 600, now + 1500));
+    assert!(matches!(verify_access_rotating(SECRET, OLD, 30, &future), Err(TokenError::NotYetValid)));
+    let hs512 = sign(Algorithm::HS512, OLD, &claims_at(now, now + 900));
+    assert!(matches!(verify_access_rotating(SECRET, OLD, 30, &hs512), Err(TokenError::Invalid(_))));
+}

@@ -73,8 +73,10 @@ pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, A
             exp: None,
         });
     }
-    let claims = core::verify_access(deps.settings.secret_key.expose(), deps.settings.auth.leeway_secs, token)
-        .map_err(|_| ApiError::Unauthorized("invalid or expired token".into()))?;
+    let s = &deps.settings;
+    let claims =
+        core::verify_access_rotating(s.secret_key.expose(), s.secret_key_previous.expose(), s.auth.leeway_secs, token)
+            .map_err(|_| ApiError::Unauthorized("invalid or expired token".into()))?;
     Ok(Principal {
         id: claims.sub,
         email: Some(claims.email),

@@ -28,6 +28,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_BOOTSTRAP_SERVERS", "kafka.bootstrap_servers"),
     ("SCHEMA_REGISTRY_URL", "schema_registry.url"),
     ("SECRET_KEY", "secret_key"),
+    ("SECRET_KEY_PREVIOUS", "secret_key_previous"),
     // The OpenTelemetry SDK's standard names (DEVCYCLE__TELEMETRY__* still wins).
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("OTEL_EXPORTER_OTLP_HEADERS", "telemetry.otlp_headers"),
@@ -114,6 +115,9 @@ pub struct Settings {
     pub log_level: String,
     pub log_format: LogFormat,
     pub secret_key: Secret,
+    /// The key `secret_key` replaced, during a rotation: access tokens it signed still verify
+    /// until they expire; new ones are signed with `secret_key` only. Empty outside a rotation.
+    pub secret_key_previous: Secret,
     pub http: HttpSettings,
     pub auth: AuthSettings,
     pub rate_limits: RateLimitSettings,
@@ -232,6 +236,16 @@ impl Settings {
         }
         if self.secret_key.expose().len() < 16 {
             return Err(invalid("secret_key", "must be at least 16 characters"));
+        }
+        let previous = self.secret_key_previous.expose();
+        if !previous.is_empty() {
+            let min = if self.environment == Environment::Production { 32 } else { 16 };
+            if previous.len() < min || previous == DEV_SECRET {
+                return Err(invalid("secret_key_previous", format!("must be empty or at least {min} characters")));
+            }
+            if previous == self.secret_key.expose() {
+                return Err(invalid("secret_key_previous", "equals secret_key: set it to the key being replaced"));
+            }
         }
         for (key, url, schemes) in [
             ("database.url", self.database.url.expose(), &["postgres", "postgresql"][..]),

@@ -126,4 +126,13 @@ fn unsafe_or_broken_values_are_refused_by_name_without_echoing_secrets() {
     refused(&[("DEVCYCLE__AUTH__PASSWORD_MIN_LENGTH", "7")], "auth.password_min_length");
     refused(&[("DEVCYCLE__AUTH__ACCESS_TOKEN_TTL_SECS", "0")], "auth");
     refused(&[("DEVCYCLE__TELEMETRY__OTLP_QUEUE_SIZE", "0")], "telemetry.otlp_queue_size");
+    let e = refused(&[("SECRET_KEY_PREVIOUS", "old-but-short")], "secret_key_previous");
+    assert!(!e.contains("old-but-short"), "{e}");
+    let same = "the-same-key-twice-0123456789";
+    refused(&[("SECRET_KEY", same), ("SECRET_KEY_PREVIOUS", same)], "secret_key_previous");
+    let prod = [("ENVIRONMENT", "production"), ("SECRET_KEY", long), ("SECRET_KEY_PREVIOUS", "twenty-chars-old-key")];
+    refused(&prod, "secret_key_previous");
+    let s = Settings::load_with_env(&dir(), &env(&[("SECRET_KEY_PREVIOUS", "the-key-being-replaced-0123")])).unwrap();
+    assert_eq!(s.secret_key_previous.expose(), "the-key-being-replaced-0123");
+    assert!(!s.redacted_toml().contains("the-key-being-replaced"), "{}", s.redacted_toml());
 }

@@ -300,3 +300,32 @@ async fn password_policy_and_history() {
     assert_eq!(app.login(&email, "Fresh-Passw0rd-99!").await.0, 200);
     app.stop().await;
 }
+
+/// A key rotation: with the replaced key as `secret_key_previous`, tokens it signed still pass
+/// (and can still be revoked); a key never configured does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_keeps_the_previous_key_s_tokens_valid() {
+    const OLD: &str = "rotation-test-previous-key-0123456789";
+    let app = TestApp::spawn_with(|s| {
+        s.secret_key = devcycle::settings::Secret::new("rotation-test-current-key-0123456789");
+        s.secret_key_previous = devcycle::settings::Secret::new(OLD);
+    })
+    .await;
+    let (_, token) = app.user_token("developer").await;
+    let p = payload(&token);
+    let (sub, email, role) = (p["sub"].as_str().unwrap(), p["email"].as_str().unwrap(), p["role"].as_str().unwrap());
+    let auth = &app.deps.settings.auth;
+    let (old_token, _) = devcycle::auth::issue_access(OLD, auth, sub, email, role);
+    let (s, _, b) = get_with(&app, "/v1/agents", &old_token).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(get_with(&app, "/v1/agents", &token).await.0, 200, "the current key's token");
+    let (other, _) = devcycle::auth::issue_access("a-key-this-app-never-had-0123456789", auth, sub, email, role);
+    let (s, _, b) = get_with(&app, "/v1/agents", &other).await;
+    assert_error(s, &b, 401, "UNAUTHORIZED");
+    let (s, b) = post_with(&app, "/v1/auth/logout", &old_token, &json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = get_with(&app, "/v1/agents", &old_token).await;
+    assert_error(s, &b, 401, "UNAUTHORIZED");
+    assert_eq!(b["message"], "token revoked");
+    app.stop().await;
+}
