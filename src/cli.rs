@@ -53,6 +53,11 @@ pub enum Command {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Data retention: delete audit log rows, sessions and password history past `[retention]`.
+    Retention {
+        #[command(subcommand)]
+        action: RetentionAction,
+    },
     /// Dead letters: list them, or re-publish them to their source topic once fixed.
     Dlq {
         #[command(subcommand)]
@@ -85,6 +90,16 @@ pub struct DlqFilter {
     /// At most this many.
     #[arg(long)]
     pub limit: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionAction {
+    /// Delete what is past retention, in batches; print what was deleted.
+    Apply {
+        /// Count what would be deleted without deleting.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

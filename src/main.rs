@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use devcycle::app::{self, Mode};
 use devcycle::catalog::Catalog;
-use devcycle::cli::{ApplyAction, Cli, Command, DlqAction, DlqFilter, UsersAction};
+use devcycle::cli::{ApplyAction, Cli, Command, DlqAction, DlqFilter, RetentionAction, UsersAction};
 use devcycle::progress::{self, Progress};
 use devcycle::settings::Settings;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +98,17 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             let deps = app::Deps::connect(settings).await?;
             let report = tokio::task::block_in_place(|| devcycle::ops::status::lag_report(&deps, group.as_deref()))?;
             print!("{report}");
+            Ok(())
+        }
+        Command::Retention { action: RetentionAction::Apply { dry_run } } => {
+            let pool = devcycle::db::connect(&settings.database).await?;
+            let run = devcycle::db::retention::apply(&pool, &settings, dry_run);
+            let r = progress::while_running("retention apply", run).await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            println!(
+                "retention: {verb} {} audit log row(s), {} session(s), {} password history row(s)",
+                r.audit_log, r.sessions, r.password_history
+            );
             Ok(())
         }
         Command::Users { action: UsersAction::Create { email, role } } => {

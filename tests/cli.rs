@@ -1,7 +1,7 @@
 //! The operator's command line, run as the built binary against the real services on a
 //! namespace, database schema and key prefix of its own: a first deployment (migrate, topics
 //! apply, schemas apply, users create, each idempotent where it says so), the read-only views
-//! (status, lag, dlq list), `config` with its secrets redacted, and a refused configuration's
+//! (status, lag, dlq list, retention), `config` with its secrets redacted, and a refused configuration's
 //! exit status.
 
 mod common;
@@ -90,6 +90,11 @@ async fn a_first_deployment_then_the_views_on_a_fresh_namespace() {
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = devcycle(&s, &["dlq", "list"], &[]).await;
     assert_eq!((code, out.trim()), (0, "0 dead letter(s)"), "{err}");
+    let (code, out, err) = devcycle(&s, &["retention", "apply", "--dry-run"], &[]).await;
+    let nothing = "0 audit log row(s), 0 session(s), 0 password history row(s)";
+    assert_eq!((code, out.trim()), (0, format!("retention: would delete {nothing}").as_str()), "{err}");
+    let (code, out, err) = devcycle(&s, &["retention", "apply"], &[]).await;
+    assert_eq!((code, out.trim()), (0, format!("retention: deleted {nothing}").as_str()), "{err}");
     pool.close().await;
 }
 

@@ -121,6 +121,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub auth: AuthSettings,
     pub rate_limits: RateLimitSettings,
+    pub retention: RetentionSettings,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub kafka: KafkaSettings,
@@ -298,6 +299,13 @@ impl Settings {
         }
         if self.auth.password_min_length < 8 {
             return Err(invalid("auth.password_min_length", "must be at least 8"));
+        }
+        let r = &self.retention;
+        if r.audit_log_days < 365 || r.audit_log_days > 36_500 {
+            return Err(invalid("retention.audit_log_days", "must be from 365 (the spec's year) to 36500"));
+        }
+        if r.sessions_days == 0 || r.sessions_days > 36_500 || r.batch_size == 0 {
+            return Err(invalid("retention", "sessions_days must be from 1 to 36500 and batch_size positive"));
         }
         if self.rate_limits.window_secs == 0 {
             return Err(invalid("rate_limits.window_secs", "must be positive"));

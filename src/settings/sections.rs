@@ -77,6 +77,18 @@ pub struct AuthSettings {
     pub deny_list_check_secs: u64,
 }
 
+/// What `devcycle retention apply` keeps (see `db::retention`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Audit log rows are kept this many days: at least the spec's 365.
+    pub audit_log_days: u32,
+    /// Sessions are kept this many days after their refresh token expired.
+    pub sessions_days: u32,
+    /// Rows deleted per statement.
+    pub batch_size: u32,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {

@@ -126,6 +126,9 @@ fn unsafe_or_broken_values_are_refused_by_name_without_echoing_secrets() {
     refused(&[("DEVCYCLE__AUTH__PASSWORD_MIN_LENGTH", "7")], "auth.password_min_length");
     refused(&[("DEVCYCLE__AUTH__ACCESS_TOKEN_TTL_SECS", "0")], "auth");
     refused(&[("DEVCYCLE__TELEMETRY__OTLP_QUEUE_SIZE", "0")], "telemetry.otlp_queue_size");
+    refused(&[("DEVCYCLE__RETENTION__AUDIT_LOG_DAYS", "364")], "retention.audit_log_days");
+    refused(&[("DEVCYCLE__RETENTION__SESSIONS_DAYS", "0")], "retention");
+    refused(&[("DEVCYCLE__RETENTION__BATCH_SIZE", "0")], "retention");
     let e = refused(&[("SECRET_KEY_PREVIOUS", "old-but-short")], "secret_key_previous");
     assert!(!e.contains("old-but-short"), "{e}");
     let same = "the-same-key-twice-0123456789";

@@ -90,9 +90,7 @@ pub(super) fn check_deployment(doc: &Value, env_sources: &BTreeSet<String>) -> V
     if !is_subset(&string_map(at(doc, "spec.selector.matchLabels")), &labels) {
         errors.push(format!("{name}: spec.selector does not match the pod template labels"));
     }
-    if at(pod, "securityContext.runAsNonRoot").and_then(Value::as_bool) != Some(true) {
-        errors.push(format!("{name}: pod securityContext.runAsNonRoot must be true"));
-    }
+    check_pod_security(&name, pod, &mut errors);
     let containers = seq(pod, "containers");
     if containers.is_empty() {
         errors.push(format!("{name}: no containers"));
@@ -168,26 +166,79 @@ pub(super) fn check_deployment(doc: &Value, env_sources: &BTreeSet<String>) -> V
                 errors.push(format!("{name}/{cname}: no containerPort {want}"));
             }
         }
-        if at(c, "securityContext.readOnlyRootFilesystem").and_then(Value::as_bool) != Some(true) {
-            errors.push(format!("{name}/{cname}: securityContext.readOnlyRootFilesystem must be true"));
+        check_container_security(&format!("{name}/{cname}"), c, &config, env_sources, &mut errors);
+    }
+    errors
+}
+
+/// A pod runs as a non-root user.
+fn check_pod_security(name: &str, pod: &Value, errors: &mut Vec<String>) {
+    if at(pod, "securityContext.runAsNonRoot").and_then(Value::as_bool) != Some(true) {
+        errors.push(format!("{name}: pod securityContext.runAsNonRoot must be true"));
+    }
+}
+
+/// A container's root filesystem is read-only, it cannot escalate, and its environment names
+/// known settings and defined ConfigMaps and Secrets.
+fn check_container_security(
+    at_name: &str,
+    c: &Value,
+    config: &toml::Table,
+    env_sources: &BTreeSet<String>,
+    errors: &mut Vec<String>,
+) {
+    if at(c, "securityContext.readOnlyRootFilesystem").and_then(Value::as_bool) != Some(true) {
+        errors.push(format!("{at_name}: securityContext.readOnlyRootFilesystem must be true"));
+    }
+    if at(c, "securityContext.allowPrivilegeEscalation").and_then(Value::as_bool) != Some(false) {
+        errors.push(format!("{at_name}: securityContext.allowPrivilegeEscalation must be false"));
+    }
+    for e in seq(c, "env") {
+        if let Err(msg) = check_env_name(config, str_at(e, "name").unwrap_or("")) {
+            errors.push(format!("{at_name}: {msg}"));
         }
-        if at(c, "securityContext.allowPrivilegeEscalation").and_then(Value::as_bool) != Some(false) {
-            errors.push(format!("{name}/{cname}: securityContext.allowPrivilegeEscalation must be false"));
-        }
-        for e in seq(c, "env") {
-            if let Err(msg) = check_env_name(&config, str_at(e, "name").unwrap_or("")) {
-                errors.push(format!("{name}/{cname}: {msg}"));
-            }
-        }
-        for source in seq(c, "envFrom") {
-            for kind in ["configMapRef", "secretRef"] {
-                if let Some(r) = str_at(source, &format!("{kind}.name")) {
-                    if !env_sources.contains(r) {
-                        errors.push(format!("{name}/{cname}: envFrom {kind} `{r}` is not defined"));
-                    }
+    }
+    for source in seq(c, "envFrom") {
+        for kind in ["configMapRef", "secretRef"] {
+            if let Some(r) = str_at(source, &format!("{kind}.name")) {
+                if !env_sources.contains(r) {
+                    errors.push(format!("{at_name}: envFrom {kind} `{r}` is not defined"));
                 }
             }
         }
+    }
+}
+
+/// Everything checked on one CronJob: a `devcycle retention` command line, never two runs at
+/// once, bounded resources, and the same pod and container hardening as the Deployments.
+pub(super) fn check_cronjob(doc: &Value, env_sources: &BTreeSet<String>) -> Vec<String> {
+    let mut errors = Vec::new();
+    let config = default_toml();
+    let name = str_at(doc, "metadata.name").unwrap_or("?").to_string();
+    if str_at(doc, "spec.concurrencyPolicy") != Some("Forbid") {
+        errors.push(format!("{name}: spec.concurrencyPolicy must be Forbid"));
+    }
+    let Some(pod) = at(doc, "spec.jobTemplate.spec.template.spec") else {
+        return vec![format!("{name}: no spec.jobTemplate.spec.template.spec")];
+    };
+    check_pod_security(&name, pod, &mut errors);
+    let containers = seq(pod, "containers");
+    if containers.is_empty() {
+        errors.push(format!("{name}: no containers"));
+    }
+    for c in containers {
+        let at_name = format!("{name}/{}", str_at(c, "name").unwrap_or("?"));
+        match subcommand(&argv(c)) {
+            Ok(Command::Retention { .. }) => {}
+            Ok(other) => errors.push(format!("{at_name}: a CronJob runs `retention`, not {other:?}")),
+            Err(e) => errors.push(format!("{at_name}: {e}")),
+        }
+        for key in ["requests.memory", "requests.cpu", "limits.memory", "limits.cpu"] {
+            if at(c, &format!("resources.{key}")).is_none() {
+                errors.push(format!("{at_name}: no resources.{key}"));
+            }
+        }
+        check_container_security(&at_name, c, &config, env_sources, &mut errors);
     }
     errors
 }

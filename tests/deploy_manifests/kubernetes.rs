@@ -47,11 +47,15 @@ fn kustomizations_list_every_manifest() {
     assert_no_errors("kustomizations", &errors);
 }
 
+/// The ConfigMaps and Secrets that workloads may take their environment from.
+fn env_sources(docs: &[Doc]) -> BTreeSet<String> {
+    docs.iter().filter(|d| matches!(d.kind(), "ConfigMap" | "Secret")).map(|d| d.name().to_string()).collect()
+}
+
 #[test]
 fn deployments_follow_spec_and_declarations() {
     let docs = deploy_docs();
-    let env_sources: BTreeSet<String> =
-        docs.iter().filter(|d| matches!(d.kind(), "ConfigMap" | "Secret")).map(|d| d.name().to_string()).collect();
+    let env_sources = env_sources(&docs);
     let deployments: Vec<&Doc> = docs.iter().filter(|d| d.kind() == "Deployment").collect();
     let mut errors = Vec::new();
     for d in &deployments {
@@ -68,6 +72,18 @@ fn deployments_follow_spec_and_declarations() {
         ));
     }
     assert_no_errors("Deployments", &errors);
+}
+
+#[test]
+fn the_retention_cron_job_is_a_hardened_devcycle_command() {
+    let docs = deploy_docs();
+    let env_sources = env_sources(&docs);
+    let jobs: Vec<&Doc> = docs.iter().filter(|d| d.kind() == "CronJob").collect();
+    let mut errors: Vec<String> = jobs.iter().flat_map(|d| check_cronjob(&d.value, &env_sources)).collect();
+    if jobs.is_empty() {
+        errors.push("no CronJob runs `devcycle retention apply`".into());
+    }
+    assert_no_errors("CronJobs", &errors);
 }
 
 #[test]
