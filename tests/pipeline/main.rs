@@ -3,6 +3,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod gateway;
 mod rebalance;
 
 use common::TestApp;
