@@ -126,7 +126,8 @@ impl IngressProducerStalled {
 }
 
 /// The access-token deny list was written again from Postgres because Redis may have lost keys:
-/// `reason` is `start`, `restart` (a new Redis run id) or `eviction` (Redis evicted keys).
+/// `reason` is `start`, `restart` (a new Redis run id), `eviction` (Redis evicted keys) or
+/// `flush` (the sentinel written after the last rewrite is gone).
 pub struct DenyListResynced {
     pub reason: &'static str,
     pub tokens: usize,

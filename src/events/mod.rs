@@ -173,7 +173,7 @@ pub fn metrics() -> &'static Metrics {
         );
         r.register(
             "deny_list_resyncs",
-            "Rewrites of the access-token deny list from Postgres after Redis lost keys, by reason (start, restart, eviction) or failed",
+            "Rewrites of the access-token deny list from Postgres after Redis lost keys, by reason (start, restart, eviction, flush) or failed",
             m.deny_list_resyncs.clone(),
         );
         Metrics { registry: r, ..m }
