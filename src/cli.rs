@@ -118,4 +118,15 @@ pub enum UsersAction {
         #[arg(long, default_value = "developer")]
         role: String,
     },
+    /// Lock a user out at once: login and refresh refused, every session ended and its access
+    /// token deny-listed.
+    Disable {
+        #[arg(long)]
+        email: String,
+    },
+    /// Let a disabled user log in again.
+    Enable {
+        #[arg(long)]
+        email: String,
+    },
 }

@@ -137,10 +137,25 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("user {} created ({}, role {})", user.id, user.email, user.role);
             Ok(())
         }
+        Command::Users { action: UsersAction::Disable { email } } => set_disabled(&settings, &email, true).await,
+        Command::Users { action: UsersAction::Enable { email } } => set_disabled(&settings, &email, false).await,
         Command::Run => Ok(app::run(settings, Mode::All, shutdown_on_signals(), None).await?),
         Command::Ingress => Ok(app::run(settings, Mode::Ingress, shutdown_on_signals(), None).await?),
         Command::Process { name } => Ok(app::run(settings, Mode::Process(name), shutdown_on_signals(), None).await?),
     }
+}
+
+/// `users disable|enable --email`.
+async fn set_disabled(settings: &Settings, email: &str, disable: bool) -> anyhow::Result<()> {
+    let pool = devcycle::db::connect(&settings.database).await?;
+    let cache = devcycle::cache::Cache::connect(&settings.redis).await?;
+    let (user, ended) = devcycle::ops::users::set_disabled(&pool, &cache, email, disable).await?;
+    if disable {
+        println!("user {} disabled ({}); {ended} session(s) ended", user.id, user.email);
+    } else {
+        println!("user {} enabled ({})", user.id, user.email);
+    }
+    Ok(())
 }
 
 fn filter_of(f: DlqFilter) -> devcycle::ops::dlq::Filter {

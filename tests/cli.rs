@@ -1,7 +1,8 @@
 //! The operator's command line, run as the built binary against the real services on a
 //! namespace, database schema and key prefix of its own: a first deployment (migrate, topics
 //! apply, schemas apply, users create, each idempotent where it says so), the read-only views
-//! (status, lag, dlq list, retention), `config` with its secrets redacted, and a refused configuration's
+//! (status, lag, dlq list, retention), `users disable|enable` against a running ingress, `config`
+//! with its secrets redacted, and a refused configuration's
 //! exit status.
 
 mod common;
@@ -125,4 +126,44 @@ async fn a_refused_configuration_exits_with_status_2_and_says_why() {
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.starts_with("devcycle: configuration refused:"), "{err}");
     assert!(out.is_empty(), "{out}");
+}
+
+/// `users disable` locks a logged-in user out at once (their access token, login and refresh
+/// all refused) and is audited; `users enable` lets them log in again; an unknown email fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_disable_locks_a_user_out_at_once_and_enable_lets_them_back() {
+    let app = common::TestApp::spawn().await;
+    let s = app.deps.settings.clone();
+    let email = app.create_user("developer").await;
+    let (status, body) = app.login(&email, common::PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    let access = body["data"]["access_token"].as_str().unwrap().to_string();
+    let refresh = body["data"]["refresh_token"].as_str().unwrap().to_string();
+    let agents = |token: String| {
+        let app = &app;
+        async move { app.send_raw(app.http.get(app.url("/v1/agents")).bearer_auth(token)).await }
+    };
+    assert_eq!(agents(access.clone()).await.0, 200);
+
+    let (code, out, err) = devcycle(&s, &["users", "disable", "--email", &email], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("disabled ({email}); 1 session(s) ended")), "{out}");
+    let (status, _, body) = agents(access).await;
+    assert_eq!((status, body["message"].as_str()), (401, Some("token revoked")), "{body}");
+    assert_eq!(app.login(&email, common::PASSWORD).await.0, 401);
+    let refreshed = app.http.post(app.url("/v1/auth/refresh")).json(&serde_json::json!({"refresh_token": refresh}));
+    assert_eq!(app.send_raw(refreshed).await.0, 401);
+    let (status, body) = app.get("/v1/audit?action=user_disable").await;
+    assert_eq!((status, body["data"]["total"].as_i64()), (200, Some(1)), "{body}");
+
+    let (code, out, err) = devcycle(&s, &["users", "enable", "--email", &email], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("enabled ({email})")), "{out}");
+    let (status, body) = app.login(&email, common::PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (code, _, err) = devcycle(&s, &["users", "disable", "--email", "nobody@example.test"], &[]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("no user with the email nobody@example.test"), "{err}");
+    app.stop().await;
 }

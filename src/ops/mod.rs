@@ -1,4 +1,5 @@
-//! Operations commands: dead letters, status and consumer lag.
+//! Operations commands: dead letters, status and consumer lag, user accounts.
 
 pub mod dlq;
 pub mod status;
+pub mod users;

@@ -118,6 +118,16 @@ pub async fn set_password(pool: &PgPool, user_id: Uuid, password_hash: &str) -> 
     Ok(())
 }
 
+/// Disables (or enables again) a user's account.
+pub async fn set_disabled(pool: &PgPool, user_id: Uuid, disabled: bool) -> Result<(), DbError> {
+    sqlx::query("UPDATE users SET disabled = $2, updated_at = now() WHERE id = $1")
+        .bind(user_id)
+        .bind(disabled)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub async fn set_totp(pool: &PgPool, user_id: Uuid, secret: Option<&str>, enabled: bool) -> Result<(), DbError> {
     sqlx::query("UPDATE users SET totp_secret = $2, totp_enabled = $3, updated_at = now() WHERE id = $1")
         .bind(user_id)
