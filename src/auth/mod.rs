@@ -225,6 +225,15 @@ pub async fn deny_jti(cache: &Cache, jti: &str, exp: i64) -> Result<(), CacheErr
     Ok(())
 }
 
+/// Deny-lists every access token of `revoked` (ended sessions), a bounded number at a time (the
+/// pool's connections pipeline them).
+pub async fn deny_all(cache: &Cache, revoked: &[crate::db::users::RevokedAccess]) -> Result<(), CacheError> {
+    for chunk in revoked.chunks(256) {
+        futures::future::try_join_all(chunk.iter().map(|r| deny_jti(cache, &r.jti, r.exp.timestamp()))).await?;
+    }
+    Ok(())
+}
+
 // --- TOTP (RFC 6238: HMAC-SHA1, 30 s steps, 6 digits) ---
 
 const B32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";

@@ -25,12 +25,12 @@ pub struct Report {
     pub password_history: u64,
 }
 
-/// The rows of each kind past retention, as `SELECT id ... LIMIT $2` with `$1` the cutoff.
-const AUDIT: &str = "SELECT id FROM audit_log WHERE at < now() - make_interval(days => $1) ORDER BY id LIMIT $2";
-const SESSIONS: &str = "SELECT id FROM sessions WHERE expires_at < now() - make_interval(days => $1) LIMIT $2";
+/// The ids of the rows of each kind past retention, with `$1` the cutoff.
+const AUDIT: &str = "SELECT id FROM audit_log WHERE at < now() - make_interval(days => $1)";
+const SESSIONS: &str = "SELECT id FROM sessions WHERE expires_at < now() - make_interval(days => $1)";
 const HISTORY: &str = "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY user_id
                          ORDER BY created_at DESC, id DESC) AS n FROM password_history) h
-                       WHERE n > $1 LIMIT $2";
+                       WHERE n > $1";
 
 /// Counts (`dry_run`) or deletes, batch by batch, the rows of `table` that `select` finds.
 async fn sweep(
@@ -42,11 +42,11 @@ async fn sweep(
     dry_run: bool,
 ) -> Result<u64, DbError> {
     if dry_run {
-        let count = format!("SELECT count(*) FROM ({}) x", select.replace("LIMIT $2", ""));
+        let count = format!("SELECT count(*) FROM ({select}) x");
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count)).bind(cutoff).fetch_one(pool).await?;
         return Ok(n as u64);
     }
-    let delete = format!("DELETE FROM {table} WHERE id IN ({select})");
+    let delete = format!("DELETE FROM {table} WHERE id IN ({select} LIMIT $2)");
     let mut total = 0;
     loop {
         let done = sqlx::query(sqlx::AssertSqlSafe(delete.as_str())).bind(cutoff).bind(batch).execute(pool).await?;

@@ -98,10 +98,7 @@ async fn current_user(ctx: &Ctx) -> Result<User, ApiError> {
 }
 
 async fn deny_all(ctx: &Ctx, ended: &[RevokedAccess]) -> Result<(), ApiError> {
-    for r in ended {
-        core::deny_jti(&ctx.deps.cache, &r.jti, r.exp.timestamp()).await?;
-    }
-    Ok(())
+    Ok(core::deny_all(&ctx.deps.cache, ended).await?)
 }
 
 pub(super) fn required<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, ApiError> {

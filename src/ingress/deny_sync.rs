@@ -87,11 +87,7 @@ pub async fn mark(cache: &Cache) -> Result<Mark, DenySyncError> {
 /// Writes every revoked, unexpired access token of Postgres to the deny list; returns how many.
 pub async fn resync(pool: &sqlx::PgPool, cache: &Cache) -> Result<usize, DenySyncError> {
     let revoked = users::revoked_access_live(pool).await?;
-    // Bounded fan-out: the pool's connections pipeline these.
-    for chunk in revoked.chunks(256) {
-        let writes = chunk.iter().map(|r| crate::auth::deny_jti(cache, &r.jti, r.exp.timestamp()));
-        futures::future::try_join_all(writes).await?;
-    }
+    crate::auth::deny_all(cache, &revoked).await?;
     let _: () = cache.pool().set(sentinel_key(cache), "1", None, None, false).await.map_err(CacheError::from)?;
     Ok(revoked.len())
 }

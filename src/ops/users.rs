@@ -36,9 +36,7 @@ pub async fn set_disabled(
     let mut ended = 0;
     if disabled {
         let revoked = users::end_all_sessions(pool, user.id, "disabled").await?;
-        for r in &revoked {
-            crate::auth::deny_jti(cache, &r.jti, r.exp.timestamp()).await?;
-        }
+        crate::auth::deny_all(cache, &revoked).await?;
         ended = revoked.len();
     }
     let entry = AuditEntry {

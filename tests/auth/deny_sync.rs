@@ -62,8 +62,11 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// An app on `redis` checking the deny list every second, and a logged-out user's token.
-async fn app_with_a_revoked_token(redis: &PrivateRedis) -> (TestApp, String) {
+/// A private Redis (and a client of the test's own), an app on it checking the deny list every
+/// second, and a logged-out user's token.
+async fn app_with_a_revoked_token() -> (PrivateRedis, Client, TestApp, String) {
+    let redis = PrivateRedis::start();
+    let client = redis.client().await;
     let url = redis.url();
     let app = TestApp::spawn_with(|s| {
         s.redis.url = devcycle::settings::Secret::new(url);
@@ -72,16 +75,8 @@ async fn app_with_a_revoked_token(redis: &PrivateRedis) -> (TestApp, String) {
     })
     .await;
     let (_, token) = app.user_token("developer").await;
-    let (s, b) = post_with(&app, "/v1/auth/logout", &token, &json!({})).await;
-    assert_eq!(s, 200, "{b}");
-    assert_refused(&app, &token).await;
-    (app, token)
-}
-
-async fn assert_refused(app: &TestApp, token: &str) {
-    let (s, _, b) = get_with(app, "/v1/agents", token).await;
-    assert_error(s, &b, 401, "UNAUTHORIZED");
-    assert_eq!(b["message"], "token revoked");
+    logout_then_refused(&app, &token).await;
+    (redis, client, app, token)
 }
 
 /// Waits (up to 10 s: ten checks) for the token to be refused as revoked again.
@@ -99,9 +94,7 @@ async fn refused_again_within_10s(app: &TestApp, token: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_stays_refused_after_redis_restarts_empty() {
-    let redis = PrivateRedis::start();
-    redis.client().await;
-    let (app, token) = app_with_a_revoked_token(&redis).await;
+    let (redis, _, app, token) = app_with_a_revoked_token().await;
     let redis = redis.restart();
     let fresh = redis.client().await;
     refused_again_within_10s(&app, &token).await;
@@ -114,9 +107,7 @@ async fn a_revoked_token_stays_refused_after_redis_restarts_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_stays_refused_after_redis_is_flushed() {
-    let redis = PrivateRedis::start();
-    let client = redis.client().await;
-    let (app, token) = app_with_a_revoked_token(&redis).await;
+    let (_redis, client, app, token) = app_with_a_revoked_token().await;
     // Let a check or two pass, so the flush is not mistaken for the start.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _: () = client.flushall(false).await.unwrap();
@@ -126,9 +117,7 @@ async fn a_revoked_token_stays_refused_after_redis_is_flushed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_stays_refused_after_redis_evicts_keys() {
-    let redis = PrivateRedis::start();
-    let client = redis.client().await;
-    let (app, token) = app_with_a_revoked_token(&redis).await;
+    let (_redis, client, app, token) = app_with_a_revoked_token().await;
     let jti = payload(&token)["jti"].as_str().unwrap().to_string();
     let key = devcycle::auth::deny_key(&app.deps.cache, &jti);
 

@@ -50,6 +50,15 @@ async fn post_with(app: &TestApp, path: &str, token: &str, body: &Value) -> (u16
     (s, b)
 }
 
+/// Logs `token` out; the same token is then refused as revoked.
+async fn logout_then_refused(app: &TestApp, token: &str) {
+    let (s, b) = post_with(app, "/v1/auth/logout", token, &json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = get_with(app, "/v1/agents", token).await;
+    assert_error(s, &b, 401, "UNAUTHORIZED");
+    assert_eq!(b["message"], "token revoked");
+}
+
 async fn post_public(app: &TestApp, path: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
     app.send_raw(app.http.post(app.url(path)).json(body)).await
 }
@@ -134,11 +143,7 @@ async fn tokens_are_validated_strictly() {
     }
 
     // Revoked: after logout the same access token is refused at once.
-    let (s, b) = post_with(&app, "/v1/auth/logout", &token, &json!({})).await;
-    assert_eq!(s, 200, "{b}");
-    let (s, _, b) = get_with(&app, "/v1/agents", &token).await;
-    assert_error(s, &b, 401, "UNAUTHORIZED");
-    assert_eq!(b["message"], "token revoked");
+    logout_then_refused(&app, &token).await;
     app.stop().await;
 }
 
@@ -322,10 +327,6 @@ async fn a_key_rotation_keeps_the_previous_key_s_tokens_valid() {
     let (other, _) = devcycle::auth::issue_access("a-key-this-app-never-had-0123456789", auth, sub, email, role);
     let (s, _, b) = get_with(&app, "/v1/agents", &other).await;
     assert_error(s, &b, 401, "UNAUTHORIZED");
-    let (s, b) = post_with(&app, "/v1/auth/logout", &old_token, &json!({})).await;
-    assert_eq!(s, 200, "{b}");
-    let (s, _, b) = get_with(&app, "/v1/agents", &old_token).await;
-    assert_error(s, &b, 401, "UNAUTHORIZED");
-    assert_eq!(b["message"], "token revoked");
+    logout_then_refused(&app, &old_token).await;
     app.stop().await;
 }
