@@ -33,17 +33,25 @@ pub(super) fn merge(base: &mut toml::Value, layer: toml::Value, prefix: &str) ->
     Ok(())
 }
 
-/// Sets a dotted key from an environment string, coerced to the type of the default value.
+/// Sets a dotted key from an environment string, coerced to the type of the default value. A
+/// `kafka.properties.<name>` key sets the librdkafka property `<name>` (dots and all).
 pub(super) fn set_path(root: &mut toml::Value, key: &str, raw: &str) -> Result<(), ConfigError> {
+    if let Some(name) = key.strip_prefix("kafka.properties.") {
+        let props = root
+            .get_mut("kafka")
+            .and_then(|k| k.get_mut("properties"))
+            .and_then(toml::Value::as_table_mut)
+            .ok_or_else(|| invalid(key, "unknown key"))?;
+        props.insert(name.to_string(), toml::Value::String(raw.to_string()));
+        return Ok(());
+    }
     let parts: Vec<&str> = key.split('.').collect();
     let mut cur = root;
     for (i, part) in parts.iter().enumerate() {
         let last = i == parts.len() - 1;
-        let in_props = i > 0 && parts[i - 1] == "properties";
         let table = cur.as_table_mut().ok_or_else(|| invalid(key, "unknown key"))?;
         if last {
             let value = match table.get(*part) {
-                None if in_props => toml::Value::String(raw.to_string()),
                 None => return Err(invalid(key, "unknown key")),
                 Some(existing) => coerce(key, existing, raw)?,
             };

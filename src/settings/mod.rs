@@ -53,6 +53,18 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// The key a `DEVCYCLE__<SECTION>__<KEY>` variable sets (`rest` is what follows the prefix):
+/// `__` separates sections. Under `KAFKA__PROPERTIES__` the name's `_` are `.` (librdkafka's
+/// settable properties have none), so `DEVCYCLE__KAFKA__PROPERTIES__SSL_CA_LOCATION` sets
+/// `ssl.ca.location` where an environment variable's name cannot hold a dot.
+fn env_key(rest: &str) -> String {
+    let key = rest.to_ascii_lowercase().replace("__", ".");
+    match key.strip_prefix("kafka.properties.") {
+        Some(name) => format!("kafka.properties.{}", name.replace('_', ".")),
+        None => key,
+    }
+}
+
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.to_string(), message: message.into() }
 }
@@ -210,8 +222,7 @@ impl Settings {
         }
         for (var, value) in env {
             if let Some(rest) = var.strip_prefix("DEVCYCLE__") {
-                let key = rest.to_ascii_lowercase().replace("__", ".");
-                set_path(&mut merged, &key, value)?;
+                set_path(&mut merged, &env_key(rest), value)?;
             }
         }
         let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {

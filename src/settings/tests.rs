@@ -139,3 +139,20 @@ fn unsafe_or_broken_values_are_refused_by_name_without_echoing_secrets() {
     assert_eq!(s.secret_key_previous.expose(), "the-key-being-replaced-0123");
     assert!(!s.redacted_toml().contains("the-key-being-replaced"), "{}", s.redacted_toml());
 }
+
+#[test]
+fn kafka_properties_come_from_the_environment_with_dots() {
+    let s = Settings::load_with_env(
+        &dir(),
+        &env(&[
+            ("DEVCYCLE__KAFKA__PROPERTIES__SECURITY_PROTOCOL", "ssl"),
+            ("DEVCYCLE__KAFKA__PROPERTIES__SSL_CA_LOCATION", "/etc/devcycle/ca.pem"),
+        ]),
+    )
+    .unwrap();
+    let props: Vec<(&str, &str)> = s.kafka.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(props, [("security.protocol", "ssl"), ("ssl.ca.location", "/etc/devcycle/ca.pem")]);
+    // The other sections keep their underscores.
+    let s = Settings::load_with_env(&dir(), &env(&[("DEVCYCLE__KAFKA__LINGER_MS", "7")])).unwrap();
+    assert_eq!(s.kafka.linger_ms, 7);
+}
