@@ -7,8 +7,11 @@
 //! - the program runs in a process group of its own, and the whole group is killed when the
 //!   program exits and when the attempt is dropped (timeout, cancellation, shutdown): nothing
 //!   it started outlives the attempt, and a background child still holding stdout open cannot
-//!   keep the attempt waiting (except a process that left the group itself, with `setsid`: a
-//!   daemon is on its own);
+//!   keep the attempt waiting;
+//! - a process that left the group (`setsid`, a daemon) is found by the environment variable
+//!   [`ATTEMPT_VAR`], unique to the attempt, which every process it starts inherits, and killed
+//!   with the group. Only one that both leaves the group and drops that variable (`env -i`)
+//!   escapes: no cgroup is at hand to hold it;
 //! - memory is bounded: stdout beyond [`MAX_OUTPUT`] fails the attempt (the group is killed
 //!   rather than read further), and only the first [`MAX_STDERR`] bytes of stderr are kept.
 
@@ -28,8 +31,21 @@ const MAX_STDERR: usize = 4 * STDERR_CHARS;
 /// How many characters of stderr a failed attempt's error quotes.
 const STDERR_CHARS: usize = 2000;
 
-/// The program's process group: killed when this is dropped, and on [`Group::kill`].
-struct Group(libc::pid_t);
+/// Set in the program's environment to a value unique to the attempt (`<uuid>`).
+pub const ATTEMPT_VAR: &str = "DEVCYCLE_ATTEMPT";
+
+/// Sweeps of `/proc` per kill: one that forks while being swept is found by the next.
+const SWEEPS: usize = 5;
+
+/// The program's process group and the processes that carry the attempt's [`ATTEMPT_VAR`]:
+/// killed when this is dropped, and on [`Group::kill`].
+struct Group {
+    pgid: libc::pid_t,
+    /// `ATTEMPT_VAR=<value>`, as it appears in `/proc/<pid>/environ`.
+    entry: String,
+    /// Set once a sweep found none alive after the group was killed: nothing is left to find.
+    swept: std::sync::atomic::AtomicBool,
+}
 
 impl Group {
     fn kill(&self) {
@@ -37,9 +53,37 @@ impl Group {
         // not reused while the group has a member or the program is not yet reaped; once both
         // are gone this finds no group (ESRCH).
         unsafe {
-            libc::killpg(self.0, libc::SIGKILL);
+            libc::killpg(self.pgid, libc::SIGKILL);
+        }
+        if !self.swept.load(std::sync::atomic::Ordering::Relaxed) && kill_marked(&self.entry) {
+            self.swept.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
+}
+
+/// Kills every process whose environment holds `entry`, sweeping `/proc` up to [`SWEEPS`]
+/// times; whether the last sweep found none alive. A process that ended has an empty
+/// `environ` (and one of another user cannot be read): neither is found.
+fn kill_marked(entry: &str) -> bool {
+    for _ in 0..SWEEPS {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return true };
+        let mut found = false;
+        for pid in dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok()) {
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+            if environ.split(|b| *b == 0).any(|var| var == entry.as_bytes()) {
+                // SAFETY: kill has no memory effects; the pid was alive with the attempt's
+                // variable a moment ago (pids are handed out in turn, so not yet reused).
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                found = true;
+            }
+        }
+        if !found {
+            return true;
+        }
+    }
+    false
 }
 
 impl Drop for Group {
@@ -59,8 +103,10 @@ pub async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
         .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
         .unwrap_or_default();
     let memory_mb = config.get("memory_limit_mb").and_then(Value::as_u64).unwrap_or(1024);
+    let attempt = uuid::Uuid::new_v4().simple().to_string();
     let mut cmd = Command::new(program);
     cmd.args(&args)
+        .env(ATTEMPT_VAR, &attempt)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -79,7 +125,11 @@ pub async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
     }
     let mut child =
         cmd.spawn().map_err(|e| ExecError::failed("command_spawn", format!("cannot start {program}: {e}")))?;
-    let group = Group(child.id().expect("a running child has a pid") as libc::pid_t);
+    let group = Group {
+        pgid: child.id().expect("a running child has a pid") as libc::pid_t,
+        entry: format!("{ATTEMPT_VAR}={attempt}"),
+        swept: false.into(),
+    };
     let mut stdin = child.stdin.take().expect("piped stdin");
     let (stdout, stderr) = (child.stdout.take().expect("piped stdout"), child.stderr.take().expect("piped stderr"));
     let payload = input.to_string();
@@ -183,6 +233,43 @@ mod tests {
         let pid: i64 = std::fs::read_to_string(&file).unwrap().trim().parse().unwrap();
         let _ = std::fs::remove_file(&file);
         assert!(ended(pid).await, "the program's child {pid} outlived the dropped attempt");
+    }
+
+    #[tokio::test]
+    async fn a_child_that_left_the_group_is_killed_with_the_attempt() {
+        // `setsid` puts the `sleep` in a session (and group) of its own, still holding stdout:
+        // the attempt ends with its program all the same, and the `sleep` with it. The program
+        // waits (≤ 5 s) until the `sleep` has left its group (the group's kill would catch it
+        // before), then ends.
+        let started = std::time::Instant::now();
+        let script = "setsid sleep 30 & p=$!; i=0; \
+            while [ \"$(cut -d' ' -f5 /proc/$p/stat)\" != \"$p\" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; \
+            echo $p";
+        let out = run(&json!({"program": "sh", "args": ["-c", script]}), &json!({})).await.unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+        let pid = out.as_i64().expect("the setsid pid");
+        assert!(ended(pid).await, "the child {pid} that left the group still runs");
+
+        // The same when the attempt is dropped while the program runs.
+        let file = std::env::temp_dir().join(format!("devcycle-setsid-{}", uuid::Uuid::new_v4()));
+        let script = format!("setsid sleep 30 & echo $! > '{}'; wait", file.display());
+        let (config, input) = (json!({"program": "sh", "args": ["-c", script]}), json!({}));
+        let attempt = tokio::time::timeout(std::time::Duration::from_millis(1500), run(&config, &input));
+        assert!(attempt.await.is_err(), "the attempt was still running");
+        let pid: i64 = std::fs::read_to_string(&file).unwrap().trim().parse().unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(ended(pid).await, "the child {pid} that left the group outlived the dropped attempt");
+    }
+
+    #[tokio::test]
+    async fn the_program_sees_its_attempt() {
+        let out =
+            run(&json!({"program": "sh", "args": ["-c", "printf 'attempt %s' \"$DEVCYCLE_ATTEMPT\""]}), &json!({}))
+                .await
+                .unwrap();
+        let attempt = out.as_str().and_then(|o| o.strip_prefix("attempt ")).expect("the attempt id");
+        assert_eq!(attempt.len(), 32, "{attempt}");
+        assert!(attempt.bytes().all(|b| b.is_ascii_hexdigit()), "{attempt}");
     }
 
     #[tokio::test]

@@ -115,6 +115,14 @@ pub(super) fn check_deployment(doc: &Value, env_sources: &BTreeSet<String>) -> V
             Command::Process { name: processor } => {
                 // `devcycle process` serves the probes and /metrics on metrics.port.
                 check_probes(c, port_key, port, &mut errors);
+                // Agents' orphaned children are reparented to PID 1; `devcycle` as PID 1 would
+                // never reap them (zombies until the pod's PID limit). With the process
+                // namespace shared, the pod's pause container is PID 1 and reaps them.
+                if pod.get("shareProcessNamespace").and_then(Value::as_bool) != Some(true) {
+                    errors.push(format!(
+                        "{name}: a processor pod needs shareProcessNamespace: true (a PID 1 that reaps agents' orphans)"
+                    ));
+                }
                 check_resources(c, AGENT_RESOURCES, &mut errors);
                 match processor_decl(processor) {
                     None => errors.push(format!("{name}: no processors/{processor}.toml")),

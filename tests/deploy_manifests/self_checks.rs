@@ -118,6 +118,10 @@ fn checks_reject_broken_manifests() {
     annotations.insert("prometheus.io/port".into(), http.to_string().into());
     let errors = check_deployment(&broken, &sources);
     assert!(errors.iter().any(|e| e.contains("prometheus.io/port")), "scrape port {http}: {errors:?}");
+    let mut broken = good.clone();
+    remove(&mut broken, "spec.template.spec.shareProcessNamespace");
+    let errors = check_deployment(&broken, &sources);
+    assert!(errors.iter().any(|e| e.contains("shareProcessNamespace")), "no reaper: {errors:?}");
 
     let config = default_toml();
     assert!(check_env_name(&config, "DATABASE_URL").is_ok());
