@@ -223,15 +223,22 @@ mod tests {
         assert!(ended(pid).await, "the background child {pid} still runs");
     }
 
-    #[tokio::test]
-    async fn dropping_the_attempt_kills_its_whole_process_group() {
-        let file = std::env::temp_dir().join(format!("devcycle-pgid-{}", uuid::Uuid::new_v4()));
-        let script = format!("sleep 30 & echo $! > '{}'; wait", file.display());
+    /// Runs a program that starts `child` in the background and waits for it, drops the attempt
+    /// after 1.5 s, and returns the child's pid.
+    async fn child_of_a_dropped_attempt(child: &str) -> i64 {
+        let file = std::env::temp_dir().join(format!("devcycle-child-{}", uuid::Uuid::new_v4()));
+        let script = format!("{child} & echo $! > '{}'; wait", file.display());
         let (config, input) = (json!({"program": "sh", "args": ["-c", script]}), json!({}));
         let attempt = tokio::time::timeout(std::time::Duration::from_millis(1500), run(&config, &input));
         assert!(attempt.await.is_err(), "the attempt was still running");
-        let pid: i64 = std::fs::read_to_string(&file).unwrap().trim().parse().unwrap();
+        let pid = std::fs::read_to_string(&file).unwrap().trim().parse().unwrap();
         let _ = std::fs::remove_file(&file);
+        pid
+    }
+
+    #[tokio::test]
+    async fn dropping_the_attempt_kills_its_whole_process_group() {
+        let pid = child_of_a_dropped_attempt("sleep 30").await;
         assert!(ended(pid).await, "the program's child {pid} outlived the dropped attempt");
     }
 
@@ -251,13 +258,7 @@ mod tests {
         assert!(ended(pid).await, "the child {pid} that left the group still runs");
 
         // The same when the attempt is dropped while the program runs.
-        let file = std::env::temp_dir().join(format!("devcycle-setsid-{}", uuid::Uuid::new_v4()));
-        let script = format!("setsid sleep 30 & echo $! > '{}'; wait", file.display());
-        let (config, input) = (json!({"program": "sh", "args": ["-c", script]}), json!({}));
-        let attempt = tokio::time::timeout(std::time::Duration::from_millis(1500), run(&config, &input));
-        assert!(attempt.await.is_err(), "the attempt was still running");
-        let pid: i64 = std::fs::read_to_string(&file).unwrap().trim().parse().unwrap();
-        let _ = std::fs::remove_file(&file);
+        let pid = child_of_a_dropped_attempt("setsid sleep 30").await;
         assert!(ended(pid).await, "the child {pid} that left the group outlived the dropped attempt");
     }
 
