@@ -15,6 +15,7 @@ mod body;
 pub mod deny_sync;
 mod envelope;
 mod health;
+mod idempotency;
 mod openapi;
 mod probes;
 pub mod producer_watch;

@@ -4,10 +4,14 @@
 //! Invariants: a submission is answered 202 only after Kafka acknowledged the record (acks=all,
 //! idempotent producer); the task reads `queued` from the moment it is answered (unless Redis
 //! is down: then from Postgres once it starts); nothing is produced for a request that fails
-//! validation.
+//! validation. With an `Idempotency-Key` the task id is derived from the caller and the key, so
+//! a retry names the same task: it gets the stored answer (Redis, `gateway.idempotency_ttl_secs`),
+//! or when Redis lost that, the task's record once a processor has written it; only a retry in
+//! the gap before that (Redis lost, task not yet started) produces the same task again.
 
 use super::body::{json_object, only_keys, opt_str};
 use super::envelope::ok;
+use super::idempotency::{self, Reservation};
 use super::{ApiError, Ctx, HttpResponse};
 use crate::domain::{AgentStatus, TaskRequest};
 use crate::kafka::{OutRecord, ProduceError};
@@ -19,6 +23,9 @@ use uuid::Uuid;
 
 const REQUESTS_TOPIC: &str = "devcycle.task-requests";
 const MAX_KEY_LEN: usize = 256;
+
+/// The namespace of task ids derived from an `Idempotency-Key` (UUIDv5 of `<caller>\n<key>`).
+const IDEMPOTENT_TASKS: Uuid = Uuid::from_u128(0x6465_7663_7963_6c65_2d74_6173_6b2d_6964);
 
 /// A validated submission.
 struct Submission {
@@ -64,7 +71,80 @@ fn validate(map: serde_json::Map<String, Value>) -> Result<Submission, ApiError>
 pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let deps = &ctx.deps;
     let tracestate = req.headers().get("tracestate").and_then(|v| v.to_str().ok()).map(String::from);
-    let sub = validate(json_object(req, deps.settings.http.max_body_bytes).await?)?;
+    let idem_key = idempotency::key_of(&req)?;
+    let body = json_object(req, deps.settings.http.max_body_bytes).await?;
+    let hash = idem_key.as_ref().map(|_| idempotency::fingerprint("task", &Value::Object(body.clone()).to_string()));
+    let sub = validate(body)?;
+    match (idem_key, hash) {
+        // Boxed: the Redis commands' futures would otherwise be part of every submission's.
+        (Some(key), Some(hash)) => Box::pin(submit_keyed(ctx, sub, key, hash, tracestate)).await,
+        _ => produce_task(ctx, sub, Uuid::new_v4(), tracestate).await,
+    }
+}
+
+/// A submission with an `Idempotency-Key`: replayed, answered from the task's record, or
+/// produced as the task the key names.
+async fn submit_keyed(
+    ctx: &Ctx,
+    sub: Submission,
+    key: String,
+    hash: String,
+    tracestate: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let deps = &ctx.deps;
+    let caller = ctx.principal.as_ref().map_or("-", |p| p.id.as_str());
+    let task_id = Uuid::new_v5(&IDEMPOTENT_TASKS, format!("{caller}\n{key}").as_bytes());
+    let reserved = match idempotency::reserve(ctx, idempotency::redis_key(ctx, "tasks", &key), hash).await? {
+        Reservation::Replay(answer) => return Ok(answer),
+        Reservation::Fresh(reserved) => reserved,
+    };
+    // Redis may have lost the stored answer (a restart, an eviction) of a task already written.
+    let result = match recorded(ctx, task_id, &sub).await {
+        Ok(Some(answer)) => Ok(idempotency::replayed(answer)),
+        Ok(None) => produce_task(ctx, sub, task_id, tracestate).await,
+        Err(e) => Err(e),
+    };
+    reserved.finish(ctx, &result, deps.settings.gateway.idempotency_ttl_secs).await;
+    result
+}
+
+/// The answer to a submission whose task `task_id` already has its record (a processor wrote
+/// it): its task id, topic, partition and offset as first answered. A record with another agent,
+/// input or priority means the key was used for another request: refused.
+async fn recorded(ctx: &Ctx, task_id: Uuid, sub: &Submission) -> Result<Option<HttpResponse>, ApiError> {
+    let Some(row) = crate::db::tasks::get(&ctx.deps.pool, task_id).await? else { return Ok(None) };
+    if row.agent != sub.agent || row.input != sub.input || row.priority != sub.priority {
+        return Err(idempotency::reused());
+    }
+    let data = json!({
+        "task_id": row.task_id,
+        "agent": row.agent,
+        "status": "queued",
+        "topic": row.source_topic,
+        "partition": row.source_partition,
+        "offset": row.source_offset,
+        "submitted_at": row.created_at.to_rfc3339(),
+    });
+    Ok(Some(accepted(ctx, task_id, data)))
+}
+
+/// 202 with `data` and the task's Location.
+fn accepted(ctx: &Ctx, task_id: Uuid, data: Value) -> HttpResponse {
+    let mut resp = ok(StatusCode::ACCEPTED, data, "Task accepted", &ctx.request_id);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/tasks/{task_id}")) {
+        resp.headers_mut().insert(hyper::header::LOCATION, v);
+    }
+    resp
+}
+
+/// Produces the task `task_id` of `sub`; 202 once Kafka acknowledged it.
+async fn produce_task(
+    ctx: &Ctx,
+    sub: Submission,
+    task_id: Uuid,
+    tracestate: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let deps = &ctx.deps;
     match super::agents::load(ctx, &sub.agent).await? {
         Some(a) if a.status == AgentStatus::Active => {}
         Some(_) => return Err(ApiError::validation("agent", format!("agent `{}` is disabled", sub.agent))),
@@ -85,6 +165,7 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         request_id: Some(ctx.request_id.clone()),
         traceparent: traceparent.clone(),
         tracestate,
+        task_id,
         ..TaskRequest::new(sub.agent, sub.input)
     };
     produce.set("devcycle.task_id", request.task_id.to_string());
@@ -137,24 +218,16 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
     produce.set("messaging.destination.partition.id", partition.to_string());
     produce.set("messaging.kafka.offset", offset);
     produce.end();
-    let mut resp = ok(
-        StatusCode::ACCEPTED,
-        json!({
-            "task_id": request.task_id,
-            "agent": request.agent,
-            "status": "queued",
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "submitted_at": submitted_at,
-        }),
-        "Task accepted",
-        &ctx.request_id,
-    );
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("/v1/tasks/{}", request.task_id)) {
-        resp.headers_mut().insert(hyper::header::LOCATION, v);
-    }
-    Ok(resp)
+    let data = json!({
+        "task_id": request.task_id,
+        "agent": request.agent,
+        "status": "queued",
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "submitted_at": submitted_at,
+    });
+    Ok(accepted(ctx, request.task_id, data))
 }
 
 pub async fn get(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> {

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod gateway;
+mod idempotent;
 mod rebalance;
 
 use common::TestApp;

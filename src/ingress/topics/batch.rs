@@ -11,22 +11,18 @@ use super::quota::check_quota;
 use super::receipts::receipt;
 use super::record::{read_body, RecordIn};
 use super::{
-    declared, end_producer_span, enqueue_record, header, overall, producer_span, redis_down, settle, value_schema,
-    wants_async, Line,
+    declared, end_producer_span, enqueue_record, overall, producer_span, settle, value_schema, wants_async, Line,
 };
 use crate::catalog::TopicDecl;
 use crate::ingress::body::{body_error, json_body, only_names};
-use crate::ingress::envelope::{error_with, ok_with, raw_json};
+use crate::ingress::envelope::{error_with, ok_with};
+use crate::ingress::idempotency::{self, Reservation};
 use crate::ingress::{ApiError, Ctx, HttpResponse};
 use crate::otlp::Span;
-use fred::prelude::*;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::{Request, StatusCode};
-use serde_json::{json, Value as Json};
-use sha2::{Digest, Sha256};
-
-const MAX_IDEMPOTENCY_KEY: usize = 255;
+use serde_json::json;
 
 /// The `data` of a produce answer.
 #[derive(serde::Serialize)]
@@ -37,58 +33,23 @@ struct Answer<'a> {
     records: &'a [Line],
 }
 
-/// The Redis answer stored for an idempotency key: the key is the caller's own (another
-/// caller's same key is another request).
-fn idem_key(ctx: &Ctx, topic: &str, key: &str) -> String {
-    let caller = ctx.principal.as_ref().map_or("-", |p| p.id.as_str());
-    format!("{}gateway:idem:{caller}:{topic}:{key}", ctx.deps.cache.prefix())
-}
-
-enum Idem {
-    /// No key: nothing to store.
-    None,
-    /// Reserved: store the answer under this Redis key.
-    Reserved { redis_key: String, hash: String },
-}
-
-impl Idem {
-    /// Frees a reserved key when nothing was written, so that the request's retry runs.
-    async fn release(&self, ctx: &Ctx) {
-        if let Idem::Reserved { redis_key, .. } = self {
-            let _: Result<i64, _> = ctx.deps.cache.pool().del(redis_key).await;
-        }
-    }
-}
-
 pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let decl = match declared(ctx, topic)? {
         Ok(d) => d,
         Err(forbidden) => return Ok(forbidden),
     };
     let s = &ctx.deps.settings;
-    let idem_header = header(&req, "idempotency-key");
-    if let Some(k) = &idem_header {
-        if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || !k.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(ApiError::validation(
-                "Idempotency-Key",
-                format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-            ));
-        }
-    }
+    let idem_header = idempotency::key_of(&req)?;
     let is_async = wants_async(&req);
     let (span, forwarded) = producer_span(ctx, &req, decl);
     let body = json_body(req, s.gateway.max_body_bytes).await?;
     let text = std::str::from_utf8(&body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let body_in = read_body(text).map_err(body_error)?;
-    // The idempotency hash covers the whole body (and the respond-async preference), in its
-    // compact form; a body nested deeper than a JSON tree may be (its values were only skipped
-    // over when read) is hashed as sent.
-    let body_hash = idem_header.as_ref().map(|_| {
-        let canonical = serde_json::from_str::<Json>(text)
-            .map(|tree| serde_json::to_vec(&tree).expect("a JSON value serializes"))
-            .unwrap_or_else(|_| text.as_bytes().to_vec());
-        format!("{}:{}", if is_async { "async" } else { "sync" }, hex(&Sha256::digest(&canonical)))
-    });
+    // The idempotency hash covers the whole body (and the respond-async preference); a body
+    // nested deeper than a JSON tree may be (its values were only skipped over when read) is
+    // hashed as sent.
+    let body_hash =
+        idem_header.as_ref().map(|_| idempotency::fingerprint(if is_async { "async" } else { "sync" }, text));
     // `{records: [...]}` or one record; each record's value stays JSON text until it is encoded.
     let records: Vec<Result<RecordIn<'_>, Line>> = match body_in.records {
         Some(list) => {
@@ -113,62 +74,27 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
 
     // Idempotency first: a replay writes nothing, so it is not charged to the quotas.
     // Replay a stored answer, refuse a reused key with another body, or reserve.
-    let mut idem = Idem::None;
+    let mut idem = None;
     if let (Some(k), Some(hash)) = (&idem_header, body_hash) {
-        let redis_key = idem_key(ctx, topic, k);
-        let pool = ctx.deps.cache.pool();
-        let pending = json!({"hash": hash, "state": "pending"}).to_string();
-        let reserve_secs = (s.http.request_timeout_ms / 1000 + 5) as i64;
-        let set: Option<String> = pool
-            .set(&redis_key, pending, Some(Expiration::EX(reserve_secs)), Some(SetOptions::NX), false)
-            .await
-            .map_err(|e| redis_down(ctx, e))?;
-        if set.is_none() {
-            let stored: Option<String> = pool.get(&redis_key).await.map_err(|e| redis_down(ctx, e))?;
-            let stored: Json = stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Null);
-            if stored["hash"].as_str() != Some(hash.as_str()) {
-                return Err(ApiError::validation(
-                    "Idempotency-Key",
-                    "was already used with a different request body (or respond-async preference)",
-                ));
-            }
-            if stored["state"] == "pending" {
-                return Err(ApiError::Conflict("a request with this Idempotency-Key is still in progress".into()));
-            }
-            let status = stored["status"].as_u64().and_then(|c| StatusCode::from_u16(c as u16).ok());
-            let body = stored["body"].as_str();
-            return match (status, body) {
-                (Some(status), Some(body)) => {
-                    let mut r = raw_json(status, body.to_string());
-                    r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-                    Ok(r)
-                }
-                _ => Err(ApiError::Internal(format!("unreadable idempotency record {redis_key}"))),
-            };
+        let redis_key = idempotency::redis_key(ctx, "gateway", &format!("{topic}:{k}"));
+        match idempotency::reserve(ctx, redis_key, hash).await? {
+            Reservation::Replay(r) => return Ok(r),
+            Reservation::Fresh(reserved) => idem = Some(reserved),
         }
-        idem = Idem::Reserved { redis_key, hash };
     }
 
     // The bytes charged are the request body's (what the caller sent). A refused request frees
     // its key, so its retry runs.
     if let Err(e) = check_quota(ctx, records.len(), body.len()).await {
-        idem.release(ctx).await;
+        if let Some(reserved) = &idem {
+            reserved.release(ctx).await;
+        }
         return Err(e);
     }
 
     let result = run(ctx, decl, records, &forwarded, is_async, span).await;
-    let ttl = s.gateway.idempotency_ttl_secs as i64;
-    match (&idem, &result) {
-        // Nothing was written on a 503 or an error: let the retry run for real.
-        (Idem::Reserved { redis_key, hash }, Ok(r)) if r.status() != StatusCode::SERVICE_UNAVAILABLE => {
-            let body =
-                http_body_util::BodyExt::collect(r.body().clone()).await.map(|c| c.to_bytes()).unwrap_or_default();
-            let stored = json!({"hash": hash, "state": "done", "status": r.status().as_u16(),
-                                "body": String::from_utf8_lossy(&body)});
-            let _: Result<(), _> =
-                ctx.deps.cache.pool().set(redis_key, stored.to_string(), Some(Expiration::EX(ttl)), None, false).await;
-        }
-        _ => idem.release(ctx).await,
+    if let Some(reserved) = idem {
+        reserved.finish(ctx, &result, s.gateway.idempotency_ttl_secs).await;
     }
     result
 }
@@ -224,8 +150,4 @@ fn answer(ctx: &Ctx, topic: &str, lines: &[Line]) -> HttpResponse {
             r
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
