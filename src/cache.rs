@@ -67,6 +67,34 @@ return 1
 #[error("redis unavailable: {0}")]
 pub struct CacheError(#[from] fred::error::Error);
 
+/// The client configuration of `s.url`; with TLS files set (a `rediss://` url, checked by the
+/// settings), a TLS connector that trusts `tls_ca_path` as well as the system's roots and
+/// presents the client certificate.
+pub fn client_config(s: &RedisSettings) -> Result<Config, CacheError> {
+    use fred::native_tls::{Certificate, Identity, TlsConnector};
+    let mut config = Config::from_url(s.url.expose())?;
+    if s.tls_ca_path.is_empty() && s.tls_cert_path.is_empty() {
+        return Ok(config);
+    }
+    let tls_error = |what: &str, e: &dyn std::fmt::Display| {
+        fred::error::Error::new(fred::error::ErrorKind::Tls, format!("redis TLS {what}: {e}"))
+    };
+    let read = |path: &str| std::fs::read(path).map_err(|e| tls_error(path, &e));
+    let mut builder = TlsConnector::builder();
+    if !s.tls_ca_path.is_empty() {
+        let ca = Certificate::from_pem(&read(&s.tls_ca_path)?).map_err(|e| tls_error(&s.tls_ca_path, &e))?;
+        builder.add_root_certificate(ca);
+    }
+    if !s.tls_cert_path.is_empty() {
+        let identity = Identity::from_pkcs8(&read(&s.tls_cert_path)?, &read(&s.tls_key_path)?)
+            .map_err(|e| tls_error("client certificate", &e))?;
+        builder.identity(identity);
+    }
+    let connector = builder.build().map_err(|e| tls_error("connector", &e))?;
+    config.tls = Some(fred::types::config::TlsConnector::from(connector).into());
+    Ok(config)
+}
+
 #[derive(Clone)]
 pub struct Cache {
     pool: Pool,
@@ -82,7 +110,7 @@ pub type StatusFields = HashMap<String, String>;
 
 impl Cache {
     pub async fn connect(s: &RedisSettings) -> Result<Cache, CacheError> {
-        let config = Config::from_url(s.url.expose())?;
+        let config = client_config(s)?;
         let timeout = Duration::from_millis(s.timeout_ms);
         let pool = Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = timeout)
@@ -209,7 +237,7 @@ impl Cache {
         stop: tokio_util::sync::CancellationToken,
         on_cancel: impl Fn(Uuid) + Send + 'static,
     ) -> Result<(), CacheError> {
-        let config = Config::from_url(s.url.expose())?;
+        let config = client_config(s)?;
         let sub = Builder::from_config(config)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
             .build_subscriber_client()?;

@@ -286,6 +286,17 @@ impl Settings {
         if self.http.tls_cert_path.is_empty() != self.http.tls_key_path.is_empty() {
             return Err(invalid("http.tls_cert_path", "set both http.tls_cert_path and http.tls_key_path, or neither"));
         }
+        let r = &self.redis;
+        if r.tls_cert_path.is_empty() != r.tls_key_path.is_empty() {
+            return Err(invalid(
+                "redis.tls_cert_path",
+                "set both redis.tls_cert_path and redis.tls_key_path, or neither",
+            ));
+        }
+        let tls_files = !(r.tls_ca_path.is_empty() && r.tls_cert_path.is_empty());
+        if tls_files && !r.url.expose().starts_with("rediss://") {
+            return Err(invalid("redis.tls_ca_path", "TLS files need a rediss:// redis.url"));
+        }
         if self.http.max_body_bytes == 0 {
             return Err(invalid("http.max_body_bytes", "must be positive"));
         }

@@ -126,6 +126,11 @@ pub struct RedisSettings {
     /// Postgres answers after that. This, times the task rate, is what bounds Redis's memory.
     pub task_final_status_ttl_secs: u64,
     pub agent_cache_ttl_secs: u64,
+    /// PEM CA bundle that verifies a `rediss://` server (empty: the system's trust store).
+    pub tls_ca_path: String,
+    /// PEM client certificate and PKCS#8 key for mutual TLS (both or neither).
+    pub tls_cert_path: String,
+    pub tls_key_path: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -121,6 +121,11 @@ fn unsafe_or_broken_values_are_refused_by_name_without_echoing_secrets() {
     }
     refused(&[("DEVCYCLE__KAFKA__NAMESPACE", "a b")], "kafka.namespace");
     refused(&[("DEVCYCLE__HTTP__TLS_CERT_PATH", "/etc/cert.pem")], "http.tls_cert_path");
+    let rediss = ("REDIS_URL", "rediss://127.0.0.1:6380/0");
+    refused(&[rediss, ("DEVCYCLE__REDIS__TLS_KEY_PATH", "/etc/key.pem")], "redis.tls_cert_path");
+    refused(&[("DEVCYCLE__REDIS__TLS_CA_PATH", "/etc/ca.pem")], "redis.tls_ca_path");
+    let s = Settings::load_with_env(&dir(), &env(&[rediss, ("DEVCYCLE__REDIS__TLS_CA_PATH", "/etc/ca.pem")])).unwrap();
+    assert_eq!(s.redis.tls_ca_path, "/etc/ca.pem");
     refused(&[("DEVCYCLE__HTTP__MAX_BODY_BYTES", "0")], "http.max_body_bytes");
     refused(&[("DEVCYCLE__RATE_LIMITS__WINDOW_SECS", "0")], "rate_limits.window_secs");
     refused(&[("DEVCYCLE__AUTH__PASSWORD_MIN_LENGTH", "7")], "auth.password_min_length");
