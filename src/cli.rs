@@ -129,4 +129,7 @@ pub enum UsersAction {
         #[arg(long)]
         email: String,
     },
+    /// Seal every TOTP seed under the current auth.data_key (after a key rotation, with the old
+    /// key as auth.data_key_previous; or for seeds stored before sealing).
+    Reencrypt,
 }

@@ -139,6 +139,12 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Users { action: UsersAction::Disable { email } } => set_disabled(&settings, &email, true).await,
         Command::Users { action: UsersAction::Enable { email } } => set_disabled(&settings, &email, false).await,
+        Command::Users { action: UsersAction::Reencrypt } => {
+            let pool = devcycle::db::connect(&settings.database).await?;
+            let (resealed, all) = devcycle::ops::users::reencrypt(&pool, &settings.auth).await?;
+            println!("TOTP secrets: {resealed} sealed again under the current key ({all} in all)");
+            Ok(())
+        }
         Command::Run => Ok(app::run(settings, Mode::All, shutdown_on_signals(), None).await?),
         Command::Ingress => Ok(app::run(settings, Mode::Ingress, shutdown_on_signals(), None).await?),
         Command::Process { name } => Ok(app::run(settings, Mode::Process(name), shutdown_on_signals(), None).await?),

@@ -78,6 +78,9 @@ async fn a_first_deployment_then_the_views_on_a_fresh_namespace() {
     let (code, out, err) = devcycle(&s, &create, &[("DEVCYCLE_PASSWORD", common::PASSWORD)]).await;
     assert_ne!(code, 0, "the same email twice: {out}");
     assert!(err.contains("already exists"), "{err}");
+    let (code, out, err) = devcycle(&s, &["users", "reencrypt"], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "TOTP secrets: 0 sealed again under the current key (0 in all)");
     let weak = ["users", "create", "--email", "weak@example.test"];
     let (code, _, err) = devcycle(&s, &weak, &[("DEVCYCLE_PASSWORD", "short")]).await;
     assert_ne!(code, 0);

@@ -7,6 +7,7 @@
 //! as SHA-256 hashes; passwords only as argon2id PHC strings.
 
 pub mod ratelimit;
+pub mod sealed;
 
 use crate::cache::{Cache, CacheError};
 use crate::settings::AuthSettings;

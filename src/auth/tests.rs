@@ -44,6 +44,8 @@ fn settings() -> AuthSettings {
         argon2_parallelism: 1,
         totp_issuer: "DevCycle".into(),
         deny_list_check_secs: 5,
+        data_key: crate::settings::Secret::new(crate::settings::DEV_DATA_KEY),
+        data_key_previous: crate::settings::Secret::new(""),
     }
 }
 

@@ -176,7 +176,8 @@ pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, Ap
     };
     let uid = user.id.to_string();
     if user.totp_enabled {
-        let secret = user.totp_secret.as_deref().unwrap_or("");
+        let secret = totp_seed(ctx, &user)?.unwrap_or_default();
+        let secret = secret.as_str();
         match totp {
             None => {
                 audit(ctx, Some(&uid), "login", "failure", Some(email), json!({"reason": "totp_required"})).await;
@@ -285,6 +286,18 @@ pub async fn change_password(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpRe
     Ok(ok(StatusCode::OK, json!({"password_changed": true}), "Password changed", &ctx.request_id))
 }
 
+/// The data keys that seal TOTP seeds at rest (`auth::sealed`; checked when settings load).
+fn data_keys(ctx: &Ctx) -> core::sealed::DataKeys {
+    core::sealed::DataKeys::from_settings(&ctx.deps.settings.auth).expect("auth.data_key checked at load")
+}
+
+/// The user's TOTP seed, opened (a seed that does not open is a key misconfiguration: 500).
+fn totp_seed(ctx: &Ctx, user: &User) -> Result<Option<String>, ApiError> {
+    let Some(stored) = user.totp_secret.as_deref() else { return Ok(None) };
+    let opened = data_keys(ctx).open(stored, &user.id.to_string()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Some(opened.plaintext))
+}
+
 /// `POST /v1/auth/totp/enrol`: a new secret (not active until confirmed).
 pub async fn totp_enrol(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
     let user = current_user(ctx).await?;
@@ -292,7 +305,8 @@ pub async fn totp_enrol(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
         return Err(ApiError::Conflict("TOTP is already enabled; disable it first".into()));
     }
     let secret = core::new_totp_secret();
-    repo::set_totp(&ctx.deps.pool, user.id, Some(&secret), false).await?;
+    let sealed = data_keys(ctx).seal(&secret, &user.id.to_string());
+    repo::set_totp(&ctx.deps.pool, user.id, Some(&sealed), false).await?;
     audit(ctx, actor(ctx), "totp_enrol", "success", Some(&user.email), json!({})).await;
     let url = core::otpauth_url(&ctx.deps.settings.auth.totp_issuer, &user.email, &secret);
     Ok(ok(StatusCode::OK, json!({"secret": secret, "otpauth_url": url}), "TOTP secret issued", &ctx.request_id))
@@ -308,7 +322,7 @@ async fn totp_code_body(ctx: &Ctx, req: Request<Incoming>) -> Result<String, Api
 pub async fn totp_confirm(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let code = totp_code_body(ctx, req).await?;
     let user = current_user(ctx).await?;
-    let secret = user.totp_secret.clone().ok_or_else(|| ApiError::validation("code", "enrol first"))?;
+    let secret = totp_seed(ctx, &user)?.ok_or_else(|| ApiError::validation("code", "enrol first"))?;
     if user.totp_enabled {
         return Err(ApiError::Conflict("TOTP is already enabled".into()));
     }
@@ -316,7 +330,8 @@ pub async fn totp_confirm(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpRespo
         audit(ctx, actor(ctx), "totp_confirm", "failure", Some(&user.email), json!({})).await;
         return Err(ApiError::validation("code", "is not the current code"));
     }
-    repo::set_totp(&ctx.deps.pool, user.id, Some(&secret), true).await?;
+    let sealed = data_keys(ctx).seal(&secret, &user.id.to_string());
+    repo::set_totp(&ctx.deps.pool, user.id, Some(&sealed), true).await?;
     audit(ctx, actor(ctx), "totp_confirm", "success", Some(&user.email), json!({})).await;
     Ok(ok(StatusCode::OK, json!({"totp_enabled": true}), "TOTP enabled", &ctx.request_id))
 }
@@ -325,7 +340,7 @@ pub async fn totp_confirm(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpRespo
 pub async fn totp_disable(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let code = totp_code_body(ctx, req).await?;
     let user = current_user(ctx).await?;
-    let secret = user.totp_secret.clone().filter(|_| user.totp_enabled);
+    let secret = totp_seed(ctx, &user)?.filter(|_| user.totp_enabled);
     let Some(secret) = secret else { return Err(ApiError::validation("code", "TOTP is not enabled")) };
     if !core::totp_verify(&secret, &code) {
         audit(ctx, actor(ctx), "totp_disable", "failure", Some(&user.email), json!({})).await;

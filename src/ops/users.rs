@@ -1,5 +1,6 @@
 //! `devcycle users disable|enable`: locking a user out at once (a compromised account, someone
-//! who left) and letting them back in.
+//! who left) and letting them back in. `devcycle users reencrypt`: every TOTP seed sealed under
+//! the current `auth.data_key` (after a rotation, or for seeds stored before sealing).
 //!
 //! Invariants: disabling ends every session of the user and deny-lists their access tokens
 //! before it returns, so no token of theirs passes afterwards (login and refresh already refuse
@@ -17,6 +18,8 @@ use sqlx::PgPool;
 pub enum UsersOpError {
     #[error("no user with the email {0}")]
     NotFound(String),
+    #[error("user {0}: {1}")]
+    Sealed(uuid::Uuid, crate::auth::sealed::SealError),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("redis: {0}")]
@@ -49,4 +52,29 @@ pub async fn set_disabled(
     };
     users::audit(pool, &entry).await?;
     Ok((user, ended))
+}
+
+/// Seals again under the current key every TOTP seed that is not (the previous key's, or
+/// plaintext); returns how many were sealed again and how many seeds there are. A seed that
+/// opens under neither key stops the run (nothing after it is touched). Audited.
+pub async fn reencrypt(pool: &PgPool, auth: &crate::settings::AuthSettings) -> Result<(usize, usize), UsersOpError> {
+    let keys = crate::auth::sealed::DataKeys::from_settings(auth).expect("auth.data_key checked at load");
+    let stored = users::totp_secrets(pool).await?;
+    let mut resealed = 0;
+    for (id, value) in &stored {
+        let owner = id.to_string();
+        let opened = keys.open(value, &owner).map_err(|e| UsersOpError::Sealed(*id, e))?;
+        if opened.stale && users::reseal_totp(pool, *id, value, &keys.seal(&opened.plaintext, &owner)).await? {
+            resealed += 1;
+        }
+    }
+    let entry = AuditEntry {
+        actor: Some("cli"),
+        action: "secrets_reencrypt",
+        outcome: "success",
+        details: serde_json::json!({"totp_secrets": stored.len(), "resealed": resealed}),
+        ..Default::default()
+    };
+    users::audit(pool, &entry).await?;
+    Ok((resealed, stored.len()))
 }

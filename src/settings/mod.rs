@@ -29,6 +29,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SCHEMA_REGISTRY_URL", "schema_registry.url"),
     ("SECRET_KEY", "secret_key"),
     ("SECRET_KEY_PREVIOUS", "secret_key_previous"),
+    ("DATA_ENCRYPTION_KEY", "auth.data_key"),
+    ("DATA_ENCRYPTION_KEY_PREVIOUS", "auth.data_key_previous"),
     // The OpenTelemetry SDK's standard names (DEVCYCLE__TELEMETRY__* still wins).
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("OTEL_EXPORTER_OTLP_HEADERS", "telemetry.otlp_headers"),
@@ -259,6 +261,7 @@ impl Settings {
                 return Err(invalid("secret_key_previous", "equals secret_key: set it to the key being replaced"));
             }
         }
+        self.auth.check_data_keys(self.environment == Environment::Production)?;
         for (key, url, schemes) in [
             ("database.url", self.database.url.expose(), &["postgres", "postgresql"][..]),
             ("redis.url", self.redis.url.expose(), &["redis", "rediss"][..]),

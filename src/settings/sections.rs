@@ -75,6 +75,34 @@ pub struct AuthSettings {
     /// How often the ingress checks whether Redis lost keys (a restart or evictions) and, if it
     /// did, writes the access-token deny list again from Postgres (see `ingress::deny_sync`).
     pub deny_list_check_secs: u64,
+    /// AES-256-GCM key (64 hex characters) that seals secrets at rest (TOTP seeds; see
+    /// `auth::sealed`), and during a rotation the key it replaced.
+    pub data_key: Secret,
+    pub data_key_previous: Secret,
+}
+
+/// The development default of `auth.data_key` (refused in production).
+pub const DEV_DATA_KEY: &str = "6465762d696e7365637572652d646174612d6b65792d6368616e67652d6d6521";
+
+impl AuthSettings {
+    /// `data_key`: 64 hex characters, not the development default in production;
+    /// `data_key_previous`: empty, or such a key other than `data_key`.
+    pub(super) fn check_data_keys(&self, production: bool) -> Result<(), ConfigError> {
+        let (current, previous) = (self.data_key.expose(), self.data_key_previous.expose());
+        if crate::auth::sealed::key_bytes(current).is_none() {
+            return Err(invalid("auth.data_key", "must be 64 hex characters (32 random bytes)"));
+        }
+        if production && current == DEV_DATA_KEY {
+            return Err(invalid("auth.data_key", "production needs DATA_ENCRYPTION_KEY set to 32 random bytes in hex"));
+        }
+        if !previous.is_empty() && (crate::auth::sealed::key_bytes(previous).is_none() || previous == current) {
+            return Err(invalid(
+                "auth.data_key_previous",
+                "must be empty, or the 64-hex-character key data_key replaced",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What `devcycle retention apply` keeps (see `db::retention`).

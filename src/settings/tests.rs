@@ -107,8 +107,21 @@ fn unsafe_or_broken_values_are_refused_by_name_without_echoing_secrets() {
     let e = refused(&[("ENVIRONMENT", "production"), ("SECRET_KEY", "sixteen-chars-s3cr3t")], "secret_key");
     assert!(e.contains("at least 32") && !e.contains("sixteen-chars-s3cr3t"), "{e}");
     let long = "0123456789abcdef0123456789abcdef-prod";
-    let s = Settings::load_with_env(&dir(), &env(&[("ENVIRONMENT", "production"), ("SECRET_KEY", long)])).unwrap();
+    let data_key = "5e".repeat(32);
+    let prod_env = [("ENVIRONMENT", "production"), ("SECRET_KEY", long), ("DATA_ENCRYPTION_KEY", data_key.as_str())];
+    let s = Settings::load_with_env(&dir(), &env(&prod_env)).unwrap();
     assert_eq!(s.environment, Environment::Production);
+    assert!(!s.redacted_toml().contains(&data_key), "{}", s.redacted_toml());
+    // The data key: not the development one in production, 64 hex characters, a previous one
+    // other than itself; never echoed.
+    refused(&[("ENVIRONMENT", "production"), ("SECRET_KEY", long)], "auth.data_key");
+    let e = refused(&[("DATA_ENCRYPTION_KEY", "not-hex-and-far-too-short")], "auth.data_key");
+    assert!(!e.contains("not-hex-and-far-too-short"), "{e}");
+    refused(
+        &[("DATA_ENCRYPTION_KEY", &data_key), ("DATA_ENCRYPTION_KEY_PREVIOUS", &data_key)],
+        "auth.data_key_previous",
+    );
+    refused(&[("DATA_ENCRYPTION_KEY_PREVIOUS", "5e5e")], "auth.data_key_previous");
     refused(&[("ENVIRONMENT", "staging")], "environment");
     let e = refused(&[("DATABASE_URL", "mysql://u:hunter2@h/db")], "database.url");
     assert!(!e.contains("hunter2"), "{e}");

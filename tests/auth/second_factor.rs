@@ -1,4 +1,5 @@
-//! TOTP second factor and service tokens; TLS on the ingress when configured.
+//! TOTP second factor (its seeds sealed at rest, through a key rotation) and service tokens;
+//! TLS on the ingress when configured.
 
 use super::*;
 
@@ -48,6 +49,80 @@ async fn totp_and_service_tokens() {
     assert_eq!(s, 200, "{b}");
     let (s, _, b) = get_with(&app, "/v1/agents", &st).await;
     assert_error(s, &b, 401, "UNAUTHORIZED");
+    app.stop().await;
+}
+
+/// An app on `app`'s database schema, Redis prefix and Kafka namespace with other data keys.
+async fn same_data_other_keys(app: &TestApp, key: &str, previous: &str) -> TestApp {
+    let like = app.deps.settings.clone();
+    TestApp::spawn_with(|s| {
+        s.database.schema = like.database.schema;
+        s.redis.key_prefix = like.redis.key_prefix;
+        s.kafka.namespace = like.kafka.namespace;
+        s.auth.data_key = devcycle::settings::Secret::new(key);
+        s.auth.data_key_previous = devcycle::settings::Secret::new(previous);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totp_seeds_are_sealed_at_rest_and_survive_a_key_rotation() {
+    let app = TestApp::spawn().await;
+    let (email, token) = app.user_token("developer").await;
+    let schema = app.deps.settings.database.schema.clone();
+    let stored = || async {
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+            "SELECT totp_secret FROM {schema}.users WHERE email = $1"
+        )))
+        .bind(&email)
+        .fetch_one(&app.deps.pool)
+        .await
+        .unwrap()
+    };
+    let (_, b) = post_with(&app, "/v1/auth/totp/enrol", &token, &json!({})).await;
+    let secret = b["data"]["secret"].as_str().unwrap().to_string();
+    // At rest the seed is sealed from its enrolment on: nowhere in the row.
+    let enrolled = stored().await;
+    assert!(enrolled.starts_with("enc:v1:") && !enrolled.contains(&secret), "{enrolled}");
+    let code = || devcycle::auth::totp_code(&secret, chrono::Utc::now().timestamp()).unwrap();
+    let (s, b) = post_with(&app, "/v1/auth/totp/confirm", &token, &json!({"code": code()})).await;
+    assert_eq!(s, 200, "{b}");
+    let sealed = stored().await;
+    assert!(sealed.starts_with("enc:v1:") && !sealed.contains(&secret), "{sealed}");
+    let login = |totp: String| json!({"email": email, "password": PASSWORD, "totp": totp});
+    assert_eq!(post_public(&app, "/v1/auth/login", &login(code())).await.0, 200);
+
+    // A rotation: under the new key alone the seed does not open (500, nothing else told) ...
+    let old_key = app.deps.settings.auth.data_key.expose().to_string();
+    let new_key = "ab".repeat(32);
+    let rotated = same_data_other_keys(&app, &new_key, "").await;
+    let (s, _, b) = post_public(&rotated, "/v1/auth/login", &login(code())).await;
+    assert_error(s, &b, 500, "INTERNAL_ERROR");
+    // ... `users reencrypt` with the old key as the previous one seals it under the new key ...
+    let mut rotating = app.deps.settings.auth.clone();
+    rotating.data_key = devcycle::settings::Secret::new(&new_key);
+    rotating.data_key_previous = devcycle::settings::Secret::new(&old_key);
+    let (resealed, all) = devcycle::ops::users::reencrypt(&app.deps.pool, &rotating).await.unwrap();
+    assert_eq!((resealed, all), (1, 1));
+    assert_ne!(stored().await, sealed);
+    assert_eq!(devcycle::ops::users::reencrypt(&app.deps.pool, &rotating).await.unwrap(), (0, 1), "nothing stale left");
+    // ... and the new key alone opens it.
+    let (s, _, b) = post_public(&rotated, "/v1/auth/login", &login(code())).await;
+    assert_eq!(s, 200, "{b}");
+
+    // A seed stored before sealing existed (plaintext) is read, and sealed by `users reencrypt`.
+    sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {schema}.users SET totp_secret = $2 WHERE email = $1")))
+        .bind(&email)
+        .bind(&secret)
+        .execute(&app.deps.pool)
+        .await
+        .unwrap();
+    let (s, _, b) = post_public(&rotated, "/v1/auth/login", &login(code())).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(devcycle::ops::users::reencrypt(&app.deps.pool, &rotated.deps.settings.auth).await.unwrap(), (1, 1));
+    let resealed = stored().await;
+    assert!(resealed.starts_with("enc:v1:") && !resealed.contains(&secret), "{resealed}");
+    rotated.stop().await;
     app.stop().await;
 }
 

@@ -112,6 +112,7 @@ fn configmap_and_secret_are_known_production_settings() {
         "DATABASE_URL",
         "REDIS_URL",
         "SECRET_KEY",
+        "DATA_ENCRYPTION_KEY",
     ] {
         if !env.contains_key(required) {
             errors.push(format!("no ConfigMap or Secret sets {required}"));
@@ -121,7 +122,7 @@ fn configmap_and_secret_are_known_production_settings() {
 
     // With a real secret in place of the placeholder, the values load as production settings.
     let mut vars: BTreeMap<String, String> = env.into_iter().map(|(k, (v, _))| (k, v)).collect();
-    vars.insert("SECRET_KEY".into(), "a-test-secret-that-is-long-enough-0123456789".into());
+    with_real_secrets(&mut vars);
     let settings = load_settings(&vars).unwrap_or_else(|e| panic!("ConfigMap + Secret refused: {e}"));
     assert_eq!(u64::from(settings.http.port), http_port());
     assert_eq!(settings.http.host, "0.0.0.0", "the ingress must listen on every interface in a pod");
@@ -194,7 +195,7 @@ fn keda_scaled_objects_follow_processor_and_topic_declarations() {
     let docs = deploy_docs();
     let env = manifest_env(&docs);
     let mut vars: BTreeMap<String, String> = env.into_iter().map(|(k, (v, _))| (k, v)).collect();
-    vars.insert("SECRET_KEY".into(), "a-test-secret-that-is-long-enough-0123456789".into());
+    with_real_secrets(&mut vars);
     let settings = load_settings(&vars).expect("ConfigMap + Secret load");
     let ns = &settings.kafka.namespace;
     let deployments: BTreeMap<&str, &Value> =
@@ -248,4 +249,10 @@ fn keda_scaled_objects_follow_processor_and_topic_declarations() {
         errors.push(format!("ScaledObjects cover {scaled:?}, processors are {:?}", declared_processors()));
     }
     assert_no_errors("ScaledObjects", &errors);
+}
+
+/// The Secret's placeholders replaced by values production accepts.
+fn with_real_secrets(vars: &mut BTreeMap<String, String>) {
+    vars.insert("SECRET_KEY".into(), "a-test-secret-that-is-long-enough-0123456789".into());
+    vars.insert("DATA_ENCRYPTION_KEY".into(), "7465".repeat(16));
 }

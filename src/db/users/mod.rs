@@ -128,6 +128,25 @@ pub async fn set_disabled(pool: &PgPool, user_id: Uuid, disabled: bool) -> Resul
     Ok(())
 }
 
+/// Every stored TOTP seed (sealed, or plaintext from before sealing): `(user id, stored)`.
+pub async fn totp_secrets(pool: &PgPool) -> Result<Vec<(Uuid, String)>, DbError> {
+    Ok(sqlx::query_as("SELECT id, totp_secret FROM users WHERE totp_secret IS NOT NULL ORDER BY id")
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Replaces a user's stored TOTP seed `old` by `new` (the same seed sealed again); false when
+/// it changed meanwhile (a new enrolment wins).
+pub async fn reseal_totp(pool: &PgPool, user_id: Uuid, old: &str, new: &str) -> Result<bool, DbError> {
+    let r = sqlx::query("UPDATE users SET totp_secret = $3 WHERE id = $1 AND totp_secret = $2")
+        .bind(user_id)
+        .bind(old)
+        .bind(new)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 pub async fn set_totp(pool: &PgPool, user_id: Uuid, secret: Option<&str>, enabled: bool) -> Result<(), DbError> {
     sqlx::query("UPDATE users SET totp_secret = $2, totp_enabled = $3, updated_at = now() WHERE id = $1")
         .bind(user_id)
