@@ -75,12 +75,16 @@ impl Deps {
             db::migrate(&pool).await?;
         }
         if settings.kafka.apply_on_start {
-            for change in topics::apply(&settings, &catalog).await? {
+            let changes = topics::apply(&settings, &catalog).await?;
+            for change in &changes {
                 tracing::info!(change = %change, "topics apply");
             }
-            for r in registry::apply_all(&settings, &catalog).await? {
+            crate::ops::config_audit::topics_applied(&pool, "service", &changes).await?;
+            let applied = registry::apply_all(&settings, &catalog).await?;
+            for r in &applied {
                 tracing::info!(subject = %r.subject, id = r.id, new_version = r.new_version, "schema applied");
             }
+            crate::ops::config_audit::schemas_applied(&pool, "service", &applied).await?;
         }
         let cache = Cache::connect(&settings.redis).await?;
         let producer =

@@ -68,8 +68,12 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             if !changes.iter().any(|c| c.is_change()) {
                 println!("topics: no changes");
             }
-            for c in changes {
+            for c in &changes {
                 println!("{c}");
+            }
+            if changes.iter().any(|c| c.is_change()) {
+                let pool = devcycle::db::connect(&settings.database).await.context(NOT_RECORDED)?;
+                devcycle::ops::config_audit::topics_applied(&pool, "cli", &changes).await.context(NOT_RECORDED)?;
             }
             Ok(())
         }
@@ -78,9 +82,13 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             let mut p = Progress::new("schemas apply", "subjects");
             let applied =
                 devcycle::registry::apply_all_with(&settings, &catalog, &mut p).await.context("schemas apply")?;
-            for r in applied {
+            for r in &applied {
                 let what = if r.new_version { "registered" } else { "unchanged" };
                 println!("{} {what} (id {})", r.subject, r.id);
+            }
+            if applied.iter().any(|r| r.new_version) {
+                let pool = devcycle::db::connect(&settings.database).await.context(NOT_RECORDED)?;
+                devcycle::ops::config_audit::schemas_applied(&pool, "cli", &applied).await.context(NOT_RECORDED)?;
             }
             Ok(())
         }
@@ -150,6 +158,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Process { name } => Ok(app::run(settings, Mode::Process(name), shutdown_on_signals(), None).await?),
     }
 }
+
+/// What a failed audit write after an apply says: the change was made.
+const NOT_RECORDED: &str = "the change was made, but not recorded in the audit log";
 
 /// `users disable|enable --email`.
 async fn set_disabled(settings: &Settings, email: &str, disable: bool) -> anyhow::Result<()> {

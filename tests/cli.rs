@@ -62,6 +62,27 @@ async fn a_first_deployment_then_the_views_on_a_fresh_namespace() {
     let (code, again, _) = devcycle(&s, &["schemas", "apply"], &[]).await;
     assert_eq!(code, 0, "{again}");
     assert!(!again.is_empty() && again.lines().all(|l| l.contains(" unchanged (id ")), "{again}");
+    // Each apply that changed something is in the audit log with its changes; the second runs,
+    // which changed nothing, are not.
+    let audited: Vec<(String, String, serde_json::Value)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT actor, action, details FROM {schema}.audit_log WHERE action LIKE '%_apply' ORDER BY id"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let actions: Vec<(&str, &str)> = audited.iter().map(|(a, b, _)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(actions, [("cli", "topics_apply"), ("cli", "schemas_apply")], "{audited:?}");
+    let listed = |i: usize, line: &str| audited[i].2["changes"].as_array().unwrap().iter().any(|c| c == line);
+    assert!(
+        audited[0].2["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str().unwrap().starts_with(&format!("created {requests} ("))),
+        "{audited:?}"
+    );
+    let registered = out.lines().find(|l| l.starts_with(&subject)).unwrap();
+    assert!(listed(1, registered), "{registered} in {audited:?}");
 
     let email = format!("ops-{}@example.test", uuid::Uuid::new_v4().simple());
     let create = ["users", "create", "--email", &email, "--role", "viewer"];

@@ -96,6 +96,17 @@ async fn audit_log_queries_are_checked() {
     let (s, b) = app.get(&format!("/v1/audit?since={later}")).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!((b["data"]["total"].as_i64(), b["data"]["items"].as_array().map(Vec::len)), (Some(0), Some(0)), "{b}");
+    // The app applied its declarations at start (a fresh namespace: every topic and schema new)
+    // and recorded that once each, as the service, with the changes.
+    for (action, change) in [("topics_apply", "created "), ("schemas_apply", " registered (id ")] {
+        let (s, b) = app.get(&format!("/v1/audit?action={action}")).await;
+        assert_eq!(s, 200, "{b}");
+        let items = b["data"]["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{action}: {b}");
+        assert_eq!(items[0]["actor"], "service", "{b}");
+        let changes = items[0]["details"]["changes"].as_array().unwrap();
+        assert!(!changes.is_empty() && changes.iter().all(|c| c.as_str().unwrap().contains(change)), "{b}");
+    }
     // Only an admin reads it.
     let (_, token) = app.user_token("developer").await;
     let (s, _, b) = get_with(&app, "/v1/audit", &token).await;
