@@ -65,13 +65,14 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             let catalog = Catalog::load(&settings)?;
             let mut p = Progress::new("topics apply", "topics");
             let changes = devcycle::topics::apply_with(&settings, &catalog, &mut p).await?;
-            if !changes.iter().any(|c| c.is_change()) {
+            let changed = changes.iter().any(|c| c.is_change());
+            if !changed {
                 println!("topics: no changes");
             }
             for c in &changes {
                 println!("{c}");
             }
-            if changes.iter().any(|c| c.is_change()) {
+            if changed {
                 let pool = devcycle::db::connect(&settings.database).await.context(NOT_RECORDED)?;
                 devcycle::ops::config_audit::topics_applied(&pool, "cli", &changes).await.context(NOT_RECORDED)?;
             }

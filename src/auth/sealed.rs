@@ -107,9 +107,7 @@ mod tests {
     use crate::settings::Secret;
 
     fn keys(current: &str, previous: &str) -> DataKeys {
-        let mut a = crate::settings::Settings::isolated(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), "u")
-            .unwrap()
-            .auth;
+        let mut a = crate::auth::tests::settings();
         a.data_key = Secret::new(current);
         a.data_key_previous = Secret::new(previous);
         DataKeys::from_settings(&a).unwrap()

@@ -28,7 +28,8 @@ fn roles() {
 }
 const SECRET: &str = "unit-test-secret-of-at-least-32-bytes!!";
 
-fn settings() -> AuthSettings {
+/// Auth settings for unit tests (also `sealed`'s).
+pub(super) fn settings() -> AuthSettings {
     AuthSettings {
         access_token_ttl_secs: 900,
         refresh_token_ttl_secs: 604_800,

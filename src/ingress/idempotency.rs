@@ -28,14 +28,18 @@ pub fn key_of<B>(req: &Request<B>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// The fingerprint of a request body: `<variant>:<SHA-256 of the body's compact JSON form>` (a
-/// body that does not parse as JSON is hashed as sent). `variant` tells apart what else makes
-/// two requests differ (e.g. a respond-async preference).
-pub fn fingerprint(variant: &str, body: &str) -> String {
-    let canonical = serde_json::from_str::<Json>(body)
+/// The fingerprint of a request: `<variant>:<SHA-256 of its body's compact JSON form>`.
+/// `variant` tells apart what else makes two requests differ (e.g. a respond-async preference).
+pub fn fingerprint(variant: &str, compact_body: &[u8]) -> String {
+    format!("{variant}:{}", crate::auth::hex(&Sha256::digest(compact_body)))
+}
+
+/// The compact form of a JSON body given as text (a body that does not parse as a JSON tree is
+/// kept as sent).
+pub fn compact(body: &str) -> Vec<u8> {
+    serde_json::from_str::<Json>(body)
         .map(|tree| serde_json::to_vec(&tree).expect("a JSON value serializes"))
-        .unwrap_or_else(|_| body.as_bytes().to_vec());
-    format!("{variant}:{}", crate::auth::hex(&Sha256::digest(&canonical)))
+        .unwrap_or_else(|_| body.as_bytes().to_vec())
 }
 
 /// The Redis key of `key` for the request's caller, under `scope` (what the key applies to):
@@ -68,11 +72,11 @@ pub async fn reserve(ctx: &Ctx, redis_key: String, hash: String) -> Result<Reser
     let set: Option<String> = pool
         .set(&redis_key, pending, Some(Expiration::EX(reserve_secs)), Some(SetOptions::NX), false)
         .await
-        .map_err(|e| unavailable(ctx, e))?;
+        .map_err(|e| ctx.redis_down(e))?;
     if set.is_some() {
         return Ok(Reservation::Fresh(Reserved { redis_key, hash }));
     }
-    let stored: Option<String> = pool.get(&redis_key).await.map_err(|e| unavailable(ctx, e))?;
+    let stored: Option<String> = pool.get(&redis_key).await.map_err(|e| ctx.redis_down(e))?;
     let stored: Json = stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Null);
     if stored["hash"].as_str() != Some(hash.as_str()) {
         return Err(reused());
@@ -122,14 +126,5 @@ impl Reserved {
     /// Frees the key, so that the request's retry runs.
     pub async fn release(&self, ctx: &Ctx) {
         let _: Result<i64, _> = ctx.deps.cache.pool().del(&self.redis_key).await;
-    }
-}
-
-/// Redis down for the key's bookkeeping: 503, nothing written.
-fn unavailable(ctx: &Ctx, e: fred::error::Error) -> ApiError {
-    ApiError::Unavailable {
-        service: "redis",
-        reason: e.to_string(),
-        retry_after: ctx.deps.settings.http.retry_after_secs,
     }
 }

@@ -229,6 +229,14 @@ pub struct Ctx {
     pub trace: crate::otlp::Parent,
 }
 
+impl Ctx {
+    /// Redis failing the ingress's own bookkeeping (idempotency keys, receipts): 503.
+    pub fn redis_down(&self, e: impl std::fmt::Display) -> ApiError {
+        let retry_after = self.deps.settings.http.retry_after_secs;
+        ApiError::Unavailable { service: "redis", reason: e.to_string(), retry_after }
+    }
+}
+
 /// Authenticates, authorizes and rate-limits a request per its route's policy; returns the
 /// most restrictive rate-limit decision (for the `RateLimit-*` headers).
 async fn admit(

@@ -73,7 +73,9 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
     let tracestate = req.headers().get("tracestate").and_then(|v| v.to_str().ok()).map(String::from);
     let idem_key = idempotency::key_of(&req)?;
     let body = json_object(req, deps.settings.http.max_body_bytes).await?;
-    let hash = idem_key.as_ref().map(|_| idempotency::fingerprint("task", &Value::Object(body.clone()).to_string()));
+    let hash = idem_key
+        .as_ref()
+        .map(|_| idempotency::fingerprint("task", &serde_json::to_vec(&body).expect("a JSON object serializes")));
     let sub = validate(body)?;
     match (idem_key, hash) {
         // Boxed: the Redis commands' futures would otherwise be part of every submission's.

@@ -48,8 +48,9 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     // The idempotency hash covers the whole body (and the respond-async preference); a body
     // nested deeper than a JSON tree may be (its values were only skipped over when read) is
     // hashed as sent.
-    let body_hash =
-        idem_header.as_ref().map(|_| idempotency::fingerprint(if is_async { "async" } else { "sync" }, text));
+    let body_hash = idem_header
+        .as_ref()
+        .map(|_| idempotency::fingerprint(if is_async { "async" } else { "sync" }, &idempotency::compact(text)));
     // `{records: [...]}` or one record; each record's value stays JSON text until it is encoded.
     let records: Vec<Result<RecordIn<'_>, Line>> = match body_in.records {
         Some(list) => {

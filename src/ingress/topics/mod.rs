@@ -233,15 +233,6 @@ async fn settle(lines: &mut [Option<Line>], pending: Vec<(usize, crate::kafka::P
     }
 }
 
-/// A Redis failure of the gateway's own bookkeeping (idempotency keys, receipts): 503.
-fn redis_down(ctx: &Ctx, e: impl std::fmt::Display) -> ApiError {
-    ApiError::Unavailable {
-        service: "redis",
-        reason: e.to_string(),
-        retry_after: ctx.deps.settings.http.retry_after_secs,
-    }
-}
-
 fn produce_failure(e: ProduceError) -> Line {
     match e {
         ProduceError::Unavailable(k) => Line::failed(UNAVAILABLE, format!("kafka unavailable: {k}")),

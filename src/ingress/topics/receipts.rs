@@ -3,7 +3,7 @@
 //!
 //! Invariant: a receipt reads `pending` until every record of its request has its report.
 
-use super::{overall, redis_down, settle, Line};
+use super::{overall, settle, Line};
 use crate::catalog::TopicDecl;
 use crate::ingress::envelope::ok;
 use crate::ingress::{ApiError, Ctx, HttpResponse};
@@ -77,7 +77,7 @@ pub async fn get_receipt(ctx: &Ctx, id: &str) -> Result<HttpResponse, ApiError> 
         return Err(ApiError::validation("receipt_id", "must be a receipt id"));
     }
     let stored: Option<String> =
-        ctx.deps.cache.pool().get(receipt_key(ctx.deps.cache.prefix(), id)).await.map_err(|e| redis_down(ctx, e))?;
+        ctx.deps.cache.pool().get(receipt_key(ctx.deps.cache.prefix(), id)).await.map_err(|e| ctx.redis_down(e))?;
     let data: Json = stored
         .and_then(|t| serde_json::from_str(&t).ok())
         .ok_or_else(|| ApiError::NotFound(format!("receipt {id}")))?;
