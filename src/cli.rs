@@ -53,7 +53,8 @@ pub enum Command {
         #[arg(long)]
         group: Option<String>,
     },
-    /// Data retention: delete audit log rows, sessions and password history past `[retention]`.
+    /// Data retention: delete audit log rows, sessions and password history past `[retention]`,
+    /// and expired Idempotency-Key records.
     Retention {
         #[command(subcommand)]
         action: RetentionAction,

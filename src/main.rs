@@ -115,8 +115,8 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             let r = progress::while_running("retention apply", run).await?;
             let verb = if dry_run { "would delete" } else { "deleted" };
             println!(
-                "retention: {verb} {} audit log row(s), {} session(s), {} password history row(s)",
-                r.audit_log, r.sessions, r.password_history
+                "retention: {verb} {} audit log row(s), {} session(s), {} password history row(s), {} expired idempotency key(s)",
+                r.audit_log, r.sessions, r.password_history, r.idempotency_keys
             );
             Ok(())
         }

@@ -111,7 +111,7 @@ async fn a_first_deployment_then_the_views_on_a_fresh_namespace() {
     let (code, out, err) = devcycle(&s, &["dlq", "list"], &[]).await;
     assert_eq!((code, out.trim()), (0, "0 dead letter(s)"), "{err}");
     let (code, out, err) = devcycle(&s, &["retention", "apply", "--dry-run"], &[]).await;
-    let nothing = "0 audit log row(s), 0 session(s), 0 password history row(s)";
+    let nothing = "0 audit log row(s), 0 session(s), 0 password history row(s), 0 expired idempotency key(s)";
     assert_eq!((code, out.trim()), (0, format!("retention: would delete {nothing}").as_str()), "{err}");
     let (code, out, err) = devcycle(&s, &["retention", "apply"], &[]).await;
     assert_eq!((code, out.trim()), (0, format!("retention: deleted {nothing}").as_str()), "{err}");

@@ -52,7 +52,16 @@ async fn retention_deletes_what_is_past_it_and_keeps_the_audit_year() {
     let history = |u: Uuid| format!("SELECT count(*) FROM password_history WHERE user_id = '{u}'");
     let history_before = count(pool, &history(user)).await;
     assert!(history_before >= 8);
-    let want = Report { audit_log: 3, sessions: 2, password_history: history_before as u64 - 5 };
+    // Idempotency-Key records: two expired (one a lapsed reservation), one live.
+    for (id, status, expiry) in
+        [("t:old-1", "200", "-1 hour"), ("t:old-2", "NULL", "-1 second"), ("t:live", "202", "1 hour")]
+    {
+        let sql = format!(
+            "INSERT INTO idempotency_keys (id, hash, status, expires_at) VALUES ('{id}', 'h', {status}, now() + interval '{expiry}')"
+        );
+        exec(pool, &sql).await.unwrap();
+    }
+    let want = Report { audit_log: 3, sessions: 2, password_history: history_before as u64 - 5, idempotency_keys: 2 };
 
     let mut settings = app.deps.settings.clone();
     settings.retention.batch_size = 2;
@@ -73,6 +82,8 @@ async fn retention_deletes_what_is_past_it_and_keeps_the_audit_year() {
     let sessions = format!("SELECT count(*) FROM sessions WHERE user_id = '{user}'");
     assert_eq!(count(pool, &sessions).await, 2, "the session 29 days past its expiry and the live one");
     assert_eq!(count(pool, &history(user)).await, 5);
+    let idempotency: Vec<String> = sqlx::query_scalar("SELECT id FROM idempotency_keys").fetch_all(pool).await.unwrap();
+    assert_eq!(idempotency, ["t:live"]);
     let kept: Vec<String> = sqlx::query_scalar(
         "SELECT password_hash FROM password_history WHERE user_id = $1 AND password_hash LIKE 'old-%' ORDER BY created_at DESC",
     )

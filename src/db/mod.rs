@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod batch;
+pub mod idempotency;
 pub mod retention;
 pub mod tasks;
 pub mod users;

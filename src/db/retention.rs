@@ -7,6 +7,7 @@
 //!   row matters until then for refresh-token reuse detection and the deny list of its access
 //!   token (which expired long before).
 //! - Password history beyond the `auth.password_history` newest per user (only those are read).
+//! - `Idempotency-Key` records past their expiry (they already count as absent).
 //!
 //! Invariants: deletes run in batches of `retention.batch_size` rows, each its own statement,
 //! so no lock is held long and a run cut short resumes where it stopped; the run is recorded in
@@ -23,6 +24,7 @@ pub struct Report {
     pub audit_log: u64,
     pub sessions: u64,
     pub password_history: u64,
+    pub idempotency_keys: u64,
 }
 
 /// The ids of the rows of each kind past retention, with `$1` the cutoff.
@@ -31,6 +33,7 @@ const SESSIONS: &str = "SELECT id FROM sessions WHERE expires_at < now() - make_
 const HISTORY: &str = "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY user_id
                          ORDER BY created_at DESC, id DESC) AS n FROM password_history) h
                        WHERE n > $1";
+const IDEMPOTENCY: &str = "SELECT id FROM idempotency_keys WHERE expires_at < now() - make_interval(days => $1)";
 
 /// Counts (`dry_run`) or deletes, batch by batch, the rows of `table` that `select` finds.
 async fn sweep(
@@ -66,11 +69,13 @@ pub async fn apply(pool: &PgPool, settings: &Settings, dry_run: bool) -> Result<
         audit_log: sweep(pool, "audit_log", AUDIT, r.audit_log_days as i32, batch, dry_run).await?,
         sessions: sweep(pool, "sessions", SESSIONS, r.sessions_days as i32, batch, dry_run).await?,
         password_history: sweep(pool, "password_history", HISTORY, history, batch, dry_run).await?,
+        idempotency_keys: sweep(pool, "idempotency_keys", IDEMPOTENCY, 0, batch, dry_run).await?,
     };
     if !dry_run {
         let details = serde_json::json!({
             "deleted": {"audit_log": report.audit_log, "sessions": report.sessions,
-                        "password_history": report.password_history},
+                        "password_history": report.password_history,
+                        "idempotency_keys": report.idempotency_keys},
             "audit_log_days": r.audit_log_days, "sessions_days": r.sessions_days,
         });
         let entry = super::users::AuditEntry {

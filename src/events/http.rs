@@ -161,3 +161,16 @@ impl DenyListSyncFailed<'_> {
         tracing::warn!(error = self.error, "access-token deny list check failed; retrying at the next check");
     }
 }
+
+/// Storing an `Idempotency-Key`'s answer (`stage` `answer`) or releasing its reservation
+/// (`release`) failed: the key stays reserved until its reservation lapses, and retries meanwhile
+/// get 409.
+pub struct IdempotencyRecordFailed<'a> {
+    pub stage: &'static str,
+    pub error: &'a (dyn std::error::Error + 'static),
+}
+impl IdempotencyRecordFailed<'_> {
+    pub fn emit(self) {
+        tracing::warn!(stage = self.stage, error = self.error, "idempotency record not written; the key lapses later");
+    }
+}

@@ -1,17 +1,21 @@
 //! `Idempotency-Key` on the API's writes (`POST /v1/tasks`, `POST /v1/topics/{topic}/records`):
-//! the first answer to a key is stored in Redis and replayed byte for byte to its retries.
+//! the first answer to a key is stored in Postgres (`db::idempotency`) and replayed byte for byte
+//! to its retries, so a Redis restart or eviction forgets no key.
 //!
-//! Invariants: a key is the caller's own (the caller is part of the Redis key); a key is reserved
-//! (`pending`) before anything is written, so a concurrent retry gets 409 instead of writing
-//! again; a reserved key whose request wrote nothing (refused, 503) is released, so the retry
-//! runs for real; a key reused with another request body is refused (422) and never replayed.
+//! Invariants: a key is the caller's own (the caller is part of the record's id); a key is
+//! reserved (claimed) before anything is written, so a concurrent retry gets 409 instead of
+//! writing again; a reserved key whose request wrote nothing (refused, 503) is released, so the
+//! retry runs for real; a key reused with another request body is refused (422) and never
+//! replayed. A reservation lapses after the request's timeout (and a margin), so a process
+//! that died mid-request does not hold its key for the answer's lifetime.
 
 use super::envelope::raw_json;
 use super::{ApiError, Ctx, HttpResponse};
-use fred::prelude::*;
+use crate::db::idempotency as records;
+use crate::events::IdempotencyRecordFailed;
 use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 /// The longest key accepted.
@@ -42,11 +46,11 @@ pub fn compact(body: &str) -> Vec<u8> {
         .unwrap_or_else(|_| body.as_bytes().to_vec())
 }
 
-/// The Redis key of `key` for the request's caller, under `scope` (what the key applies to):
-/// `<prefix><scope>:idem:<caller>:<key>`.
-pub fn redis_key(ctx: &Ctx, scope: &str, key: &str) -> String {
+/// The record id of `key` for the request's caller, under `scope` (what the key applies to):
+/// `<scope>:<caller>:<key>`.
+pub fn record_id(ctx: &Ctx, scope: &str, key: &str) -> String {
     let caller = ctx.principal.as_ref().map_or("-", |p| p.id.as_str());
-    format!("{}{scope}:idem:{caller}:{key}", ctx.deps.cache.prefix())
+    format!("{scope}:{caller}:{key}")
 }
 
 /// What a key's reservation found.
@@ -59,35 +63,26 @@ pub enum Reservation {
 
 /// A reserved key.
 pub struct Reserved {
-    redis_key: String,
+    id: String,
     hash: String,
 }
 
-/// Reserves `redis_key` for a request with fingerprint `hash`, or finds its stored answer; a
+/// Reserves the key `id` for a request with fingerprint `hash`, or finds its stored answer; a
 /// key in use by a request still running is 409, and one used with another body is 422.
-pub async fn reserve(ctx: &Ctx, redis_key: String, hash: String) -> Result<Reservation, ApiError> {
-    let pool = ctx.deps.cache.pool();
-    let pending = json!({"hash": hash, "state": "pending"}).to_string();
-    let reserve_secs = (ctx.deps.settings.http.request_timeout_ms / 1000 + 5) as i64;
-    let set: Option<String> = pool
-        .set(&redis_key, pending, Some(Expiration::EX(reserve_secs)), Some(SetOptions::NX), false)
-        .await
-        .map_err(|e| ctx.redis_down(e))?;
-    if set.is_some() {
-        return Ok(Reservation::Fresh(Reserved { redis_key, hash }));
-    }
-    let stored: Option<String> = pool.get(&redis_key).await.map_err(|e| ctx.redis_down(e))?;
-    let stored: Json = stored.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Json::Null);
-    if stored["hash"].as_str() != Some(hash.as_str()) {
+pub async fn reserve(ctx: &Ctx, id: String, hash: String) -> Result<Reservation, ApiError> {
+    let reserve_secs = ctx.deps.settings.http.request_timeout_ms / 1000 + 5;
+    let Some(stored) = records::claim(&ctx.deps.pool, &id, &hash, reserve_secs).await? else {
+        return Ok(Reservation::Fresh(Reserved { id, hash }));
+    };
+    if stored.hash != hash {
         return Err(reused());
     }
-    if stored["state"] == "pending" {
-        return Err(ApiError::Conflict("a request with this Idempotency-Key is still in progress".into()));
-    }
-    let status = stored["status"].as_u64().and_then(|c| StatusCode::from_u16(c as u16).ok());
-    match (status, stored["body"].as_str()) {
-        (Some(status), Some(body)) => Ok(Reservation::Replay(replayed(raw_json(status, body.to_string())))),
-        _ => Err(ApiError::Internal(format!("unreadable idempotency record {redis_key}"))),
+    match stored.answer {
+        None => Err(ApiError::Conflict("a request with this Idempotency-Key is still in progress".into())),
+        Some((status, body)) => match StatusCode::from_u16(status) {
+            Ok(status) => Ok(Reservation::Replay(replayed(raw_json(status, body)))),
+            Err(_) => Err(ApiError::Internal(format!("unreadable idempotency record {id}"))),
+        },
     }
 }
 
@@ -113,11 +108,12 @@ impl Reserved {
             Ok(r) if r.status() != StatusCode::SERVICE_UNAVAILABLE => {
                 let body =
                     http_body_util::BodyExt::collect(r.body().clone()).await.map(|c| c.to_bytes()).unwrap_or_default();
-                let stored = json!({"hash": self.hash, "state": "done", "status": r.status().as_u16(),
-                                    "body": String::from_utf8_lossy(&body)});
-                let ex = Some(Expiration::EX(ttl_secs as i64));
-                let _: Result<(), _> =
-                    ctx.deps.cache.pool().set(&self.redis_key, stored.to_string(), ex, None, false).await;
+                let body = String::from_utf8_lossy(&body);
+                let stored =
+                    records::answer(&ctx.deps.pool, &self.id, &self.hash, r.status().as_u16(), &body, ttl_secs).await;
+                if let Err(error) = stored {
+                    IdempotencyRecordFailed { stage: "answer", error: &error }.emit();
+                }
             }
             _ => self.release(ctx).await,
         }
@@ -125,6 +121,8 @@ impl Reserved {
 
     /// Frees the key, so that the request's retry runs.
     pub async fn release(&self, ctx: &Ctx) {
-        let _: Result<i64, _> = ctx.deps.cache.pool().del(&self.redis_key).await;
+        if let Err(error) = records::release(&ctx.deps.pool, &self.id, &self.hash).await {
+            IdempotencyRecordFailed { stage: "release", error: &error }.emit();
+        }
     }
 }

@@ -230,7 +230,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Redis failing the ingress's own bookkeeping (idempotency keys, receipts): 503.
+    /// Redis failing the ingress's own bookkeeping (receipts): 503.
     pub fn redis_down(&self, e: impl std::fmt::Display) -> ApiError {
         let retry_after = self.deps.settings.http.retry_after_secs;
         ApiError::Unavailable { service: "redis", reason: e.to_string(), retry_after }

@@ -5,10 +5,8 @@
 //! idempotent producer); the task reads `queued` from the moment it is answered (unless Redis
 //! is down: then from Postgres once it starts); nothing is produced for a request that fails
 //! validation. With an `Idempotency-Key` the task id is derived from the caller and the key, so
-//! a retry names the same task: it gets the stored answer (Redis, `gateway.idempotency_ttl_secs`),
-//! or when Redis lost that, the task's record once a processor has written it; only a retry in
-//! the gap before that (Redis lost, task not yet started) produces the same task again.
-
+//! a retry names the same task: it gets the stored answer (Postgres, `gateway.idempotency_ttl_secs`),
+//! or after that expired, the task's record once a processor has written it.
 use super::body::{json_object, only_keys, opt_str};
 use super::envelope::ok;
 use super::idempotency::{self, Reservation};
@@ -78,7 +76,7 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
         .map(|_| idempotency::fingerprint("task", &serde_json::to_vec(&body).expect("a JSON object serializes")));
     let sub = validate(body)?;
     match (idem_key, hash) {
-        // Boxed: the Redis commands' futures would otherwise be part of every submission's.
+        // Boxed: the keyed path's futures would otherwise be part of every submission's.
         (Some(key), Some(hash)) => Box::pin(submit_keyed(ctx, sub, key, hash, tracestate)).await,
         _ => produce_task(ctx, sub, Uuid::new_v4(), tracestate).await,
     }
@@ -96,11 +94,11 @@ async fn submit_keyed(
     let deps = &ctx.deps;
     let caller = ctx.principal.as_ref().map_or("-", |p| p.id.as_str());
     let task_id = Uuid::new_v5(&IDEMPOTENT_TASKS, format!("{caller}\n{key}").as_bytes());
-    let reserved = match idempotency::reserve(ctx, idempotency::redis_key(ctx, "tasks", &key), hash).await? {
+    let reserved = match idempotency::reserve(ctx, idempotency::record_id(ctx, "tasks", &key), hash).await? {
         Reservation::Replay(answer) => return Ok(answer),
         Reservation::Fresh(reserved) => reserved,
     };
-    // Redis may have lost the stored answer (a restart, an eviction) of a task already written.
+    // The stored answer may have expired while the task's record stays.
     let result = match recorded(ctx, task_id, &sub).await {
         Ok(Some(answer)) => Ok(idempotency::replayed(answer)),
         Ok(None) => produce_task(ctx, sub, task_id, tracestate).await,

@@ -128,6 +128,15 @@ impl TestApp {
         (email, body["data"]["access_token"].as_str().unwrap().to_string())
     }
 
+    /// Unlinks every Redis key of this app (its prefix): what a Redis restart without
+    /// persistence, or a `FLUSHALL`, does to it.
+    pub async fn forget_redis(&self) {
+        use fred::prelude::LuaInterface;
+        let unlink = "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('UNLINK', k) end";
+        let pattern = format!("{}*", self.deps.cache.prefix());
+        let _: () = self.deps.cache.pool().eval(unlink, Vec::<String>::new(), vec![pattern]).await.unwrap();
+    }
+
     pub fn url(&self, path: &str) -> String {
         let scheme = if self.deps.settings.http.tls_cert_path.is_empty() { "http" } else { "https" };
         format!("{scheme}://{}{}", self.addr, path)

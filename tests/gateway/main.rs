@@ -201,6 +201,12 @@ async fn idempotency_key_replays_the_first_answer() {
     assert_eq!(r2.headers()["idempotent-replayed"], "true");
     assert_eq!(r2.text().await.unwrap(), t1, "the replay is the stored answer, byte for byte");
     assert_eq!(app.record_count(TOPIC), 2, "the replay produced nothing");
+    // Redis forgetting everything (a restart without persistence, an eviction) changes nothing.
+    app.forget_redis().await;
+    let r3 = post(&body, "idem-1").send().await.unwrap();
+    assert_eq!(r3.headers()["idempotent-replayed"], "true");
+    assert_eq!(r3.text().await.unwrap(), t1, "after Redis lost its keys");
+    assert_eq!(app.record_count(TOPIC), 2);
 
     let other = json!({"value": request_value("echo")});
     let (s, _, b) = app.send(post(&other, "idem-1")).await;
@@ -317,6 +323,43 @@ async fn binary_topics_take_base64_values() {
     let (_, b) = app.get("/v1/topics").await;
     let raw = b["data"]["items"].as_array().unwrap().iter().find(|t| t["name"] == "gw.raw").unwrap().clone();
     assert_eq!((raw["value_format"].as_str(), &raw["value_schema"]), (Some("binary"), &Value::Null));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_claimed_once_and_a_lapsed_claim_is_taken_over() {
+    let app = ingress(|_| {}).await;
+    let body = json!({"records": [{"value": request_value("echo")}]});
+    let post =
+        |key: &str| app.http.post(app.url(RECORDS)).bearer_auth(&app.token).header("idempotency-key", key).json(&body);
+
+    // Eight requests at once with one key: one writes; every other one is 409 (the first still
+    // running) or the replay of its answer.
+    let answers = futures::future::join_all((0..8).map(|_| app.send_raw(post("race")))).await;
+    let replayed = |h: &reqwest::header::HeaderMap| h.get("idempotent-replayed").is_some();
+    let written = answers.iter().filter(|(s, h, _)| *s == 200 && !replayed(h)).count();
+    assert_eq!(written, 1, "{answers:?}");
+    assert!(answers.iter().all(|(s, _, _)| *s == 409 || *s == 200), "{answers:?}");
+    assert_eq!(app.record_count(TOPIC), 1);
+
+    // A reservation whose request never answered (its process died): retries are 409 until it
+    // lapses, then one runs for real.
+    let (s, _, _) = app.send_raw(post("lapse")).await;
+    assert_eq!(s, 200);
+    let pool = &app.deps.pool;
+    let dead = "UPDATE idempotency_keys SET status = NULL, body = NULL WHERE id LIKE 'gateway:%:lapse'";
+    assert_eq!(sqlx::query(dead).execute(pool).await.unwrap().rows_affected(), 1);
+    let (s, _, b) = app.send_raw(post("lapse")).await;
+    assert_eq!((s, b["error"].as_str()), (409, Some("CONFLICT")), "{b}");
+    assert_eq!(app.record_count(TOPIC), 2);
+    let lapsed = "UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE id LIKE 'gateway:%:lapse'";
+    assert_eq!(sqlx::query(lapsed).execute(pool).await.unwrap().rows_affected(), 1);
+    let (s, h, b) = app.send_raw(post("lapse")).await;
+    assert_eq!((s, replayed(&h)), (200, false), "{b}");
+    assert_eq!(app.record_count(TOPIC), 3);
+    let (s, h, _) = app.send_raw(post("lapse")).await;
+    assert_eq!((s, replayed(&h)), (200, true), "the new answer is kept");
+    assert_eq!(app.record_count(TOPIC), 3);
     app.stop().await;
 }
 

@@ -1,10 +1,10 @@
 //! `Idempotency-Key` on task submission: a retry names the same task and produces nothing
-//! again, both while Redis holds the first answer and after Redis lost it (the task's record
-//! answers then); the key is the caller's own and bound to its request body.
+//! again, while the stored answer lives (in Postgres: Redis forgetting everything changes
+//! nothing) and after it expired (the task's record answers then); the key is the caller's own
+//! and bound to its request body.
 
 use super::*;
 use base64::Engine;
-use fred::prelude::KeysInterface;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
@@ -45,12 +45,19 @@ async fn a_retried_submission_names_the_same_task_and_produces_it_once() {
     assert_eq!(status, 202, "{theirs}");
     assert_ne!(theirs["data"]["task_id"], first["data"]["task_id"]);
 
-    // Redis loses the stored answer (a restart or an eviction) once the task ran: the retry is
-    // answered from the task's record, same task, partition and offset, and produces nothing.
+    // Redis forgets every key of this app (a restart without persistence, an eviction): the
+    // retry still gets the first answer, byte for byte.
     app.wait_status(id, "succeeded", WAIT).await;
-    let redis_key = format!("{}tasks:idem:{}:{key}", app.deps.cache.prefix(), user_id(&app.token));
-    let deleted: i64 = app.deps.cache.pool().del(&redis_key).await.unwrap();
-    assert_eq!(deleted, 1, "the stored answer under {redis_key}");
+    app.forget_redis().await;
+    let (status, headers, after_redis) = submit_keyed(&app, &app.token, key, &body).await;
+    assert_eq!((status, &after_redis), (202, &first), "after Redis lost its keys");
+    assert_eq!(headers["idempotent-replayed"], "true");
+
+    // The stored answer expires (removed here) while the task's record stays: the retry is
+    // answered from the record, same task, partition and offset, and produces nothing.
+    let record = format!("tasks:{}:{key}", user_id(&app.token));
+    let removed = sqlx::query("DELETE FROM idempotency_keys WHERE id = $1").bind(&record).execute(&app.deps.pool);
+    assert_eq!(removed.await.unwrap().rows_affected(), 1, "the stored answer {record}");
     let (status, _, refused) = submit_keyed(&app, &app.token, key, &other_body).await;
     assert_eq!(status, 422, "another body, told by the record: {refused}");
     let (status, headers, after_loss) = submit_keyed(&app, &app.token, key, &body).await;

@@ -77,8 +77,8 @@ pub async fn produce(ctx: &Ctx, topic: &str, req: Request<Incoming>) -> Result<H
     // Replay a stored answer, refuse a reused key with another body, or reserve.
     let mut idem = None;
     if let (Some(k), Some(hash)) = (&idem_header, body_hash) {
-        let redis_key = idempotency::redis_key(ctx, "gateway", &format!("{topic}:{k}"));
-        match idempotency::reserve(ctx, redis_key, hash).await? {
+        let id = idempotency::record_id(ctx, "gateway", &format!("{topic}:{k}"));
+        match idempotency::reserve(ctx, id, hash).await? {
             Reservation::Replay(r) => return Ok(r),
             Reservation::Fresh(reserved) => idem = Some(reserved),
         }
