@@ -1,6 +1,7 @@
 //! OTLP trace export against the real stack: a tiny OTLP/HTTP collector inside the test receives
 //! the spans of one task, from the HTTP submit (with the caller's traceparent) through the Kafka
-//! produce to the processor's execution, all in the caller's trace with correct parent links.
+//! produce to the processor's execution, all in the caller's trace with correct parent links;
+//! and the agents an execution calls (HTTP, a command) receive its context.
 
 mod common;
 
@@ -24,6 +25,7 @@ struct Export {
     method: String,
     path: String,
     content_type: String,
+    traceparent: Option<String>,
     body: Value,
 }
 
@@ -51,9 +53,11 @@ async fn collector() -> (String, Received) {
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or_default()
                             .to_string();
+                        let traceparent =
+                            req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(String::from);
                         let bytes = req.into_body().collect().await.unwrap().to_bytes();
                         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                        store.lock().unwrap().push(Export { method, path, content_type, body });
+                        store.lock().unwrap().push(Export { method, path, content_type, traceparent, body });
                         let resp = Response::builder()
                             .header("content-type", "application/json")
                             .body(Full::new(Bytes::from_static(b"{}")))
@@ -266,5 +270,70 @@ async fn a_gateway_batch_is_one_producer_span_whose_context_its_records_carry() 
         assert!(m.key().is_some());
         seen += 1;
     }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_an_execution_calls_receive_its_trace_context() {
+    let (endpoint, received) = collector().await;
+    let app = TestApp::spawn_with(|s| {
+        s.telemetry.otlp_endpoint = endpoint.clone();
+        s.telemetry.otlp_batch_interval_ms = 100;
+    })
+    .await;
+    // An HTTP agent calling the collector (which answers `{}`), configured with a traceparent of
+    // its own that the call's must replace; a command agent printing its TRACEPARENT.
+    let configured = "00-11111111111111111111111111111111-2222222222222222-01";
+    let agents = [
+        json!({"name": "traced-http", "executor": "http",
+               "config": {"url": format!("{endpoint}/agent"), "headers": {"Traceparent": configured}}}),
+        json!({"name": "traced-cmd", "executor": "command",
+               "config": {"program": "sh", "args": ["-c", "printf '{\"tp\": \"%s\"}' \"$TRACEPARENT\""]}}),
+    ];
+    for agent in &agents {
+        let (s, b) = app.post("/v1/agents", agent).await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    let mut ids = Vec::new();
+    for agent in ["traced-http", "traced-cmd"] {
+        let body = json!({"agent": agent, "input": {"n": 1}});
+        let req = app.http.post(app.url("/v1/tasks")).header("traceparent", &traceparent).json(&body);
+        let (status, _, body) = app.send(req).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["data"]["task_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
+    }
+    app.wait_status(ids[0], "succeeded", Duration::from_secs(60)).await;
+    let cmd = app.wait_status(ids[1], "succeeded", Duration::from_secs(60)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let named = |found: &[Value], name: &str| found.iter().find(|s| s["name"] == name).cloned();
+    let (execute_http, execute_cmd, client) = loop {
+        let found: Vec<Value> =
+            spans(&received).into_iter().map(|(_, s)| s).filter(|s| s["traceId"] == TRACE_ID).collect();
+        let client = found.iter().find(|s| s["kind"] == 3).cloned();
+        if let (Some(h), Some(c), Some(client)) =
+            (named(&found, "execute traced-http"), named(&found, "execute traced-cmd"), client)
+        {
+            break (h, c, client);
+        }
+        assert!(Instant::now() < deadline, "spans of the trace: {found:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The HTTP call: a CLIENT span under its execution, whose context the agent received.
+    assert_eq!((&client["name"], &client["parentSpanId"]), (&json!("POST"), &execute_http["spanId"]), "{client}");
+    assert_eq!(attr(&client, "http.request.method"), Some(&json!({"stringValue": "POST"})));
+    assert_eq!(attr(&client, "http.response.status_code"), Some(&json!({"intValue": "200"})));
+    assert_eq!(attr(&client, "server.address"), Some(&json!({"stringValue": "127.0.0.1"})));
+    let calls: Vec<Export> = received.lock().unwrap().iter().filter(|e| e.path == "/agent").cloned().collect();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].body, json!({"n": 1}));
+    let want = format!("00-{TRACE_ID}-{}-01", client["spanId"].as_str().unwrap());
+    assert_eq!(calls[0].traceparent.as_deref(), Some(want.as_str()), "not the configured {configured}");
+
+    // The command: its TRACEPARENT is its execution's context.
+    let want = format!("00-{TRACE_ID}-{}-01", execute_cmd["spanId"].as_str().unwrap());
+    assert_eq!(cmd["output"], json!({"tp": want}), "{cmd}");
     app.stop().await;
 }

@@ -12,6 +12,8 @@
 //!   [`ATTEMPT_VAR`], unique to the attempt, which every process it starts inherits, and killed
 //!   with the group. Only one that both leaves the group and drops that variable (`env -i`)
 //!   escapes: no cgroup is at hand to hold it;
+//! - the attempt's trace context is the program's `TRACEPARENT` (W3C, as OpenTelemetry's
+//!   environment carriers name it), so a traced program joins the task's trace;
 //! - memory is bounded: stdout beyond [`MAX_OUTPUT`] fails the attempt (the group is killed
 //!   rather than read further), and only the first [`MAX_STDERR`] bytes of stderr are kept.
 
@@ -92,7 +94,7 @@ impl Drop for Group {
     }
 }
 
-pub async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
+pub async fn run(config: &Value, input: &Value, traceparent: Option<String>) -> Result<Value, ExecError> {
     let program = config
         .get("program")
         .and_then(Value::as_str)
@@ -112,6 +114,10 @@ pub async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    match traceparent {
+        Some(tp) => cmd.env("TRACEPARENT", tp),
+        None => cmd.env_remove("TRACEPARENT"),
+    };
     let limit = memory_mb.saturating_mul(1024 * 1024);
     // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
     unsafe {
@@ -185,6 +191,11 @@ async fn read_capped(mut pipe: impl AsyncRead + Unpin, cap: usize, drain: bool) 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// An attempt without trace context.
+    async fn run(config: &Value, input: &Value) -> Result<Value, ExecError> {
+        super::run(config, input, None).await
+    }
 
     #[tokio::test]
     async fn runs_with_stdin_and_reports_exit_codes() {
@@ -271,6 +282,13 @@ mod tests {
         let attempt = out.as_str().and_then(|o| o.strip_prefix("attempt ")).expect("the attempt id");
         assert_eq!(attempt.len(), 32, "{attempt}");
         assert!(attempt.bytes().all(|b| b.is_ascii_hexdigit()), "{attempt}");
+    }
+
+    #[tokio::test]
+    async fn the_program_gets_the_attempt_s_trace_context() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string();
+        let cfg = json!({"program": "sh", "args": ["-c", "printf '%s' \"$TRACEPARENT\""]});
+        assert_eq!(super::run(&cfg, &json!({}), Some(tp.clone())).await.unwrap(), json!(tp));
     }
 
     #[tokio::test]

@@ -2,8 +2,14 @@
 //! output (JSON if it parses, else a string). 5xx, 408, 429 and connection errors are retryable;
 //! other statuses fail the task. The body is read up to [`MAX_BODY`] bytes: a longer one (as
 //! announced, or as it arrives) fails the task without being read further.
+//!
+//! Each call is a CLIENT span (`POST`, under the attempt's `execute` span) whose context the
+//! agent receives as `traceparent` (W3C), so the agent's own spans join the task's trace; with
+//! export off the received `traceparent` is passed on unchanged. A `traceparent` in the agent's
+//! configured headers is ignored: the call's context is the one that holds.
 
 use super::{output_json, ExecError};
+use crate::otlp::{Parent, SpanKind};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -15,38 +21,72 @@ pub async fn run(
     config: &Value,
     input: &Value,
     timeout: Duration,
+    trace: &Parent,
 ) -> Result<Value, ExecError> {
     let url = config
         .get("url")
         .and_then(Value::as_str)
         .ok_or_else(|| ExecError::failed("agent_misconfigured", "http agent needs config.url"))?;
+    let mut span = trace.start("POST", SpanKind::Client);
+    span.set("http.request.method", "POST");
+    if let Ok(parsed) = reqwest::Url::parse(url) {
+        span.set("server.address", parsed.host_str().unwrap_or_default().to_string());
+        if let Some(port) = parsed.port_or_known_default() {
+            span.set("server.port", port);
+        }
+    }
+    let (status, result) = call(client, url, config, input, timeout, span.traceparent()).await;
+    if let Some(status) = status {
+        span.set("http.response.status_code", status);
+    }
+    if let Err(e) = &result {
+        span.error(e.message());
+    }
+    result
+}
+
+/// POSTs `input` to `url` with the configured headers and `traceparent`; the response's status
+/// (if one came) and the outcome.
+async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    config: &Value,
+    input: &Value,
+    timeout: Duration,
+    traceparent: Option<String>,
+) -> (Option<u16>, Result<Value, ExecError>) {
     let mut req = client.post(url).json(input).timeout(timeout);
     if let Some(headers) = config.get("headers").and_then(Value::as_object) {
         for (k, v) in headers {
-            if let Some(v) = v.as_str() {
+            if let Some(v) = v.as_str().filter(|_| !k.eq_ignore_ascii_case("traceparent")) {
                 req = req.header(k, v);
             }
         }
     }
-    let resp = req.send().await.map_err(|e| {
-        if e.is_builder() {
-            ExecError::failed("agent_misconfigured", e.to_string())
-        } else {
-            ExecError::retryable("http_connection", e.to_string())
-        }
-    })?;
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
+    }
+    let resp = match req.send().await {
+        Ok(resp) => resp,
+        Err(e) if e.is_builder() => return (None, Err(ExecError::failed("agent_misconfigured", e.to_string()))),
+        Err(e) => return (None, Err(ExecError::retryable("http_connection", e.to_string()))),
+    };
     let status = resp.status();
-    let body = read_capped(resp).await?;
-    let text = String::from_utf8_lossy(&body);
-    if status.is_success() {
-        return Ok(output_json(&text));
-    }
-    let message = format!("HTTP {}: {}", status.as_u16(), text.chars().take(500).collect::<String>());
-    if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
-        Err(ExecError::retryable("http_status", message))
-    } else {
-        Err(ExecError::failed("http_status", message))
-    }
+    let result = match read_capped(resp).await {
+        Err(e) => Err(e),
+        Ok(body) => {
+            let text = String::from_utf8_lossy(&body);
+            let message = format!("HTTP {}: {}", status.as_u16(), text.chars().take(500).collect::<String>());
+            if status.is_success() {
+                Ok(output_json(&text))
+            } else if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+                Err(ExecError::retryable("http_status", message))
+            } else {
+                Err(ExecError::failed("http_status", message))
+            }
+        }
+    };
+    (Some(status.as_u16()), result)
 }
 
 /// The response body, refused as soon as it is known to be over [`MAX_BODY`].
@@ -91,7 +131,8 @@ mod tests {
     }
 
     async fn call(url: String) -> Result<Value, ExecError> {
-        run(&reqwest::Client::new(), &json!({"url": url}), &json!({"a": 1}), Duration::from_secs(10)).await
+        let trace = Parent::default();
+        run(&reqwest::Client::new(), &json!({"url": url}), &json!({"a": 1}), Duration::from_secs(10), &trace).await
     }
 
     #[tokio::test]

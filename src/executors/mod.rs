@@ -2,7 +2,8 @@
 //!
 //! Invariants: every execution is bounded by a timeout; an executor error says whether trying
 //! again could help ([`ExecError::Retryable`]) or not ([`ExecError::Failed`]); executors never
-//! touch Kafka, Postgres or Redis.
+//! touch Kafka, Postgres or Redis; each passes the attempt's trace context on to what it calls
+//! (an HTTP agent as `traceparent`, a command's process as `TRACEPARENT`).
 
 mod builtin;
 mod command;
@@ -58,18 +59,20 @@ impl Executors {
         Executors { http }
     }
 
-    /// Runs `input` on `agent`, bounded by `timeout`; returns the output as JSON.
+    /// Runs `input` on `agent`, bounded by `timeout`, under `trace` (the attempt's `execute`
+    /// span); returns the output as JSON.
     pub async fn execute(
         &self,
         agent: &Agent,
         input: &serde_json::Value,
         timeout: Duration,
+        trace: &crate::otlp::Parent,
     ) -> Result<serde_json::Value, ExecError> {
         let run = async {
             match agent.executor {
                 ExecutorKind::Builtin => builtin::run(&agent.config, input).await,
-                ExecutorKind::Http => http::run(&self.http, &agent.config, input, timeout).await,
-                ExecutorKind::Command => command::run(&agent.config, input).await,
+                ExecutorKind::Http => http::run(&self.http, &agent.config, input, timeout, trace).await,
+                ExecutorKind::Command => command::run(&agent.config, input, trace.traceparent()).await,
             }
         };
         match tokio::time::timeout(timeout, run).await {

@@ -66,9 +66,10 @@ impl AgentExecutor {
         let mut exec = trace.context().start(format!("execute {}", agent.name), crate::otlp::SpanKind::Internal);
         exec.set("devcycle.agent", agent.name.as_str());
         exec.set("devcycle.executor", agent.executor.as_str());
+        let exec_ctx = exec.context();
         let mut run = std::pin::pin!(async {
             tokio::select! {
-                r = self.deps.executors.execute(agent, &req.input, self.timeout_for(agent)) => Some(r),
+                r = self.deps.executors.execute(agent, &req.input, self.timeout_for(agent), &exec_ctx) => Some(r),
                 _ = token.cancelled() => None,
             }
         });
