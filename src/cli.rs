@@ -109,6 +109,27 @@ pub enum ApplyAction {
     Apply,
 }
 
+/// A user, by email or (also after an erasure) by id.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct UserRef {
+    #[arg(long)]
+    pub email: Option<String>,
+    #[arg(long)]
+    pub id: Option<uuid::Uuid>,
+}
+
+impl UserRef {
+    pub fn subject(self) -> crate::ops::privacy::Subject {
+        use crate::ops::privacy::Subject;
+        match (self.email, self.id) {
+            (Some(email), _) => Subject::Email(email),
+            (None, Some(id)) => Subject::Id(id),
+            (None, None) => unreachable!("clap requires one of --email and --id"),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum UsersAction {
     /// Create a user; the password comes from DEVCYCLE_PASSWORD or the first line of stdin.
@@ -129,6 +150,19 @@ pub enum UsersAction {
     Enable {
         #[arg(long)]
         email: String,
+    },
+    /// Everything the database holds about a user (profile, sessions, service tokens they
+    /// created, tasks and their events, audit entries), as JSON lines on stdout; no secrets.
+    Export {
+        #[command(flatten)]
+        who: UserRef,
+    },
+    /// Forget a user: lock them out, delete their tasks (with events), password history and
+    /// Idempotency-Key records, and keep only an anonymous, disabled tombstone. Audit entries
+    /// stay for their year. Run it again by --id to catch tasks written after it.
+    Erase {
+        #[command(flatten)]
+        who: UserRef,
     },
     /// Seal every TOTP seed under the current auth.data_key (after a key rotation, with the old
     /// key as auth.data_key_previous; or for seeds stored before sealing).

@@ -148,6 +148,24 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Users { action: UsersAction::Disable { email } } => set_disabled(&settings, &email, true).await,
         Command::Users { action: UsersAction::Enable { email } } => set_disabled(&settings, &email, false).await,
+        Command::Users { action: UsersAction::Export { who } } => {
+            let pool = devcycle::db::connect(&settings.database).await?;
+            let (id, lines) =
+                devcycle::ops::privacy::export(&pool, &who.subject(), &mut std::io::stdout().lock()).await?;
+            eprintln!("user {id}: {lines} record(s) exported");
+            Ok(())
+        }
+        Command::Users { action: UsersAction::Erase { who } } => {
+            let pool = devcycle::db::connect(&settings.database).await?;
+            let cache = devcycle::cache::Cache::connect(&settings.redis).await?;
+            let done = devcycle::ops::privacy::erase(&pool, &cache, &who.subject()).await?;
+            let e = &done.erased;
+            println!(
+                "user {} erased: {} session(s) ended, {} task(s) deleted, {} idempotency key(s), {} password history row(s), {} service token(s) unlinked",
+                done.user, done.sessions_ended, e.tasks.len(), e.idempotency_keys, e.password_history, e.service_tokens_unlinked
+            );
+            Ok(())
+        }
         Command::Users { action: UsersAction::Reencrypt } => {
             let pool = devcycle::db::connect(&settings.database).await?;
             let (resealed, all) = devcycle::ops::users::reencrypt(&pool, &settings.auth).await?;

@@ -1,7 +1,8 @@
 //! The operator's command line, run as the built binary against the real services on a
 //! namespace, database schema and key prefix of its own: a first deployment (migrate, topics
 //! apply, schemas apply, users create, each idempotent where it says so), the read-only views
-//! (status, lag, dlq list, retention), `users disable|enable` against a running ingress, `config`
+//! (status, lag, dlq list, retention), `users disable|enable` and `users export|erase` against a
+//! running ingress, `config`
 //! with its secrets redacted, and a refused configuration's
 //! exit status.
 
@@ -184,5 +185,120 @@ async fn users_disable_locks_a_user_out_at_once_and_enable_lets_them_back() {
     let (code, _, err) = devcycle(&s, &["users", "disable", "--email", "nobody@example.test"], &[]).await;
     assert_ne!(code, 0);
     assert!(err.contains("no user with the email nobody@example.test"), "{err}");
+    app.stop().await;
+}
+
+/// `users export` gives a user their data (no secrets); `users erase` forgets them: locked out,
+/// tasks gone from Postgres and Redis, a tombstone without their email, another user untouched,
+/// and a second run (by id) erases tasks written after the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_export_gives_a_user_their_data_and_erase_forgets_them() {
+    use serde_json::{json, Value};
+    let app = common::TestApp::spawn().await;
+    let s = app.deps.settings.clone();
+    let pool = &app.deps.pool;
+    let email = app.create_user("developer").await;
+    let (status, body) = app.login(&email, common::PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["data"]["access_token"].as_str().unwrap().to_string();
+    let submit = |token: String, input: Value, key: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let mut req = app.http.post(app.url("/v1/tasks")).bearer_auth(token);
+            if let Some(key) = key {
+                req = req.header("idempotency-key", key);
+            }
+            let (status, _, body) = app.send_raw(req.json(&json!({"agent": "echo", "input": input}))).await;
+            assert_eq!(status, 202, "{body}");
+            body["data"]["task_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
+        }
+    };
+    let mine = [
+        submit(token.clone(), json!({"secret": "mine-1"}), Some("k1")).await,
+        submit(token.clone(), json!({"secret": "mine-2"}), None).await,
+    ];
+    let (_, other_token) = app.user_token("developer").await;
+    let theirs = submit(other_token, json!({"secret": "theirs"}), None).await;
+    for id in mine.iter().chain([&theirs]) {
+        app.wait_status(*id, "succeeded", Duration::from_secs(60)).await;
+    }
+
+    let (code, out, err) = devcycle(&s, &["users", "export", "--email", &email], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |kind: &str| lines.iter().filter(|l| l["record"] == kind).cloned().collect::<Vec<Value>>();
+    let user = &of("user")[0];
+    assert_eq!(user["email"], email.as_str());
+    let id = user["id"].as_str().unwrap().to_string();
+    let mut inputs: Vec<String> =
+        of("task").iter().map(|t| t["input"]["secret"].as_str().unwrap().to_string()).collect();
+    inputs.sort();
+    assert_eq!(inputs, ["mine-1", "mine-2"], "{out}");
+    assert!(of("task_event").len() >= 2, "{out}");
+    assert_eq!(of("session").len(), 1, "{out}");
+    assert!(of("audit").iter().any(|a| a["action"] == "login" && a["outcome"] == "success"), "{out}");
+    for secret in ["password_hash", "refresh_token_hash", "totp_secret", "$argon2"] {
+        assert!(!out.contains(secret), "the export holds {secret}");
+    }
+    assert!(err.contains(&format!("user {id}: {} record(s) exported", lines.len())), "{err}");
+
+    let (code, out, err) = devcycle(&s, &["users", "erase", "--email", &email], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("user {id} erased: 1 session(s) ended, 2 task(s) deleted, 1 idempotency key(s)")),
+        "{out}"
+    );
+    // Locked out: the token is refused, the email is unknown.
+    let (status, _, body) = app.send_raw(app.http.get(app.url("/v1/agents")).bearer_auth(&token)).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(app.login(&email, common::PASSWORD).await.0, 401);
+    // The tasks are gone from Postgres and Redis; the other user's stays.
+    for task in mine {
+        assert_eq!(app.get(&format!("/v1/tasks/{task}")).await.0, 404, "{task}");
+        assert!(app.deps.cache.get_status(task).await.unwrap().is_none(), "{task} in Redis");
+    }
+    assert_eq!(app.get(&format!("/v1/tasks/{theirs}")).await.0, 200);
+    let count = |sql: &'static str| {
+        let id = id.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(pool).await.unwrap() }
+    };
+    let id_uuid: uuid::Uuid = id.parse().unwrap();
+    assert_eq!(count("SELECT count(*) FROM tasks WHERE submitted_by = $1").await, 0);
+    assert_eq!(count("SELECT count(*) FROM idempotency_keys WHERE id LIKE '%' || $1 || '%'").await, 0);
+    assert_eq!(count("SELECT count(*) FROM users WHERE id::text = $1 AND erased_at IS NOT NULL AND disabled").await, 1);
+    let emails: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE lower(email) = lower($1)")
+        .bind(&email)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(emails, 0, "the email is gone");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM task_events WHERE task_id = ANY($1)")
+        .bind(&mine[..])
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
+    let refused = sqlx::query("DELETE FROM task_events WHERE task_id = $1").bind(theirs).execute(pool).await;
+    assert!(refused.unwrap_err().to_string().contains("append-only"), "outside an erasure the log stays append-only");
+    let (status, body) = app.get("/v1/audit?action=user_erase").await;
+    assert_eq!((status, &body["data"]["items"][0]["target"]), (200, &json!(id)), "{body}");
+
+    // A task of theirs written after the erasure (a request still in Kafka) goes with a second run.
+    let mut req = devcycle::domain::TaskRequest::new("echo", json!({"secret": "late"}));
+    req.submitted_by = Some(id.clone());
+    let late = req.task_id;
+    app.produce_request(&req, None).await;
+    app.wait_status(late, "succeeded", Duration::from_secs(60)).await;
+    let (code, out, err) = devcycle(&s, &["users", "erase", "--id", &id], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("user {id} erased: 0 session(s) ended, 1 task(s) deleted")), "{out}");
+    let (code, out, _) = devcycle(&s, &["users", "export", "--id", &id_uuid.to_string()], &[]).await;
+    assert_eq!(code, 0);
+    let records: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(records.iter().all(|r| r["record"] != "task"), "{out}");
+    assert_eq!(records[0]["email"], format!("erased-{id}@erased.invalid"));
+    let (code, _, err) = devcycle(&s, &["users", "erase", "--email", &email], &[]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains(&format!("no user with the email {email}")), "{err}");
     app.stop().await;
 }

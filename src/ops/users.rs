@@ -22,6 +22,8 @@ pub enum UsersOpError {
     Sealed(uuid::Uuid, crate::auth::sealed::SealError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Export(#[from] crate::db::users::privacy::ExportError),
     #[error("redis: {0}")]
     Cache(#[from] CacheError),
 }

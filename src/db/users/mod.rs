@@ -14,6 +14,7 @@ use sqlx::{AssertSqlSafe, PgPool, Row};
 use uuid::Uuid;
 
 mod audit;
+pub mod privacy;
 mod tokens;
 
 pub use audit::*;
