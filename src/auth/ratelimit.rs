@@ -40,16 +40,19 @@ pub async fn hit_n(cache: &Cache, bucket: &str, n: u64, limit: u64, window_secs:
 }
 
 /// Refuses at once when a guard key exists (ARGV[2] = '1': KEYS[1] is that guard, e.g. a revoked
-/// token), else counts one hit in each bucket (the remaining KEYS) like [`SCRIPT`]. Returns {-1}
-/// (guarded) or {n1, ttl1, n2, ttl2, ...}.
+/// token, and KEYS[2] the key that vouches the guards are all there), else counts one hit in
+/// each bucket (the remaining KEYS) like [`SCRIPT`]. Returns {-1} (guarded) or {whole, n1, ttl1,
+/// n2, ttl2, ...}, `whole` 0 when the voucher is missing (the guard's absence proves nothing).
 static GUARDED_HITS: Script = Script::new(
     r#"
 local first = 1
+local whole = 1
 if ARGV[2] == '1' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
-  first = 2
+  whole = redis.call('EXISTS', KEYS[2])
+  first = 3
 end
-local out = {}
+local out = {whole}
 for i = first, #KEYS do
   local n = redis.call('INCRBY', KEYS[i], 1)
   local ttl = redis.call('TTL', KEYS[i])
@@ -64,36 +67,47 @@ return out
 "#,
 );
 
-/// One round trip for a request's admission: `None` when `guard` (a full key) exists, else one
-/// hit counted in each `(bucket, limit)` and its decision, in order.
+/// What a request's admission found.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// The guard key exists (e.g. the token is deny-listed): refuse; nothing was counted.
+    Guarded,
+    /// One hit counted in each bucket, its decisions in order; `vouched` is false when a guard
+    /// was asked for and its voucher key is missing (the guard's absence proves nothing then).
+    Counted { decisions: Vec<Decision>, vouched: bool },
+}
+
+/// One round trip for a request's admission: [`Admission::Guarded`] when `guard`'s first key
+/// exists, else one hit counted in each `(bucket, limit)`, and whether `guard`'s second key (its
+/// voucher) exists.
 pub async fn guarded_hits(
     cache: &Cache,
-    guard: Option<String>,
+    guard: Option<(String, String)>,
     buckets: &[(String, u64)],
     window_secs: u64,
-) -> Result<Option<Vec<Decision>>, CacheError> {
+) -> Result<Admission, CacheError> {
     if guard.is_none() && buckets.is_empty() {
-        return Ok(Some(Vec::new()));
+        return Ok(Admission::Counted { decisions: Vec::new(), vouched: true });
     }
     let guarded = guard.is_some();
-    let mut keys: Vec<String> = guard.into_iter().collect();
+    let mut keys: Vec<String> = guard.map(|(key, voucher)| vec![key, voucher]).unwrap_or_default();
     keys.extend(buckets.iter().map(|(b, _)| format!("{}rl:{b}", cache.prefix())));
     let args = vec![window_secs.to_string(), if guarded { "1" } else { "0" }.to_string()];
     let r: Vec<i64> = GUARDED_HITS.run(cache.pool(), keys, args).await?;
     if r.first() == Some(&-1) {
-        return Ok(None);
+        return Ok(Admission::Guarded);
     }
-    Ok(Some(
-        buckets
-            .iter()
-            .enumerate()
-            .map(|(i, (_, limit))| {
-                let n = r.get(2 * i).copied().unwrap_or(0).max(0) as u64;
-                let ttl = r.get(2 * i + 1).copied().unwrap_or(window_secs as i64).max(1) as u64;
-                Decision { allowed: n <= *limit, limit: *limit, remaining: limit.saturating_sub(n), reset_secs: ttl }
-            })
-            .collect(),
-    ))
+    let pairs = r.get(1..).unwrap_or_default();
+    let decisions = buckets
+        .iter()
+        .enumerate()
+        .map(|(i, (_, limit))| {
+            let n = pairs.get(2 * i).copied().unwrap_or(0).max(0) as u64;
+            let ttl = pairs.get(2 * i + 1).copied().unwrap_or(window_secs as i64).max(1) as u64;
+            Decision { allowed: n <= *limit, limit: *limit, remaining: limit.saturating_sub(n), reset_secs: ttl }
+        })
+        .collect();
+    Ok(Admission::Counted { decisions, vouched: r.first() == Some(&1) })
 }
 
 /// All-or-nothing over several buckets of one fixed window (milliseconds): each bucket is

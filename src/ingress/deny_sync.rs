@@ -16,9 +16,12 @@
 //! Invariants: the mark is taken before the list is read, so an eviction during a rewrite is
 //! seen at the next check; the sentinel is written only after the whole list, so a rewrite cut
 //! short is done again; a failed check keeps the previous mark, so it is tried again; the
-//! rewrite only adds keys (idempotent; several ingress replicas may do it at once). Between a
-//! loss and the next check (at most one interval) a revoked token may pass, and a flush in the
-//! milliseconds of a rewrite itself goes unseen until the next loss is.
+//! rewrite only adds keys (idempotent; several ingress replicas may do it at once). While the
+//! sentinel is missing (a restart, a flush, or the sentinel itself evicted: until the next
+//! rewrite) each request's token is looked up in Postgres instead, so no revoked token passes.
+//! Evictions of deny-list keys that leave the sentinel are seen at the next check only: until
+//! then (at most one interval) such a revoked token may pass; a flush in the milliseconds of a
+//! rewrite itself goes unseen until the next loss is.
 
 use crate::app::Deps;
 use crate::cache::{Cache, CacheError};
@@ -57,8 +60,9 @@ pub fn parse_info(info: &str) -> Option<(String, u64)> {
     Some((field("run_id")?, field("evicted_keys")?.parse().ok()?))
 }
 
-/// The key written after each complete rewrite of the deny list.
-fn sentinel_key(cache: &Cache) -> String {
+/// The key written after each complete rewrite of the deny list: while it is there, a token
+/// missing from the list is not revoked; while it is not, admission asks Postgres.
+pub fn sentinel_key(cache: &Cache) -> String {
     format!("{}auth:deny-list-written", cache.prefix())
 }
 

@@ -245,7 +245,7 @@ async fn admit(
     req: &Request<Incoming>,
     span: &tracing::Span,
 ) -> Result<Option<crate::auth::ratelimit::Decision>, ApiError> {
-    use crate::auth::ratelimit::{guarded_hits, hit, Decision};
+    use crate::auth::ratelimit::{guarded_hits, hit, Admission, Decision};
     let (access, class) = handler.policy();
     let rl = ctx.deps.settings.rate_limits.clone();
     let mut shown: Option<Decision> = None;
@@ -281,10 +281,22 @@ async fn admit(
             buckets.push((format!("submit:user:{}", principal.id), rl.submit_per_window));
         }
     }
-    let guard = principal.jti.as_deref().map(|jti| crate::auth::deny_key(&ctx.deps.cache, jti));
-    let decisions = guarded_hits(&ctx.deps.cache, guard, &buckets, rl.window_secs)
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("token revoked".into()))?;
+    // The deny list's sentinel vouches that Redis holds the whole list; without it (Redis
+    // restarted, flushed, or the sentinel evicted, until the next rewrite) Postgres answers.
+    let cache = &ctx.deps.cache;
+    let guard = principal.jti.as_deref().map(|jti| (crate::auth::deny_key(cache, jti), deny_sync::sentinel_key(cache)));
+    let revoked = || ApiError::Unauthorized("token revoked".into());
+    let decisions = match guarded_hits(cache, guard, &buckets, rl.window_secs).await? {
+        Admission::Guarded => return Err(revoked()),
+        Admission::Counted { decisions, vouched: true } => decisions,
+        Admission::Counted { decisions, vouched: false } => {
+            let jti = principal.jti.as_deref().unwrap_or_default();
+            if crate::db::users::access_revoked(&ctx.deps.pool, jti).await? {
+                return Err(revoked());
+            }
+            decisions
+        }
+    };
     if let Access::Permission(p) = access {
         if !permitted {
             ctx.principal = Some(principal);

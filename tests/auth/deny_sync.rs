@@ -1,5 +1,6 @@
 //! A revoked access token stays refused when Redis loses its deny-list key: after a Redis
-//! restart (no persistence: every key gone), a `FLUSHALL`, and evictions under `maxmemory`. Each test
+//! restart (no persistence: every key gone) and a `FLUSHALL` at once (Postgres answers while the
+//! list's sentinel is missing), and after evictions under `maxmemory` (by the next rewrite). Each test
 //! runs its own `redis-server` on a free 127.0.0.1 port, so filling or restarting it touches no
 //! other test.
 
@@ -100,6 +101,12 @@ async fn a_revoked_token_stays_refused_after_redis_restarts_empty() {
     refused_again_within_10s(&app, &token).await;
     let jti = payload(&token)["jti"].as_str().unwrap().to_string();
     let key = devcycle::auth::deny_key(&app.deps.cache, &jti);
+    // Refused by Postgres at once; the next check writes the key again (within 10 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fresh.exists::<i64, _>(&key).await.unwrap() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the deny list was not written again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let ttl: i64 = fresh.ttl(&key).await.unwrap();
     assert!(ttl > 800 && ttl <= 960 + 5, "deny key lives until the token's expiry (+60 s): {ttl}");
     app.stop().await;
@@ -143,5 +150,46 @@ async fn a_revoked_token_stays_refused_after_redis_evicts_keys() {
     refused_again_within_10s(&app, &token).await;
     let exists: i64 = client.exists(&key).await.unwrap();
     assert_eq!(exists, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_sentinel_postgres_refuses_a_revoked_token_at_once() {
+    let redis = PrivateRedis::start();
+    let client = redis.client().await;
+    let url = redis.url();
+    // Only the check at start: no rewrite follows a loss within the test.
+    let app = TestApp::spawn_with(|s| {
+        s.redis.url = devcycle::settings::Secret::new(url);
+        s.auth.deny_list_check_secs = 3600;
+        s.rate_limits.enabled = false;
+    })
+    .await;
+    let (_, token) = app.user_token("developer").await;
+    let (_, live) = app.user_token("developer").await;
+    logout_then_refused(&app, &token).await;
+
+    // Flushed: the deny-list key and its sentinel are gone; the revoked token is refused at once
+    // (Postgres), a live one passes.
+    let _: () = client.flushall(false).await.unwrap();
+    let (s, _, b) = get_with(&app, "/v1/agents", &token).await;
+    assert_eq!((s, b["message"].as_str()), (401, Some("token revoked")), "{b}");
+    let (s, _, b) = get_with(&app, "/v1/agents", &live).await;
+    assert_eq!(s, 200, "a live token passes: {b}");
+
+    // Restarted empty: the same once the ingress has reconnected.
+    let redis = redis.restart();
+    let _client = redis.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, _, b) = get_with(&app, "/v1/agents", &token).await;
+        if s != 503 {
+            assert_eq!((s, b["message"].as_str()), (401, Some("token revoked")), "{b}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still 503 after the restart: {b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get_with(&app, "/v1/agents", &live).await.0, 200);
     app.stop().await;
 }

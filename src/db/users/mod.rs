@@ -327,6 +327,16 @@ pub async fn end_session_by_jti(pool: &PgPool, jti: &str) -> Result<Vec<RevokedA
     Ok(revoked_list(&rows))
 }
 
+/// Whether the access token `jti` belongs to a revoked session (the deny list's source).
+pub async fn access_revoked(pool: &PgPool, jti: &str) -> Result<bool, DbError> {
+    let revoked =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sessions WHERE access_jti = $1 AND revoked_at IS NOT NULL)")
+            .bind(jti)
+            .fetch_one(pool)
+            .await?;
+    Ok(revoked)
+}
+
 /// Every revoked session's access token not yet expired (a minute of leeway, as in
 /// `auth::deny_jti`): the whole deny list, for writing it to Redis again.
 pub async fn revoked_access_live(pool: &PgPool) -> Result<Vec<RevokedAccess>, DbError> {
