@@ -64,14 +64,14 @@ impl Drop for PrivateRedis {
 }
 
 /// A private Redis (and a client of the test's own), an app on it checking the deny list every
-/// second, and a logged-out user's token.
-async fn app_with_a_revoked_token() -> (PrivateRedis, Client, TestApp, String) {
+/// `check_secs`, and a logged-out user's token.
+async fn app_with_a_revoked_token(check_secs: u64) -> (PrivateRedis, Client, TestApp, String) {
     let redis = PrivateRedis::start();
     let client = redis.client().await;
     let url = redis.url();
     let app = TestApp::spawn_with(|s| {
         s.redis.url = devcycle::settings::Secret::new(url);
-        s.auth.deny_list_check_secs = 1;
+        s.auth.deny_list_check_secs = check_secs;
         s.rate_limits.enabled = false;
     })
     .await;
@@ -95,7 +95,7 @@ async fn refused_again_within_10s(app: &TestApp, token: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_stays_refused_after_redis_restarts_empty() {
-    let (redis, _, app, token) = app_with_a_revoked_token().await;
+    let (redis, _, app, token) = app_with_a_revoked_token(1).await;
     let redis = redis.restart();
     let fresh = redis.client().await;
     refused_again_within_10s(&app, &token).await;
@@ -114,7 +114,7 @@ async fn a_revoked_token_stays_refused_after_redis_restarts_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_stays_refused_after_redis_is_flushed() {
-    let (_redis, client, app, token) = app_with_a_revoked_token().await;
+    let (_redis, client, app, token) = app_with_a_revoked_token(1).await;
     // Let a check or two pass, so the flush is not mistaken for the start.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _: () = client.flushall(false).await.unwrap();
@@ -124,7 +124,7 @@ async fn a_revoked_token_stays_refused_after_redis_is_flushed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_stays_refused_after_redis_evicts_keys() {
-    let (_redis, client, app, token) = app_with_a_revoked_token().await;
+    let (_redis, client, app, token) = app_with_a_revoked_token(1).await;
     let jti = payload(&token)["jti"].as_str().unwrap().to_string();
     let key = devcycle::auth::deny_key(&app.deps.cache, &jti);
 
@@ -155,19 +155,9 @@ async fn a_revoked_token_stays_refused_after_redis_evicts_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_sentinel_postgres_refuses_a_revoked_token_at_once() {
-    let redis = PrivateRedis::start();
-    let client = redis.client().await;
-    let url = redis.url();
     // Only the check at start: no rewrite follows a loss within the test.
-    let app = TestApp::spawn_with(|s| {
-        s.redis.url = devcycle::settings::Secret::new(url);
-        s.auth.deny_list_check_secs = 3600;
-        s.rate_limits.enabled = false;
-    })
-    .await;
-    let (_, token) = app.user_token("developer").await;
+    let (redis, client, app, token) = app_with_a_revoked_token(3600).await;
     let (_, live) = app.user_token("developer").await;
-    logout_then_refused(&app, &token).await;
 
     // Flushed: the deny-list key and its sentinel are gone; the revoked token is refused at once
     // (Postgres), a live one passes.
