@@ -72,6 +72,18 @@ async fn collector() -> (String, Received) {
     (format!("http://{addr}"), received)
 }
 
+/// A collector, and an app exporting its spans there every 100 ms as `devcycle-otlp-test`.
+async fn traced_app() -> (String, Received, TestApp) {
+    let (endpoint, received) = collector().await;
+    let app = TestApp::spawn_with(|s| {
+        s.telemetry.otlp_endpoint = endpoint.clone();
+        s.telemetry.service_name = "devcycle-otlp-test".into();
+        s.telemetry.otlp_batch_interval_ms = 100;
+    })
+    .await;
+    (endpoint, received, app)
+}
+
 /// Every span received so far, with its resource's attributes.
 fn spans(received: &Received) -> Vec<(Value, Value)> {
     let mut out = Vec::new();
@@ -99,13 +111,7 @@ fn is_hex(s: &str, len: usize) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_the_http_submit_to_the_processor_execution() {
-    let (endpoint, received) = collector().await;
-    let app = TestApp::spawn_with(|s| {
-        s.telemetry.otlp_endpoint = endpoint.clone();
-        s.telemetry.service_name = "devcycle-otlp-test".into();
-        s.telemetry.otlp_batch_interval_ms = 100;
-    })
-    .await;
+    let (_, received, app) = traced_app().await;
 
     let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
     let req = app
@@ -210,12 +216,7 @@ async fn one_trace_runs_from_the_http_submit_to_the_processor_execution() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_batch_is_one_producer_span_whose_context_its_records_carry() {
     use rdkafka::message::Message;
-    let (endpoint, received) = collector().await;
-    let app = TestApp::spawn_with(|s| {
-        s.telemetry.otlp_endpoint = endpoint.clone();
-        s.telemetry.otlp_batch_interval_ms = 100;
-    })
-    .await;
+    let (_, received, app) = traced_app().await;
     let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
     let ids = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
     let records: Vec<Value> = ids
@@ -275,12 +276,7 @@ async fn a_gateway_batch_is_one_producer_span_whose_context_its_records_carry() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agents_an_execution_calls_receive_its_trace_context() {
-    let (endpoint, received) = collector().await;
-    let app = TestApp::spawn_with(|s| {
-        s.telemetry.otlp_endpoint = endpoint.clone();
-        s.telemetry.otlp_batch_interval_ms = 100;
-    })
-    .await;
+    let (endpoint, received, app) = traced_app().await;
     // An HTTP agent calling the collector (which answers `{}`), configured with a traceparent of
     // its own that the call's must replace; a command agent printing its TRACEPARENT.
     let configured = "00-11111111111111111111111111111111-2222222222222222-01";

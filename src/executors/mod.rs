@@ -126,6 +126,25 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[tokio::test]
+    async fn with_export_off_a_command_gets_the_record_s_traceparent_unchanged() {
+        use crate::domain::AgentStatus;
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let record = crate::otlp::Tracer::disabled().remote(Some(tp));
+        let exec = record.start("execute c", crate::otlp::SpanKind::Internal).context();
+        let agent = Agent {
+            name: "c".into(),
+            executor: ExecutorKind::Command,
+            config: json!({"program": "sh", "args": ["-c", "printf '%s' \"$TRACEPARENT\""]}),
+            description: String::new(),
+            status: AgentStatus::Active,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        };
+        let out = Executors::new().execute(&agent, &json!({}), Duration::from_secs(10), &exec).await.unwrap();
+        assert_eq!(out, json!(tp));
+    }
+
     #[test]
     fn nul_characters_become_replacement_characters() {
         let v = json!({"a\0": ["x\0y", 1, {"k": "\0"}], "n": null});

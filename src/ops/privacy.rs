@@ -29,11 +29,9 @@ async fn find(pool: &PgPool, subject: &Subject) -> Result<User, UsersOpError> {
         Subject::Email(email) => users::by_email(pool, email).await?,
         Subject::Id(id) => users::by_id(pool, *id).await?,
     };
-    found.ok_or_else(|| {
-        UsersOpError::NotFound(match subject {
-            Subject::Email(email) => email.clone(),
-            Subject::Id(id) => format!("(id {id})"),
-        })
+    found.ok_or_else(|| match subject {
+        Subject::Email(email) => UsersOpError::NotFound(email.clone()),
+        Subject::Id(id) => UsersOpError::NoSuchId(*id),
     })
 }
 
@@ -77,7 +75,7 @@ pub async fn erase(pool: &PgPool, cache: &Cache, subject: &Subject) -> Result<Er
     let user = find(pool, subject).await?;
     let revoked = users::end_all_sessions(pool, user.id, "erased").await?;
     crate::auth::deny_all(cache, &revoked).await?;
-    let erased = privacy::erase(pool, user.id).await?.ok_or_else(|| UsersOpError::NotFound(user.id.to_string()))?;
+    let erased = privacy::erase(pool, user.id).await?.ok_or(UsersOpError::NoSuchId(user.id))?;
     let details = serde_json::json!({
         "sessions_ended": revoked.len(), "tasks": erased.tasks.len(),
         "idempotency_keys": erased.idempotency_keys, "password_history": erased.password_history,

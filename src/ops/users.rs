@@ -18,6 +18,8 @@ use sqlx::PgPool;
 pub enum UsersOpError {
     #[error("no user with the email {0}")]
     NotFound(String),
+    #[error("no user with the id {0}")]
+    NoSuchId(uuid::Uuid),
     #[error("user {0}: {1}")]
     Sealed(uuid::Uuid, crate::auth::sealed::SealError),
     #[error(transparent)]

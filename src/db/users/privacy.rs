@@ -12,42 +12,24 @@ use futures::TryStreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Each kind of exported record and the statement that reads it as JSON text, `$1` the user id.
-/// Every line carries `"record": <kind>`.
-pub const EXPORTS: [(&str, &str); 6] = [
-    (
-        "user",
-        "SELECT (jsonb_build_object('record', 'user') || (to_jsonb(u) - 'password_hash' - 'totp_secret'))::text
+/// The statement that reads each kind of exported record as JSON text, `$1` the user id. Every
+/// line carries `"record": <kind>`.
+const EXPORTS: [&str; 6] = [
+    "SELECT (jsonb_build_object('record', 'user') || (to_jsonb(u) - 'password_hash' - 'totp_secret'))::text
            FROM users u WHERE id = $1",
-    ),
-    (
-        "session",
-        "SELECT (jsonb_build_object('record', 'session') || (to_jsonb(s) - 'refresh_token_hash'))::text
+    "SELECT (jsonb_build_object('record', 'session') || (to_jsonb(s) - 'refresh_token_hash'))::text
            FROM sessions s WHERE user_id = $1 ORDER BY created_at, id",
-    ),
-    (
-        "service_token",
-        "SELECT (jsonb_build_object('record', 'service_token') || (to_jsonb(t) - 'token_hash'))::text
+    "SELECT (jsonb_build_object('record', 'service_token') || (to_jsonb(t) - 'token_hash'))::text
            FROM service_tokens t WHERE created_by = $1 ORDER BY created_at, id",
-    ),
-    (
-        "task",
-        "SELECT (jsonb_build_object('record', 'task') || to_jsonb(t))::text
+    "SELECT (jsonb_build_object('record', 'task') || to_jsonb(t))::text
            FROM tasks t WHERE submitted_by = $1::text ORDER BY created_at, task_id",
-    ),
-    (
-        "task_event",
-        "SELECT (jsonb_build_object('record', 'task_event') || to_jsonb(e))::text
+    "SELECT (jsonb_build_object('record', 'task_event') || to_jsonb(e))::text
            FROM task_events e JOIN tasks t USING (task_id) WHERE t.submitted_by = $1::text ORDER BY e.at, e.event_id",
-    ),
-    (
-        "audit",
-        "SELECT (jsonb_build_object('record', 'audit') || to_jsonb(a))::text
+    "SELECT (jsonb_build_object('record', 'audit') || to_jsonb(a))::text
            FROM audit_log a
           WHERE a.actor = $1::text OR a.target = $1::text OR a.details->>'user_id' = $1::text
              OR a.target = (SELECT email FROM users WHERE id = $1 AND erased_at IS NULL)
           ORDER BY a.at, a.id",
-    ),
 ];
 
 /// Streams every exported line of `user` to `emit`, kind by kind; returns how many lines.
@@ -57,7 +39,7 @@ pub async fn export(
     mut emit: impl FnMut(&str) -> std::io::Result<()>,
 ) -> Result<u64, ExportError> {
     let mut lines = 0;
-    for (_, sql) in EXPORTS {
+    for sql in EXPORTS {
         let mut rows = sqlx::query_scalar::<_, String>(sql).bind(user).fetch(pool);
         while let Some(line) = rows.try_next().await.map_err(DbError::from)? {
             emit(&line).map_err(ExportError::Write)?;
