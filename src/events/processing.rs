@@ -204,6 +204,17 @@ impl PartitionsHandedOver<'_> {
     }
 }
 
+/// A copy of a task arrived while another copy of it runs in this process: it waits for that
+/// one to end (and then finds the task final) instead of running the agent beside it.
+pub struct DuplicateTaskWaiting {
+    pub task_id: uuid::Uuid,
+}
+impl DuplicateTaskWaiting {
+    pub fn emit(self) {
+        tracing::info!(task_id = %self.task_id, "another copy of this task is running here; waiting for it to end");
+    }
+}
+
 /// One step of a task in the agent-executor took `elapsed` (stages: `start`, `announce`,
 /// `finish`, `publish`; metrics only, no log line: there are several per task).
 pub struct TaskStage {

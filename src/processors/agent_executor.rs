@@ -13,6 +13,9 @@
 
 mod attempt;
 mod publish;
+mod running;
+
+use running::Running;
 
 use super::launch_with;
 use crate::app::Deps;
@@ -26,12 +29,10 @@ use crate::events::{OutcomeWriteWaiting, TaskStage};
 use crate::runtime::{ProcessError, Processor, Publisher, RecordMeta, RunnerError, RunnerHealth};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use uuid::Uuid;
 
 pub fn launch(
     deps: Arc<Deps>,
@@ -39,7 +40,7 @@ pub fn launch(
     health: Arc<RunnerHealth>,
     shutdown: CancellationToken,
 ) -> BoxFuture<'static, Result<(), RunnerError>> {
-    let running: Running = Arc::default();
+    let running = Running::default();
     let writer = match TaskWriter::spawn(deps.pool.clone(), deps.settings.database.task_writers) {
         Ok(w) => w,
         Err(e) => return Box::pin(async move { Err(RunnerError::Start(e)) }),
@@ -58,20 +59,13 @@ pub fn launch(
     Box::pin(async move {
         // Cancellations of running tasks arrive over Redis pub/sub; a task cancelled before it
         // starts is caught by its Postgres status instead, so a missed message loses nothing.
-        let on_cancel = move |id| {
-            if let Some(token) = running.lock().expect("lock").get(&id) {
-                token.cancel();
-            }
-        };
+        let on_cancel = move |id| running.cancel(id);
         if let Err(e) = Cache::listen_cancels(&redis, stop, on_cancel).await {
             tracing::warn!(error = %e, "cancellation listener not started; running tasks finish despite cancel");
         }
         runner.await
     })
 }
-
-/// Tokens of the tasks running in this process, by task id.
-type Running = Arc<Mutex<HashMap<Uuid, CancellationToken>>>;
 
 pub struct AgentExecutor {
     deps: Arc<Deps>,
@@ -227,6 +221,9 @@ impl AgentExecutor {
         meta: &RecordMeta,
         trace: &mut crate::otlp::Span,
     ) -> Result<(), ProcessError> {
+        // Another copy of this task running here is waited for ([`running`]): it ends before
+        // this one reads or writes anything, so a final task is found final.
+        let turn = self.running.turn(req.task_id).await;
         let src = source(meta);
         let agent = match self.agent(&req.agent).await? {
             Some(a) if a.status == AgentStatus::Active => a,
@@ -252,14 +249,10 @@ impl AgentExecutor {
             };
             return self.conclude(&meta.publisher, req, &src, outcome).await;
         }
-        // The token is registered before the task's status is read or written: a cancel
-        // committed before that is seen there (the row is final), one committed after reaches
-        // the token.
-        let token = CancellationToken::new();
-        self.running.lock().expect("lock").insert(req.task_id, token.clone());
-        let out = self.attempt(req, meta, &src, &agent, &token, trace).await;
-        self.running.lock().expect("lock").remove(&req.task_id);
-        out
+        // The turn's token was registered before the task's status is read or written: a
+        // cancel committed before that is seen there (the row is final), one committed after
+        // reaches the token.
+        self.attempt(req, meta, &src, &agent, &turn.token, trace).await
     }
 
     async fn record_dead_letter(

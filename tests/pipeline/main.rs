@@ -3,6 +3,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod duplicates;
 mod gateway;
 mod idempotent;
 mod rebalance;
