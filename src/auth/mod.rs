@@ -215,25 +215,63 @@ pub async fn verify_any_async(hashes: Vec<String>, password: &str) -> bool {
 }
 
 // --- Access-token deny-list (Redis) ---
+//
+// One hash: a field per revoked access token (its jti; the value its expiry + 60 s, unix
+// seconds) and the field [`DENY_LIST_WHOLE`], written after each complete rewrite of the list
+// (`ingress::deny_sync`). Being one key, it is evicted (the spec's `allkeys-lru`), flushed or
+// lost whole, never some tokens without the mark that vouches for the rest. Expired tokens'
+// fields are pruned by `deny_sync` (Redis 7.0 has no per-field expiry).
 
-pub fn deny_key(cache: &Cache, jti: &str) -> String {
-    format!("{}auth:deny:{jti}", cache.prefix())
+/// The deny list's hash.
+pub fn deny_list_key(cache: &Cache) -> String {
+    format!("{}auth:deny", cache.prefix())
+}
+
+/// The deny list's field that says the list is whole (written after each complete rewrite).
+pub const DENY_LIST_WHOLE: &str = "*";
+
+/// Until when a revoked token's field is kept (unix seconds): its expiry and a minute more.
+fn deny_until(exp: i64) -> i64 {
+    exp + 60
 }
 
 /// Deny-lists an access token id until its expiry (unix seconds).
 pub async fn deny_jti(cache: &Cache, jti: &str, exp: i64) -> Result<(), CacheError> {
-    let ttl = (exp - chrono::Utc::now().timestamp()).max(1) + 60;
-    let _: () = cache.pool().set(deny_key(cache, jti), "1", Some(Expiration::EX(ttl)), None, false).await?;
+    let _: () = cache.pool().hset(deny_list_key(cache), vec![(jti, deny_until(exp))]).await?;
     Ok(())
 }
 
-/// Deny-lists every access token of `revoked` (ended sessions), a bounded number at a time (the
-/// pool's connections pipeline them).
+/// Deny-lists every access token of `revoked` (ended sessions), 512 to a command.
 pub async fn deny_all(cache: &Cache, revoked: &[crate::db::users::RevokedAccess]) -> Result<(), CacheError> {
-    for chunk in revoked.chunks(256) {
-        futures::future::try_join_all(chunk.iter().map(|r| deny_jti(cache, &r.jti, r.exp.timestamp()))).await?;
+    for chunk in revoked.chunks(512) {
+        let fields: Vec<(&str, i64)> = chunk.iter().map(|r| (r.jti.as_str(), deny_until(r.exp.timestamp()))).collect();
+        let _: () = cache.pool().hset(deny_list_key(cache), fields).await?;
     }
     Ok(())
+}
+
+/// Drops the deny list's fields of tokens expired by `now` (unix seconds); returns how many.
+static PRUNE_DENY_LIST: crate::cache::Script = crate::cache::Script::new(
+    r#"
+local now = tonumber(ARGV[1])
+local all = redis.call('HGETALL', KEYS[1])
+local gone = {}
+for i = 1, #all, 2 do
+  local until_ = tonumber(all[i + 1])
+  if all[i] ~= ARGV[2] and until_ and until_ < now then gone[#gone + 1] = all[i] end
+end
+for i = 1, #gone, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(gone, i, math.min(i + 999, #gone)))
+end
+return #gone
+"#,
+);
+
+/// Drops the fields of expired tokens from the deny list (they are refused as expired anyway).
+pub async fn prune_deny_list(cache: &Cache, now: i64) -> Result<u64, CacheError> {
+    PRUNE_DENY_LIST
+        .run(cache.pool(), vec![deny_list_key(cache)], vec![now.to_string(), DENY_LIST_WHOLE.to_string()])
+        .await
 }
 
 // --- TOTP (RFC 6238: HMAC-SHA1, 30 s steps, 6 digits) ---

@@ -39,18 +39,20 @@ pub async fn hit_n(cache: &Cache, bucket: &str, n: u64, limit: u64, window_secs:
     Ok(Decision { allowed: n <= limit, limit, remaining: limit.saturating_sub(n), reset_secs: ttl })
 }
 
-/// Refuses at once when a guard key exists (ARGV[2] = '1': KEYS[1] is that guard, e.g. a revoked
-/// token, and KEYS[2] the key that vouches the guards are all there), else counts one hit in
-/// each bucket (the remaining KEYS) like [`SCRIPT`]. Returns {-1} (guarded) or {whole, n1, ttl1,
-/// n2, ttl2, ...}, `whole` 0 when the voucher is missing (the guard's absence proves nothing).
+/// Refuses at once when a guard field exists (ARGV[2] = '1': field ARGV[3] of the hash KEYS[1],
+/// e.g. a revoked token, whose field ARGV[4] vouches the guards are all there), else counts one
+/// hit in each bucket (the remaining KEYS) like [`SCRIPT`]. Returns {-1} (guarded) or {whole,
+/// n1, ttl1, n2, ttl2, ...}, `whole` 0 when the voucher is missing (the guard's absence proves
+/// nothing then).
 static GUARDED_HITS: Script = Script::new(
     r#"
 local first = 1
 local whole = 1
 if ARGV[2] == '1' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
-  whole = redis.call('EXISTS', KEYS[2])
-  first = 3
+  local v = redis.call('HMGET', KEYS[1], ARGV[3], ARGV[4])
+  if v[1] then return {-1} end
+  if v[2] then whole = 1 else whole = 0 end
+  first = 2
 end
 local out = {whole}
 for i = first, #KEYS do
@@ -67,32 +69,46 @@ return out
 "#,
 );
 
+/// What refuses a request in [`guarded_hits`]: the field `field` of the hash `hash`, trusted
+/// absent only while the hash's field `voucher` is there.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub hash: String,
+    pub field: String,
+    pub voucher: &'static str,
+}
+
 /// What a request's admission found.
 #[derive(Debug, Clone)]
 pub enum Admission {
-    /// The guard key exists (e.g. the token is deny-listed): refuse; nothing was counted.
+    /// The guard field exists (e.g. the token is deny-listed): refuse; nothing was counted.
     Guarded,
     /// One hit counted in each bucket, its decisions in order; `vouched` is false when a guard
-    /// was asked for and its voucher key is missing (the guard's absence proves nothing then).
+    /// was asked for and its voucher field is missing (the guard's absence proves nothing then).
     Counted { decisions: Vec<Decision>, vouched: bool },
 }
 
-/// One round trip for a request's admission: [`Admission::Guarded`] when `guard`'s first key
-/// exists, else one hit counted in each `(bucket, limit)`, and whether `guard`'s second key (its
-/// voucher) exists.
+/// One round trip for a request's admission: [`Admission::Guarded`] when `guard`'s field
+/// exists, else one hit counted in each `(bucket, limit)`, and whether `guard`'s voucher exists.
 pub async fn guarded_hits(
     cache: &Cache,
-    guard: Option<(String, String)>,
+    guard: Option<Guard>,
     buckets: &[(String, u64)],
     window_secs: u64,
 ) -> Result<Admission, CacheError> {
     if guard.is_none() && buckets.is_empty() {
         return Ok(Admission::Counted { decisions: Vec::new(), vouched: true });
     }
-    let guarded = guard.is_some();
-    let mut keys: Vec<String> = guard.map(|(key, voucher)| vec![key, voucher]).unwrap_or_default();
+    let mut keys = Vec::with_capacity(buckets.len() + 1);
+    let mut args = vec![window_secs.to_string()];
+    match guard {
+        Some(g) => {
+            keys.push(g.hash);
+            args.extend(["1".to_string(), g.field, g.voucher.to_string()]);
+        }
+        None => args.push("0".to_string()),
+    }
     keys.extend(buckets.iter().map(|(b, _)| format!("{}rl:{b}", cache.prefix())));
-    let args = vec![window_secs.to_string(), if guarded { "1" } else { "0" }.to_string()];
     let r: Vec<i64> = GUARDED_HITS.run(cache.pool(), keys, args).await?;
     if r.first() == Some(&-1) {
         return Ok(Admission::Guarded);

@@ -127,7 +127,8 @@ impl IngressProducerStalled {
 
 /// The access-token deny list was written again from Postgres because Redis may have lost keys:
 /// `reason` is `start`, `restart` (a new Redis run id), `eviction` (Redis evicted keys) or
-/// `flush` (the sentinel written after the last rewrite is gone).
+/// `flush` (the mark written after the last rewrite is gone: the list was flushed, evicted or
+/// lost in a restart).
 pub struct DenyListResynced {
     pub reason: &'static str,
     pub tokens: usize,
@@ -148,6 +149,16 @@ impl DenyListResynced {
                 "redis lost keys; access-token deny list written again from postgres"
             );
         }
+    }
+}
+
+/// The deny list's fields of `removed` expired tokens were dropped.
+pub struct DenyListPruned {
+    pub removed: u64,
+}
+impl DenyListPruned {
+    pub fn emit(self) {
+        tracing::debug!(removed = self.removed, "expired tokens dropped from the access-token deny list");
     }
 }
 

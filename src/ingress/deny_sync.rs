@@ -1,33 +1,34 @@
 //! Keeps the access-token deny list in Redis whole.
 //!
-//! A logged-out (or otherwise revoked) access token is refused by the Redis key that
-//! `auth::deny_jti` writes; Postgres keeps the same fact as the revoked session row. Redis can
-//! lose that key before the token expires: a restart without persistence (or with a snapshot
-//! older than the revocation), a failover, or eviction under `maxmemory` (the spec's
-//! `allkeys-lru` evicts any key, deny-list keys included). A lost key would let a revoked token
-//! through until it expires.
+//! A logged-out (or otherwise revoked) access token is refused by its field in the deny list's
+//! hash (`auth::deny_jti`); Postgres keeps the same fact as the revoked session row. The hash
+//! carries a mark, its field `auth::DENY_LIST_WHOLE`, written after each complete rewrite from
+//! Postgres: while the mark is there, a token missing from the list is not revoked; while it is
+//! not, admission looks the token up in Postgres. The list and its mark are one key, so Redis
+//! loses them together: an eviction under `maxmemory` (the spec's `allkeys-lru`), a restart
+//! without persistence, `FLUSHALL`, `FLUSHDB` or a delete by hand take both, and no revoked token
+//! passes meanwhile.
 //!
-//! So the ingress asks Redis every `auth.deny_list_check_secs` for its run id and its count of
-//! evicted keys (`INFO`) and whether the sentinel key it writes after each rewrite is still
-//! there, and writes every revoked, unexpired access token from Postgres again when the run id
-//! is new (a restart), the count moved (evictions, or a reset of Redis's stats), the sentinel is
-//! gone (`FLUSHALL`, `FLUSHDB` or keys deleted by hand), or at its own start.
+//! The ingress asks Redis every `auth.deny_list_check_secs` for its run id and its count of
+//! evicted keys (`INFO`) and whether the mark is there, and writes every revoked, unexpired
+//! access token from Postgres again (then the mark) when the run id is new (a restart), the
+//! count moved (evictions, or a reset of Redis's stats), the mark is gone, or at its own start.
+//! Once a minute it also drops the fields of expired tokens (Redis 7.0 has no per-field expiry).
 //!
-//! Invariants: the mark is taken before the list is read, so an eviction during a rewrite is
-//! seen at the next check; the sentinel is written only after the whole list, so a rewrite cut
-//! short is done again; a failed check keeps the previous mark, so it is tried again; the
-//! rewrite only adds keys (idempotent; several ingress replicas may do it at once). While the
-//! sentinel is missing (a restart, a flush, or the sentinel itself evicted: until the next
-//! rewrite) each request's token is looked up in Postgres instead, so no revoked token passes.
-//! Evictions of deny-list keys that leave the sentinel are seen at the next check only: until
-//! then (at most one interval) such a revoked token may pass; a flush in the milliseconds of a
-//! rewrite itself goes unseen until the next loss is.
+//! Invariants: the mark is written only after the whole list, so a rewrite cut short is done
+//! again; a failed check keeps the previous state, so it is tried again; the rewrite only adds
+//! fields (idempotent; several ingress replicas may do it at once). Left: a restart from a
+//! snapshot (the spec's `save` rules) older than a revocation brings the mark back without that
+//! token's field: until the next check (at most one interval) the token may pass. A flush in the
+//! milliseconds between a rewrite's read of Postgres and its writes loses revocations made in
+//! between, until the next loss is seen.
 
 use crate::app::Deps;
+use crate::auth::{deny_list_key, prune_deny_list, DENY_LIST_WHOLE};
 use crate::cache::{Cache, CacheError};
 use crate::db::{users, DbError};
-use crate::events::{DenyListResynced, DenyListSyncFailed};
-use fred::interfaces::{ClientLike, KeysInterface};
+use crate::events::{DenyListPruned, DenyListResynced, DenyListSyncFailed};
+use fred::interfaces::{ClientLike, HashesInterface};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -48,8 +49,8 @@ pub enum DenySyncError {
 pub struct Mark {
     pub run_id: String,
     pub evicted_keys: u64,
-    /// Whether the key written after the last complete rewrite is there.
-    pub sentinel: bool,
+    /// Whether the deny list's mark (written after a complete rewrite) is there.
+    pub whole: bool,
 }
 
 /// The run id and evicted-key count in the text of `INFO` (sections server and stats).
@@ -60,21 +61,15 @@ pub fn parse_info(info: &str) -> Option<(String, u64)> {
     Some((field("run_id")?, field("evicted_keys")?.parse().ok()?))
 }
 
-/// The key written after each complete rewrite of the deny list: while it is there, a token
-/// missing from the list is not revoked; while it is not, admission asks Postgres.
-pub fn sentinel_key(cache: &Cache) -> String {
-    format!("{}auth:deny-list-written", cache.prefix())
-}
-
 /// Why the deny list must be written again, if it must: `start` (no earlier mark), `restart`
 /// (a new run id), `eviction` (the count moved; a count gone down is a stats reset, after
-/// which evictions cannot be ruled out) or `flush` (the sentinel is gone).
+/// which evictions cannot be ruled out) or `flush` (the mark is gone).
 pub fn resync_reason(last: Option<&Mark>, now: &Mark) -> Option<&'static str> {
     match last {
         None => Some("start"),
         Some(l) if l.run_id != now.run_id => Some("restart"),
         Some(l) if l.evicted_keys != now.evicted_keys => Some("eviction"),
-        Some(_) if !now.sentinel => Some("flush"),
+        Some(_) if !now.whole => Some("flush"),
         Some(_) => None,
     }
 }
@@ -84,15 +79,15 @@ pub async fn mark(cache: &Cache) -> Result<Mark, DenySyncError> {
     let client = cache.pool().next();
     let info: String = client.info(None).await.map_err(CacheError::from)?;
     let (run_id, evicted_keys) = parse_info(&info).ok_or(DenySyncError::Info)?;
-    let sentinel: i64 = client.exists(sentinel_key(cache)).await.map_err(CacheError::from)?;
-    Ok(Mark { run_id, evicted_keys, sentinel: sentinel == 1 })
+    let whole: bool = client.hexists(deny_list_key(cache), DENY_LIST_WHOLE).await.map_err(CacheError::from)?;
+    Ok(Mark { run_id, evicted_keys, whole })
 }
 
 /// Writes every revoked, unexpired access token of Postgres to the deny list; returns how many.
 pub async fn resync(pool: &sqlx::PgPool, cache: &Cache) -> Result<usize, DenySyncError> {
     let revoked = users::revoked_access_live(pool).await?;
     crate::auth::deny_all(cache, &revoked).await?;
-    let _: () = cache.pool().set(sentinel_key(cache), "1", None, None, false).await.map_err(CacheError::from)?;
+    let _: () = cache.pool().hset(deny_list_key(cache), (DENY_LIST_WHOLE, "1")).await.map_err(CacheError::from)?;
     Ok(revoked.len())
 }
 
@@ -106,13 +101,26 @@ pub async fn check(deps: &Deps, last: Option<&Mark>) -> Result<Mark, DenySyncErr
     Ok(now)
 }
 
-/// Checks at start, then every `every`, until `shutdown`.
+/// How often the fields of expired tokens are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Checks at start, then every `every`, until `shutdown`; prunes every [`PRUNE_EVERY`].
 pub async fn keep(deps: Arc<Deps>, every: Duration, shutdown: CancellationToken) {
     let mut last: Option<Mark> = None;
+    let mut pruned = tokio::time::Instant::now();
     loop {
         match check(&deps, last.as_ref()).await {
             Ok(now) => last = Some(now),
             Err(e) => DenyListSyncFailed { error: &e }.emit(),
+        }
+        if pruned.elapsed() >= PRUNE_EVERY {
+            match prune_deny_list(&deps.cache, chrono::Utc::now().timestamp()).await {
+                Ok(removed) => {
+                    pruned = tokio::time::Instant::now();
+                    DenyListPruned { removed }.emit();
+                }
+                Err(e) => DenyListSyncFailed { error: &DenySyncError::Redis(e) }.emit(),
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -126,7 +134,7 @@ mod tests {
     use super::*;
 
     fn m(run_id: &str, evicted_keys: u64) -> Mark {
-        Mark { run_id: run_id.into(), evicted_keys, sentinel: true }
+        Mark { run_id: run_id.into(), evicted_keys, whole: true }
     }
 
     #[test]
@@ -147,7 +155,7 @@ mod tests {
         assert_eq!(resync_reason(Some(&m("a", 5)), &m("b", 9)), Some("restart"));
         assert_eq!(resync_reason(Some(&m("a", 5)), &m("a", 6)), Some("eviction"));
         assert_eq!(resync_reason(Some(&m("a", 5)), &m("a", 0)), Some("eviction"), "stats reset");
-        let flushed = Mark { sentinel: false, ..m("a", 5) };
+        let flushed = Mark { whole: false, ..m("a", 5) };
         assert_eq!(resync_reason(Some(&m("a", 5)), &flushed), Some("flush"));
         assert_eq!(resync_reason(None, &flushed), Some("start"));
     }

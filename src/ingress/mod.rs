@@ -245,7 +245,7 @@ async fn admit(
     req: &Request<Incoming>,
     span: &tracing::Span,
 ) -> Result<Option<crate::auth::ratelimit::Decision>, ApiError> {
-    use crate::auth::ratelimit::{guarded_hits, hit, Admission, Decision};
+    use crate::auth::ratelimit::{guarded_hits, hit, Admission, Decision, Guard};
     let (access, class) = handler.policy();
     let rl = ctx.deps.settings.rate_limits.clone();
     let mut shown: Option<Decision> = None;
@@ -281,10 +281,14 @@ async fn admit(
             buckets.push((format!("submit:user:{}", principal.id), rl.submit_per_window));
         }
     }
-    // The deny list's sentinel vouches that Redis holds the whole list; without it (Redis
-    // restarted, flushed, or the sentinel evicted, until the next rewrite) Postgres answers.
+    // The deny list's mark vouches that Redis holds the whole list; without it (Redis restarted
+    // or flushed, or the list evicted, until the next rewrite) Postgres answers.
     let cache = &ctx.deps.cache;
-    let guard = principal.jti.as_deref().map(|jti| (crate::auth::deny_key(cache, jti), deny_sync::sentinel_key(cache)));
+    let guard = principal.jti.as_deref().map(|jti| Guard {
+        hash: crate::auth::deny_list_key(cache),
+        field: jti.to_string(),
+        voucher: crate::auth::DENY_LIST_WHOLE,
+    });
     let revoked = || ApiError::Unauthorized("token revoked".into());
     let decisions = match guarded_hits(cache, guard, &buckets, rl.window_secs).await? {
         Admission::Guarded => return Err(revoked()),
