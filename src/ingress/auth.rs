@@ -175,21 +175,7 @@ pub async fn login(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, Ap
         return Err(ApiError::Unauthorized("invalid email or password".into()));
     };
     let uid = user.id.to_string();
-    if user.totp_enabled {
-        let secret = totp_seed(ctx, &user)?.unwrap_or_default();
-        let secret = secret.as_str();
-        match totp {
-            None => {
-                audit(ctx, Some(&uid), "login", "failure", Some(email), json!({"reason": "totp_required"})).await;
-                return Err(ApiError::Unauthorized("a TOTP code is required (field `totp`)".into()));
-            }
-            Some(code) if !core::totp_verify(secret, code) => {
-                audit(ctx, Some(&uid), "login", "failure", Some(email), json!({"reason": "bad_totp"})).await;
-                return Err(ApiError::Unauthorized("invalid email, password or TOTP code".into()));
-            }
-            Some(_) => {}
-        }
-    }
+    second_factor(ctx, &user, totp, "login", email).await?;
     if password_expired(ctx, &user) {
         audit(ctx, Some(&uid), "login", "failure", Some(email), json!({"reason": "password_expired"})).await;
         return Err(ApiError::Forbidden("password expired; set a new one with POST /v1/auth/password".into()));
@@ -259,15 +245,38 @@ pub async fn logout(ctx: &Ctx) -> Result<HttpResponse, ApiError> {
     Ok(ok(StatusCode::OK, json!({"logged_out": true}), "Logged out", &ctx.request_id))
 }
 
-/// `POST /v1/auth/password {email, current_password, new_password}` (works with an expired
-/// password, so it takes credentials rather than a token).
+/// The second factor of a user with TOTP enabled: `totp` must be a current code (401 otherwise,
+/// audited as a failure of `action`). Nothing to check for a user without.
+async fn second_factor(ctx: &Ctx, user: &User, totp: Option<&str>, action: &str, email: &str) -> Result<(), ApiError> {
+    if !user.totp_enabled {
+        return Ok(());
+    }
+    let uid = user.id.to_string();
+    let secret = totp_seed(ctx, user)?.unwrap_or_default();
+    match totp {
+        None => {
+            audit(ctx, Some(&uid), action, "failure", Some(email), json!({"reason": "totp_required"})).await;
+            Err(ApiError::Unauthorized("a TOTP code is required (field `totp`)".into()))
+        }
+        Some(code) if !core::totp_verify(&secret, code) => {
+            audit(ctx, Some(&uid), action, "failure", Some(email), json!({"reason": "bad_totp"})).await;
+            Err(ApiError::Unauthorized("invalid email, password or TOTP code".into()))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// `POST /v1/auth/password {email, current_password, new_password, totp?}` (works with an
+/// expired password, so it takes credentials rather than a token; a user with TOTP enabled
+/// gives a current code too, as at login).
 pub async fn change_password(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let deps = &ctx.deps;
     let map = json_object(req, deps.settings.http.max_body_bytes).await?;
-    only_keys(&map, &["email", "current_password", "new_password"])?;
+    only_keys(&map, &["email", "current_password", "new_password", "totp"])?;
     let email = required(&map, "email")?;
     let current = required(&map, "current_password")?;
     let new = required(&map, "new_password")?;
+    let totp = opt_str(&map, "totp")?;
     let user = repo::by_email(&deps.pool, email).await?.filter(|u| !u.disabled);
     let valid = verify_in_constant_time(ctx, user.as_ref(), current).await;
     let Some(user) = user.filter(|_| valid) else {
@@ -275,6 +284,7 @@ pub async fn change_password(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpRe
         return Err(ApiError::Unauthorized("invalid email or password".into()));
     };
     let uid = user.id.to_string();
+    second_factor(ctx, &user, totp, "password_change", email).await?;
     if let Err(e) = core::set_password(&deps.pool, &deps.settings.auth, user.id, new).await {
         audit(ctx, Some(&uid), "password_change", "failure", Some(email), json!({"reason": e.to_string()})).await;
         return Err(e.into());

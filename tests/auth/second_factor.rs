@@ -52,6 +52,42 @@ async fn totp_and_service_tokens() {
     app.stop().await;
 }
 
+/// A password change asks for the second factor as a login does: with the password alone it is
+/// refused (and no session ends), with a current code it goes through. Fails when the change
+/// takes the password alone (it ended every session of the user: a lock-out by whoever has the
+/// password only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_change_asks_for_the_second_factor() {
+    let app = TestApp::spawn().await;
+    let (email, token) = app.user_token("developer").await;
+    let (s, b) = post_with(&app, "/v1/auth/totp/enrol", &token, &json!({})).await;
+    assert_eq!(s, 200, "{b}");
+    let secret = b["data"]["secret"].as_str().unwrap().to_string();
+    let code = || devcycle::auth::totp_code(&secret, chrono::Utc::now().timestamp()).unwrap();
+    assert_eq!(post_with(&app, "/v1/auth/totp/confirm", &token, &json!({"code": code()})).await.0, 200);
+    let new = "Second-Factor-Passw0rd!";
+    let change = |totp: Option<String>| {
+        let mut b = json!({"email": email, "current_password": PASSWORD, "new_password": new});
+        if let Some(t) = totp {
+            b["totp"] = json!(t);
+        }
+        b
+    };
+    let (s, _, b) = post_public(&app, "/v1/auth/password", &change(None)).await;
+    assert_error(s, &b, 401, "UNAUTHORIZED");
+    assert!(b["message"].as_str().unwrap().contains("TOTP"), "{b}");
+    let wrong = if code() == "123456" { "654321" } else { "123456" };
+    let (s, _, b) = post_public(&app, "/v1/auth/password", &change(Some(wrong.into()))).await;
+    assert_error(s, &b, 401, "UNAUTHORIZED");
+    assert_eq!(get_with(&app, "/v1/agents", &token).await.0, 200, "no session ended");
+    let (s, _, b) = post_public(&app, "/v1/auth/password", &change(Some(code()))).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(get_with(&app, "/v1/agents", &token).await.0, 401, "the change ended the session");
+    let login = json!({"email": email, "password": new, "totp": code()});
+    assert_eq!(post_public(&app, "/v1/auth/login", &login).await.0, 200);
+    app.stop().await;
+}
+
 /// An app on `app`'s database schema, Redis prefix and Kafka namespace with other data keys.
 async fn same_data_other_keys(app: &TestApp, key: &str, previous: &str) -> TestApp {
     let like = app.deps.settings.clone();
