@@ -57,7 +57,17 @@ pub enum ProduceError {
     Rejected(KafkaError),
 }
 
+/// The largest record the producer sends (librdkafka's `message.max.bytes`, set explicitly at
+/// its default); a larger one is refused before it leaves ([`ProduceError::too_large`]).
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
+
 impl ProduceError {
+    /// Whether the record was refused for its size (the producer's [`MAX_RECORD_BYTES`], or the
+    /// topic's limit): the caller's request is too large, not Kafka at fault.
+    pub fn too_large(&self) -> bool {
+        matches!(self, ProduceError::Rejected(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge))
+    }
+
     fn from_kafka(e: KafkaError) -> Self {
         let code = e.rdkafka_error_code();
         match code {
@@ -224,6 +234,7 @@ impl Producer {
             .set("linger.ms", k.linger_ms.to_string())
             .set("compression.type", "lz4")
             .set("message.timeout.ms", timeout.as_millis().to_string())
+            .set("message.max.bytes", MAX_RECORD_BYTES.to_string())
             .create()?;
         let outcomes =
             Outcomes { epoch: Instant::now(), failing_since: AtomicU64::new(0), last_failure: AtomicU64::new(0) };

@@ -89,6 +89,9 @@ pub enum ApiError {
     MethodNotAllowed { method: String, allow: String },
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The request's Kafka record (as encoded) is over the producer's limit.
+    #[error("the request's record exceeds Kafka's limit of {limit} bytes")]
+    RecordTooLarge { limit: usize },
     #[error("unsupported content type {0:?}; send application/json")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -113,7 +116,7 @@ impl ApiError {
             ApiError::RateLimited(_) | ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::RecordTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -130,7 +133,7 @@ impl ApiError {
             ApiError::RateLimited(_) | ApiError::QuotaExceeded { .. } => "RATE_LIMITED",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
-            ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            ApiError::PayloadTooLarge { .. } | ApiError::RecordTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::Unavailable { .. } => "SERVICE_UNAVAILABLE",
@@ -142,7 +145,7 @@ impl ApiError {
         match self {
             ApiError::Validation { field, issue } => json!({"field": field, "issue": issue}),
             ApiError::MethodNotAllowed { allow, .. } => json!({"allow": allow}),
-            ApiError::PayloadTooLarge { limit } => json!({"limit_bytes": limit}),
+            ApiError::PayloadTooLarge { limit } | ApiError::RecordTooLarge { limit } => json!({"limit_bytes": limit}),
             ApiError::RateLimited(d) => json!({"limit": d.limit, "retry_after_seconds": d.reset_secs}),
             ApiError::QuotaExceeded { unit, decision: d } => {
                 json!({"limit": d.limit, "unit": format!("{unit}/s"), "retry_after_seconds": d.reset_secs})
@@ -239,6 +242,7 @@ mod tests {
             (ApiError::NotFound("task".into()), 404, "NOT_FOUND"),
             (ApiError::MethodNotAllowed { method: "PUT".into(), allow: "GET, POST".into() }, 405, "METHOD_NOT_ALLOWED"),
             (ApiError::PayloadTooLarge { limit: 1024 }, 413, "PAYLOAD_TOO_LARGE"),
+            (ApiError::RecordTooLarge { limit: 1024 }, 413, "PAYLOAD_TOO_LARGE"),
             (ApiError::UnsupportedMediaType("text/plain".into()), 415, "UNSUPPORTED_MEDIA_TYPE"),
             (ApiError::Conflict("exists".into()), 409, "CONFLICT"),
             (

@@ -211,6 +211,7 @@ async fn produce_task(
                 ProduceError::Unavailable(k) => {
                     ApiError::Unavailable { service: "kafka", reason: k.to_string(), retry_after }
                 }
+                e if e.too_large() => ApiError::RecordTooLarge { limit: crate::kafka::MAX_RECORD_BYTES },
                 ProduceError::Rejected(k) => ApiError::Internal(format!("kafka refused the record: {k}")),
             });
         }

@@ -83,3 +83,25 @@ async fn per_user_produce_quotas_answer_429_and_write_nothing() {
     assert_eq!(app.record_count(TOPIC), 0);
     app.stop().await;
 }
+
+/// At the shipped limits a request body may hold a value whose record Kafka's producer refuses
+/// (1,000,000 bytes): that is the caller's request being too large (413, the record's line
+/// `RECORD_TOO_LARGE`), on the gateway and on `POST /v1/tasks` alike, not a server error (500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_kafka_s_limit_is_too_large_at_the_shipped_limits() {
+    let app = ingress(|_| {}).await;
+    let input = "z".repeat(1_010_000);
+    assert!(app.deps.settings.gateway.max_record_bytes > input.len() + 200, "the value passes the gateway's check");
+    assert!(app.deps.settings.http.max_body_bytes > input.len() + 200, "the body passes the body limit");
+    let mut big = request_value("echo");
+    big["input"] = json!(input);
+    let (s, b) = app.post(RECORDS, &json!({"records": [{"value": big}]})).await;
+    assert_eq!((s, b["error"].as_str()), (413, Some("PAYLOAD_TOO_LARGE")), "{b}");
+    assert_eq!(b["details"]["records"][0]["error_code"], "RECORD_TOO_LARGE", "{b}");
+
+    let (s, b) = app.post("/v1/tasks", &json!({"agent": "echo", "input": input})).await;
+    assert_eq!((s, b["error"].as_str()), (413, Some("PAYLOAD_TOO_LARGE")), "{b}");
+    assert_eq!(b["details"]["limit_bytes"], 1_000_000);
+    assert_eq!(app.record_count(TOPIC), 0, "nothing written");
+    app.stop().await;
+}

@@ -235,6 +235,7 @@ async fn settle(lines: &mut [Option<Line>], pending: Vec<(usize, crate::kafka::P
 
 fn produce_failure(e: ProduceError) -> Line {
     match e {
+        e if e.too_large() => Line::failed(TOO_LARGE, format!("the record exceeds Kafka's limit ({e})")),
         ProduceError::Unavailable(k) => Line::failed(UNAVAILABLE, format!("kafka unavailable: {k}")),
         ProduceError::Rejected(k) => Line::failed(REJECTED, format!("kafka refused the record: {k}")),
     }
