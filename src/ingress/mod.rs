@@ -380,7 +380,8 @@ async fn handle(deps: Arc<Deps>, req: Request<Incoming>, peer: SocketAddr) -> Ht
             },
             Err(e) => e.into_response(&ctx.request_id),
         };
-        if let Some(d) = &limits {
+        // A handler's own refusal (a produce quota's 429) carries its quota's headers: kept.
+        if let Some(d) = limits.as_ref().filter(|_| !resp.headers().contains_key("ratelimit-limit")) {
             envelope::rate_limit_headers(&mut resp, d);
         }
         resp
