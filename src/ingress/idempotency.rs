@@ -38,12 +38,17 @@ pub fn fingerprint(variant: &str, compact_body: &[u8]) -> String {
     format!("{variant}:{}", crate::auth::hex(&Sha256::digest(compact_body)))
 }
 
-/// The compact form of a JSON body given as text (a body that does not parse as a JSON tree is
-/// kept as sent).
+/// The canonical form of a JSON body given as text: compact, each object's keys sorted (a
+/// retry whose serializer orders keys otherwise is the same request); a body that does not parse
+/// as a JSON tree is kept as sent.
 pub fn compact(body: &str) -> Vec<u8> {
-    serde_json::from_str::<Json>(body)
-        .map(|tree| serde_json::to_vec(&tree).expect("a JSON value serializes"))
-        .unwrap_or_else(|_| body.as_bytes().to_vec())
+    serde_json::from_str::<Json>(body).map(canonical).unwrap_or_else(|_| body.as_bytes().to_vec())
+}
+
+/// The canonical form of a JSON tree (see [`compact`]).
+pub fn canonical(mut tree: Json) -> Vec<u8> {
+    tree.sort_all_objects();
+    serde_json::to_vec(&tree).expect("a JSON value serializes")
 }
 
 /// The record id of `key` for the request's caller, under `scope` (what the key applies to):

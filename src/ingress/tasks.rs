@@ -73,7 +73,7 @@ pub async fn submit(ctx: &Ctx, req: Request<Incoming>) -> Result<HttpResponse, A
     let body = json_object(req, deps.settings.http.max_body_bytes).await?;
     let hash = idem_key
         .as_ref()
-        .map(|_| idempotency::fingerprint("task", &serde_json::to_vec(&body).expect("a JSON object serializes")));
+        .map(|_| idempotency::fingerprint("task", &idempotency::canonical(serde_json::Value::Object(body.clone()))));
     let sub = validate(body)?;
     match (idem_key, hash) {
         // Boxed: the keyed path's futures would otherwise be part of every submission's.

@@ -201,6 +201,17 @@ async fn idempotency_key_replays_the_first_answer() {
     assert_eq!(r2.headers()["idempotent-replayed"], "true");
     assert_eq!(r2.text().await.unwrap(), t1, "the replay is the stored answer, byte for byte");
     assert_eq!(app.record_count(TOPIC), 2, "the replay produced nothing");
+    // The same records from a serializer that orders keys otherwise are the same request.
+    let (v0, v1) = (&body["records"][0]["value"], &body["records"][1]["value"]);
+    let reordered = json!({"records": [{"value": v0, "key": "a"}, {"value": v1}]});
+    assert_ne!(reordered.to_string(), body.to_string());
+    let r = post(&reordered, "idem-1").send().await.unwrap();
+    assert_eq!(
+        r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap()),
+        Some("true"),
+        "keys in another order"
+    );
+    assert_eq!(r.text().await.unwrap(), t1);
     // Redis forgetting everything (a restart without persistence, an eviction) changes nothing.
     app.forget_redis().await;
     let r3 = post(&body, "idem-1").send().await.unwrap();

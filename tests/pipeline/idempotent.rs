@@ -35,6 +35,12 @@ async fn a_retried_submission_names_the_same_task_and_produces_it_once() {
     let (status, headers, again) = submit_keyed(&app, &app.token, key, &body).await;
     assert_eq!((status, &again), (202, &first));
     assert_eq!(headers["idempotent-replayed"], "true");
+    // The same request from a serializer that orders keys otherwise is the same request.
+    let reordered = json!({"input": {"order": 42}, "agent": "echo"});
+    assert_ne!(reordered.to_string(), body.to_string());
+    let (status, headers, again) = submit_keyed(&app, &app.token, key, &reordered).await;
+    assert_eq!((status, &again), (202, &first), "keys in another order");
+    assert_eq!(headers["idempotent-replayed"], "true");
     // The key with another body is refused; another caller's same key is another task.
     let other_body = json!({"agent": "echo", "input": {"order": 43}});
     let (status, _, refused) = submit_keyed(&app, &app.token, key, &other_body).await;
